@@ -1,0 +1,185 @@
+//! The private key of the signing CA: parsed once, used to sign TBS certificates.
+
+use std::path::Path;
+
+use aws_lc_rs::{
+    encoding::AsDer,
+    rand::SystemRandom,
+    signature::{
+        self, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
+        KeyPair, RsaKeyPair,
+    },
+};
+use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+use zeroize::Zeroizing;
+
+use crate::Error;
+
+/// The signature a key produces, which fixes the certificate's
+/// `signatureAlgorithm`: ECDSA keys sign with the hash matching their curve
+/// (DER-encoded signature), RSA keys with PKCS#1 v1.5 over SHA-256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    EcdsaP256Sha256,
+    EcdsaP384Sha384,
+    RsaPkcs1Sha256,
+}
+
+/// A signing key read from a PEM file. Key bytes are held by aws-lc, which
+/// wipes them when the key is dropped; the PEM text is wiped after parsing.
+pub struct FileKey {
+    inner: Inner,
+    spki_der: Vec<u8>,
+    rng: SystemRandom,
+}
+
+enum Inner {
+    Ecdsa(EcdsaKeyPair, KeyAlgorithm),
+    Rsa(RsaKeyPair),
+}
+
+// === impl FileKey ===
+
+impl FileKey {
+    /// Parses an unencrypted PKCS#8, SEC1 (`EC PRIVATE KEY`) or PKCS#1
+    /// (`RSA PRIVATE KEY`) PEM key. `path` names the file in errors.
+    ///
+    /// # Errors
+    /// [`Error::Key`] when the text holds no key, an encrypted key, or a key
+    /// other than ECDSA P-256/P-384 or RSA 2048–8192.
+    pub fn from_pem(pem: &[u8], path: &Path) -> Result<Self, Error> {
+        if contains(pem, b"ENCRYPTED PRIVATE KEY") || contains(pem, b"Proc-Type: 4,ENCRYPTED") {
+            return Err(Error::key(
+                path,
+                "the private key is encrypted; store it unencrypted on a tmpfs \
+                 (a Kubernetes Secret volume) or use the Vault or PKCS#11 signer",
+            ));
+        }
+        let der = Zeroizing::new(
+            PrivateKeyDer::from_pem_slice(pem).map_err(|_| Error::NoPem {
+                path: path.to_owned(),
+                what: "private key (PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY)",
+            })?,
+        );
+        let inner = match &*der {
+            PrivateKeyDer::Pkcs1(k) => {
+                Inner::rsa(RsaKeyPair::from_der(k.secret_pkcs1_der()), path)?
+            }
+            PrivateKeyDer::Sec1(k) => Inner::ecdsa(k.secret_sec1_der(), path)?,
+            PrivateKeyDer::Pkcs8(k) => {
+                let bytes = k.secret_pkcs8_der();
+                match Inner::ecdsa(bytes, path) {
+                    Ok(inner) => inner,
+                    Err(_) => Inner::rsa(RsaKeyPair::from_pkcs8(bytes), path)?,
+                }
+            }
+            _ => return Err(Error::key(path, "unsupported private key format")),
+        };
+        let spki_der = inner
+            .public_key_der()
+            .map_err(|()| Error::key(path, "cannot encode the public key"))?;
+        Ok(Self {
+            inner,
+            spki_der,
+            rng: SystemRandom::new(),
+        })
+    }
+
+    /// The DER SubjectPublicKeyInfo of the key.
+    pub fn public_key_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        match &self.inner {
+            Inner::Ecdsa(_, alg) => *alg,
+            Inner::Rsa(_) => KeyAlgorithm::RsaPkcs1Sha256,
+        }
+    }
+
+    /// Signs `message` (a DER TBSCertificate) as [`Self::algorithm`] says.
+    /// This is CPU work of 20 µs (P-256) to a few ms (RSA-4096).
+    ///
+    /// # Errors
+    /// [`Error::Sign`] if the crypto library refuses, which does not happen
+    /// with a key that parsed.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        match &self.inner {
+            Inner::Ecdsa(key, _) => key
+                .sign(&self.rng, message)
+                .map(|sig| sig.as_ref().to_vec())
+                .map_err(|_| Error::Sign("ECDSA signing failed")),
+            Inner::Rsa(key) => {
+                let mut sig = vec![0; key.public_modulus_len()];
+                key.sign(&signature::RSA_PKCS1_SHA256, &self.rng, message, &mut sig)
+                    .map_err(|_| Error::Sign("RSA signing failed"))?;
+                Ok(sig)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for FileKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileKey")
+            .field("algorithm", &self.algorithm())
+            .field("private_key", &"[redacted]")
+            .finish()
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn ecdsa(der: &[u8], path: &Path) -> Result<Self, Error> {
+        [
+            (
+                &ECDSA_P256_SHA256_ASN1_SIGNING,
+                KeyAlgorithm::EcdsaP256Sha256,
+            ),
+            (
+                &ECDSA_P384_SHA384_ASN1_SIGNING,
+                KeyAlgorithm::EcdsaP384Sha384,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(alg, name)| {
+            EcdsaKeyPair::from_private_key_der(alg, der)
+                .ok()
+                .map(|k| Self::Ecdsa(k, name))
+        })
+        .ok_or_else(|| Error::key(path, "not an ECDSA P-256 or P-384 key"))
+    }
+
+    fn rsa(
+        parsed: Result<RsaKeyPair, aws_lc_rs::error::KeyRejected>,
+        path: &Path,
+    ) -> Result<Self, Error> {
+        let key = parsed.map_err(|e| {
+            Error::key(
+                path,
+                format!("not an ECDSA P-256/P-384 or RSA 2048–8192 key ({e})"),
+            )
+        })?;
+        let bits = key.public_modulus_len() * 8;
+        if !(2048..=8192).contains(&bits) {
+            return Err(Error::key(
+                path,
+                format!("RSA key of {bits} bits; use 2048 to 8192"),
+            ));
+        }
+        Ok(Self::Rsa(key))
+    }
+
+    fn public_key_der(&self) -> Result<Vec<u8>, ()> {
+        let der = match self {
+            Self::Ecdsa(k, _) => k.public_key().as_der(),
+            Self::Rsa(k) => k.public_key().as_der(),
+        };
+        der.map(|d| d.as_ref().to_vec()).map_err(|_| ())
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,162 @@
+//! Finding the signing material on disk, in either of the layouts Kubernetes
+//! users already have, and reading it as one consistent set.
+
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::digest;
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use zeroize::Zeroizing;
+
+use crate::{Config, Error, FileKey};
+
+/// The files one signing set is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Paths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub chain: Option<PathBuf>,
+    pub root: Option<PathBuf>,
+}
+
+/// One signing set as read from disk, not yet judged fit for use.
+#[derive(Debug)]
+pub struct Material {
+    pub key: FileKey,
+    /// The signing certificate: the first certificate of the cert file.
+    pub cert: CertificateDer<'static>,
+    /// Every other certificate of the cert and chain files, in file order,
+    /// without duplicates and without the signing certificate.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The certificates of the root file, if there is one.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// SHA-256 over every file read, to notice when they change.
+    pub fingerprint: [u8; 32],
+}
+
+// === impl Paths ===
+
+impl Paths {
+    /// Resolves the configuration to concrete files.
+    ///
+    /// # Errors
+    /// [`Error::NoPaths`] when neither a directory nor cert+key are set;
+    /// [`Error::UnknownLayout`] when the directory holds neither layout.
+    pub fn resolve(config: &Config) -> Result<Self, Error> {
+        match (&config.dir, &config.cert_file, &config.key_file) {
+            (_, Some(cert), Some(key)) => Ok(Self {
+                cert: cert.clone(),
+                key: key.clone(),
+                chain: config.chain_file.clone(),
+                root: config.root_file.clone(),
+            }),
+            (Some(dir), None, None) => Self::detect(dir),
+            _ => Err(Error::NoPaths),
+        }
+    }
+
+    fn detect(dir: &Path) -> Result<Self, Error> {
+        let present = |name: &str| dir.join(name).exists().then(|| dir.join(name));
+        if let (Some(cert), Some(key)) = (present("ca-cert.pem"), present("ca-key.pem")) {
+            return Ok(Self {
+                cert,
+                key,
+                chain: present("cert-chain.pem"),
+                root: present("root-cert.pem"),
+            });
+        }
+        if let (Some(cert), Some(key)) = (present("tls.crt"), present("tls.key")) {
+            return Ok(Self {
+                cert,
+                key,
+                chain: None,
+                root: present("ca.crt"),
+            });
+        }
+        Err(Error::UnknownLayout(dir.to_owned()))
+    }
+
+    /// SHA-256 over the contents of every file, cheap enough to poll: a
+    /// Kubernetes Secret update swaps all files at once through a symlink, so
+    /// comparing contents (not modification times) is what notices it.
+    ///
+    /// # Errors
+    /// [`Error::Read`] when a file cannot be read.
+    pub fn fingerprint(&self) -> Result<[u8; 32], Error> {
+        Ok(self.read_all()?.1)
+    }
+
+    /// Reads and parses every file.
+    ///
+    /// # Errors
+    /// Any [`Error`] naming the file at fault.
+    pub fn load(&self) -> Result<Material, Error> {
+        let (contents, fingerprint) = self.read_all()?;
+        let [cert_pem, key_pem, chain_pem, root_pem] = contents;
+        let mut certs = parse_certs(&cert_pem, &self.cert)?;
+        let cert = certs.remove(0);
+        if let Some(path) = &self.chain {
+            certs.extend(parse_certs(&chain_pem, path)?);
+        }
+        let mut chain: Vec<CertificateDer<'static>> = Vec::with_capacity(certs.len());
+        for c in certs {
+            if c != cert && !chain.contains(&c) {
+                chain.push(c);
+            }
+        }
+        let roots = match &self.root {
+            Some(path) => parse_certs(&root_pem, path)?,
+            None => Vec::new(),
+        };
+        Ok(Material {
+            key: FileKey::from_pem(&key_pem, &self.key)?,
+            cert,
+            chain,
+            roots,
+            fingerprint,
+        })
+    }
+
+    fn read_all(&self) -> Result<(Contents, [u8; 32]), Error> {
+        let read = |path: Option<&PathBuf>| -> Result<Zeroizing<Vec<u8>>, Error> {
+            match path {
+                Some(p) => std::fs::read(p)
+                    .map(Zeroizing::new)
+                    .map_err(|source| Error::Read {
+                        path: p.clone(),
+                        source,
+                    }),
+                None => Ok(Zeroizing::new(Vec::new())),
+            }
+        };
+        let contents = [
+            read(Some(&self.cert))?,
+            read(Some(&self.key))?,
+            read(self.chain.as_ref())?,
+            read(self.root.as_ref())?,
+        ];
+        let mut hash = digest::Context::new(&digest::SHA256);
+        for c in &contents {
+            hash.update(&(c.len() as u64).to_be_bytes());
+            hash.update(c);
+        }
+        let mut fingerprint = [0; 32];
+        fingerprint.copy_from_slice(hash.finish().as_ref());
+        Ok((contents, fingerprint))
+    }
+}
+
+/// The cert, key, chain and root files, in that order; absent files are empty.
+type Contents = [Zeroizing<Vec<u8>>; 4];
+
+fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::key(path, format!("malformed PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(Error::NoPem {
+            path: path.to_owned(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}

@@ -1,0 +1,201 @@
+//! Kubernetes projected service-account tokens (or any OIDC issuer's JWTs)
+//! checked locally against the issuer's JWKS.
+
+use std::time::Duration;
+
+use jsonwebtoken::{Validation, dangerous::insecure_decode_claims, decode, decode_header};
+use serde::Deserialize;
+use spiffe::TrustDomain;
+
+use super::{
+    Error,
+    jwks::{ALLOWED_ALGORITHMS, Jwks},
+};
+use crate::{
+    config,
+    identity::{Caller, PodRef, ServiceAccount},
+};
+
+const NAME: &str = "jwt";
+
+/// Verifies JWTs from configured issuers.
+#[derive(Debug)]
+pub struct JwtAuthenticator {
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    skew: Duration,
+    jwks: Jwks,
+    trust_domain: TrustDomain,
+}
+
+/// The claims castellan reads. `sub` is required; the `kubernetes.io`
+/// claim, when present, must agree with it.
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    iat: Option<i64>,
+    #[serde(rename = "kubernetes.io")]
+    kubernetes: Option<KubernetesClaim>,
+}
+
+#[derive(Deserialize)]
+struct KubernetesClaim {
+    namespace: String,
+    serviceaccount: Option<ObjectRef>,
+    pod: Option<ObjectRef>,
+}
+
+#[derive(Deserialize)]
+struct ObjectRef {
+    name: String,
+    uid: String,
+}
+
+#[derive(Deserialize)]
+struct Issuer {
+    iss: Option<String>,
+}
+
+// === impl JwtAuthenticator ===
+
+impl JwtAuthenticator {
+    /// # Errors
+    /// A message when the JWKS file cannot be read or the CA bundle is bad.
+    pub async fn new(config: &config::Jwt, trust_domain: TrustDomain) -> Result<Self, String> {
+        let refresh = Duration::from_secs(config.jwks_refresh_secs);
+        let jwks = match (&config.jwks_file, &config.jwks_url) {
+            (Some(path), _) => Jwks::from_file(path.clone(), refresh)
+                .await
+                .map_err(|e| format!("authn.jwks_file: {e}"))?,
+            (None, Some(url)) => Jwks::from_url(http_client(config)?, url.clone(), refresh).await,
+            (None, None) => return Err("authn: set jwks_file or jwks_url".into()),
+        };
+        Ok(Self {
+            issuers: config.issuers.clone(),
+            audiences: config.audiences.clone(),
+            skew: Duration::from_secs(config.clock_skew_secs),
+            jwks,
+            trust_domain,
+        })
+    }
+
+    /// Whether the token claims one of this authenticator's issuers. Read
+    /// before the signature is checked, only to route the token.
+    pub fn recognises(&self, token: &str) -> bool {
+        insecure_decode_claims::<Issuer>(token)
+            .ok()
+            .and_then(|c| c.iss)
+            .is_some_and(|iss| self.issuers.contains(&iss))
+    }
+
+    /// Verifies signature, issuer, audience and times, then maps the
+    /// service account to its SPIFFE ID.
+    ///
+    /// # Errors
+    /// [`Error::Rejected`] with the reason, [`Error::Unavailable`] when the
+    /// JWKS cannot be had.
+    pub async fn authenticate(&self, token: &str) -> Result<Caller, Error> {
+        let reject = |reason: String| Error::Rejected {
+            authenticator: NAME,
+            reason,
+        };
+        let header = decode_header(token).map_err(|e| reject(format!("malformed token: {e}")))?;
+        if !ALLOWED_ALGORITHMS.contains(&header.alg) {
+            return Err(reject(format!("algorithm {:?} is not allowed", header.alg)));
+        }
+        let keys = self
+            .jwks
+            .key(header.kid.as_deref())
+            .await
+            .map_err(|e| match e {
+                super::jwks::Error::Unavailable(reason) => Error::Unavailable {
+                    authenticator: NAME,
+                    reason,
+                },
+                other => reject(other.to_string()),
+            })?;
+
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&self.issuers);
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.skew.as_secs();
+
+        let mut last = None;
+        for key in keys {
+            match decode::<Claims>(token, &key, &validation) {
+                Ok(data) => return self.caller(data.claims).map_err(reject),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(reject(last.map_or_else(
+            || "no key".into(),
+            |e| format!("invalid token: {e}"),
+        )))
+    }
+
+    fn caller(&self, claims: Claims) -> Result<Caller, String> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(iat) = claims.iat
+            && iat > 0
+            && iat.unsigned_abs() > now + self.skew.as_secs()
+        {
+            return Err(format!("token issued in the future (iat {iat})"));
+        }
+        let sa = ServiceAccount::from_username(&claims.sub).map_err(|e| e.to_string())?;
+        let mut pod = None;
+        if let Some(k) = claims.kubernetes {
+            let sa_name = k.serviceaccount.as_ref().map(|s| s.name.as_str());
+            if k.namespace != sa.namespace || sa_name.is_some_and(|n| n != sa.name) {
+                return Err(format!(
+                    "the kubernetes.io claim ({}/{}) disagrees with sub `{}`",
+                    k.namespace,
+                    sa_name.unwrap_or("?"),
+                    claims.sub
+                ));
+            }
+            pod = k.pod.map(|p| PodRef {
+                name: p.name,
+                uid: p.uid,
+            });
+        }
+        Ok(Caller {
+            identity: sa
+                .spiffe_id(&self.trust_domain)
+                .map_err(|e| e.to_string())?,
+            service_account: sa,
+            pod,
+            authenticator: NAME,
+        })
+    }
+}
+
+fn http_client(config: &config::Jwt) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(path) = &config.jwks_ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("authn.jwks_ca_file {}: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("authn.jwks_ca_file {}: {e}", path.display()))?;
+        builder = builder.tls_certs_only(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("authn: HTTP client: {e}"))
+}
+
+/// A log-safe description of a token no authenticator took: its issuer, if
+/// it has one, never the token itself.
+pub(super) fn describe_unrecognised(token: &str) -> String {
+    match insecure_decode_claims::<Issuer>(token) {
+        Ok(Issuer { iss: Some(iss) }) => {
+            let iss: String = iss.chars().take(128).collect();
+            format!("issuer `{iss}` is not configured")
+        }
+        Ok(Issuer { iss: None }) => "token has no issuer".into(),
+        Err(_) => "not a JWT".into(),
+    }
+}

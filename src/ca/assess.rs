@@ -1,0 +1,295 @@
+//! The practices a signing CA must meet, each with the evidence that it does:
+//! what `castellan check` prints and what `castellan serve` enforces.
+
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::{
+    digest,
+    encoding::AsDer,
+    signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair},
+};
+use der::{Decode, Encode};
+use rustls_pki_types::CertificateDer;
+use spiffe::SpiffeId;
+use x509_cert::{
+    Certificate,
+    ext::pkix::{BasicConstraints, KeyUsage, KeyUsages},
+};
+
+use super::{Error, Rules, SigningCa, chain::is_self_issued};
+use crate::{
+    profile::{Subject, Template},
+    verify,
+};
+
+/// The ceiling of NIST SP 800-204A SM-DR13 ("on the order of hours").
+const SM_DR13_MAX: Duration = Duration::from_secs(24 * 3600);
+/// The probe certificate lives just long enough to be verified.
+const PROBE_TTL: Duration = Duration::from_secs(300);
+
+/// Every practice's verdict.
+#[derive(Clone, Debug, Default)]
+pub struct Assessment {
+    pub practices: Vec<Practice>,
+}
+
+/// One practice: whether it passed and the evidence either way.
+#[derive(Clone, Debug)]
+pub struct Practice {
+    pub name: &'static str,
+    /// Enforced practices stop `serve`; the others are reported only.
+    pub enforced: bool,
+    pub passed: bool,
+    pub evidence: String,
+}
+
+// === impl Assessment ===
+
+impl Assessment {
+    /// The first enforced practice that failed, as a message for the operator.
+    pub fn first_failure(&self) -> Option<String> {
+        self.practices
+            .iter()
+            .find(|p| p.enforced && !p.passed)
+            .map(|p| format!("{}: {}", p.name, p.evidence))
+    }
+
+    pub fn all_passed(&self) -> bool {
+        self.practices.iter().all(|p| p.passed)
+    }
+
+    fn record(&mut self, name: &'static str, enforced: bool, result: Result<String, String>) {
+        let (passed, evidence) = match result {
+            Ok(e) => (true, e),
+            Err(e) => (false, e),
+        };
+        self.practices.push(Practice {
+            name,
+            enforced,
+            passed,
+            evidence,
+        });
+    }
+}
+
+pub(super) async fn run(
+    ca: &SigningCa,
+    cert: &Certificate,
+    source: &str,
+    rules: &Rules,
+) -> Result<Assessment, Error> {
+    let mut a = Assessment::default();
+    let tbs = cert.tbs_certificate();
+    let subject = tbs.subject().to_string();
+
+    a.record(
+        "SM-DR12 signing certificate is not self-signed",
+        true,
+        if is_self_issued(cert) {
+            Err(format!(
+                "{source} is self-signed (subject = issuer = `{subject}`); castellan signs only \
+                 with an intermediate issued by the enterprise root: issue one from the root and \
+                 configure it instead"
+            ))
+        } else {
+            Ok(format!("`{subject}` is issued by `{}`", tbs.issuer()))
+        },
+    );
+
+    a.record(
+        "signing certificate is a CA (intermediate)",
+        true,
+        ca_constraints(cert, source)?,
+    );
+
+    let key_matches = tbs.subject_public_key_info().to_der()? == ca.signer.public_key_der();
+    a.record(
+        "private key matches the signing certificate",
+        true,
+        if key_matches {
+            Ok(format!(
+                "the signer's {} key is the certificate's key",
+                ca.algorithm().name()
+            ))
+        } else {
+            Err(format!(
+                "the signing key does not belong to {source}: its public key differs from the \
+                 certificate's; configure the key that was certified"
+            ))
+        },
+    );
+
+    a.record(
+        "signing certificate validity",
+        true,
+        validity(ca, source, rules),
+    );
+
+    let probe = if key_matches {
+        Some(probe(ca, rules).await?)
+    } else {
+        None
+    };
+    a.record(
+        "rooted in the configured enterprise root(s)",
+        true,
+        match &probe {
+            Some(leaf) => rooted(ca, leaf, source),
+            None => Err("not verified: the key does not match the certificate".into()),
+        },
+    );
+
+    let max_hours = rules.max_ttl.as_secs_f64() / 3600.0;
+    let lifetime = format!(
+        "default {:.1} h, maximum {max_hours:.1} h",
+        rules.default_ttl.as_secs_f64() / 3600.0
+    );
+    a.record(
+        "SM-DR13 workload certificates live hours, not days",
+        false,
+        if rules.max_ttl <= SM_DR13_MAX {
+            Ok(lifetime)
+        } else {
+            Err(format!(
+                "{lifetime}: lower issuance.max_ttl_secs to 86400 or less"
+            ))
+        },
+    );
+
+    a.record(
+        "SM-DR15 workload certificates are never CAs",
+        true,
+        match &probe {
+            Some(leaf) => leaf_not_ca(leaf),
+            None => Err("not verified: no probe certificate could be issued".into()),
+        },
+    );
+    Ok(a)
+}
+
+fn ca_constraints(cert: &Certificate, source: &str) -> Result<Result<String, String>, Error> {
+    let tbs = cert.tbs_certificate();
+    let bc = tbs.get_extension::<BasicConstraints>()?.map(|(_, bc)| bc);
+    let ku = tbs.get_extension::<KeyUsage>()?.map(|(_, ku)| ku);
+    let can_sign = ku.is_some_and(|ku| ku.0.contains(KeyUsages::KeyCertSign));
+    Ok(match bc {
+        Some(bc) if bc.ca && can_sign => Ok(format!(
+            "CA:true, pathLen {}, keyUsage keyCertSign",
+            bc.path_len_constraint
+                .map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
+        )),
+        _ => Err(format!(
+            "{source} is not a CA certificate: it needs basicConstraints CA:true and keyUsage \
+             keyCertSign to issue certificates"
+        )),
+    })
+}
+
+fn validity(ca: &SigningCa, source: &str, rules: &Rules) -> Result<String, String> {
+    let (from, until) = (ca.facts.not_before, ca.facts.not_after);
+    let now = SystemTime::now();
+    let span = format!("valid {} to {}", date(from), date(until));
+    if now < from {
+        return Err(format!(
+            "{source} is not yet valid ({span}); check the clock"
+        ));
+    }
+    let Ok(left) = until.duration_since(now) else {
+        return Err(format!(
+            "{source} has expired ({span}); renew the intermediate"
+        ));
+    };
+    if left < rules.max_ttl {
+        return Err(format!(
+            "{source} expires sooner than a workload certificate with the maximum TTL of {} s \
+             issued now would ({span}): renew the intermediate or lower issuance.max_ttl_secs",
+            rules.max_ttl.as_secs()
+        ));
+    }
+    Ok(format!("{span} ({} days left)", left.as_secs() / 86_400))
+}
+
+/// Issues a throwaway workload certificate for a fresh key, exactly as a real
+/// request would be, so the whole issuing path is proven before serving.
+async fn probe(ca: &SigningCa, rules: &Rules) -> Result<CertificateDer<'static>, Error> {
+    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+        .map_err(|_| Error::Unfit("cannot generate a probe key".into()))?;
+    let spki = key
+        .public_key()
+        .as_der()
+        .map_err(|_| Error::Unfit("cannot encode a probe key".into()))?;
+    let id = SpiffeId::from_segments(
+        rules.trust_domain.clone(),
+        &["ns", "castellan-system", "sa", "castellan-probe"],
+    )
+    .map_err(|e| Error::Unfit(format!("probe identity: {e}")))?;
+    let now = SystemTime::now();
+    let template = Template {
+        subject: Subject::Workload(&id),
+        spki_der: spki.as_ref(),
+        rsa: false,
+        serial: ca.serial()?,
+        not_before: now.max(ca.facts.not_before),
+        not_after: (now + PROBE_TTL).min(ca.facts.not_after),
+    };
+    Ok(CertificateDer::from(ca.certify(&template).await?))
+}
+
+fn rooted(ca: &SigningCa, leaf: &CertificateDer<'_>, source: &str) -> Result<String, String> {
+    match verify::chain(leaf, ca.chain(), ca.roots(), verify::Usage::Client) {
+        Ok(()) => {
+            let mut path: Vec<String> = Vec::new();
+            for der in ca.chain() {
+                if let Ok(c) = Certificate::from_der(der) {
+                    path.push(format!("`{}`", c.tbs_certificate().subject()));
+                }
+            }
+            let roots: Vec<String> = ca
+                .roots()
+                .iter()
+                .filter_map(|r| Certificate::from_der(r).ok().map(|c| (r, c)))
+                .map(|(der, c)| {
+                    let fp = digest::digest(&digest::SHA256, der);
+                    let hex: String = fp.as_ref()[..8]
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    format!("`{}` (sha256 {hex}…)", c.tbs_certificate().subject())
+                })
+                .collect();
+            Ok(format!(
+                "probe certificate verified by webpki along {} → root {}",
+                path.join(" → "),
+                roots.join(", ")
+            ))
+        }
+        Err(e) => Err(format!(
+            "{source} does not chain to any configured root ({e:?}): put every intermediate in \
+             the chain file and the enterprise root in the root file or ca.roots_file"
+        )),
+    }
+}
+
+fn leaf_not_ca(leaf: &CertificateDer<'_>) -> Result<String, String> {
+    let cert = Certificate::from_der(leaf).map_err(|e| format!("probe certificate: {e}"))?;
+    let tbs = cert.tbs_certificate();
+    let bc = tbs.get_extension::<BasicConstraints>().ok().flatten();
+    let ku = tbs.get_extension::<KeyUsage>().ok().flatten();
+    match (bc, ku) {
+        (Some((true, bc)), Some((true, ku)))
+            if !bc.ca && !ku.0.contains(KeyUsages::KeyCertSign) =>
+        {
+            Ok(
+                "probe certificate: basicConstraints CA:false (critical), keyUsage without \
+                keyCertSign (critical)"
+                    .into(),
+            )
+        }
+        _ => Err("the workload profile produced a certificate that could act as a CA".into()),
+    }
+}
+
+/// `2026-11-28T12:00:00Z`.
+pub fn date(t: SystemTime) -> String {
+    der::DateTime::from_system_time(t).map_or_else(|_| format!("{t:?}"), |d| d.to_string())
+}

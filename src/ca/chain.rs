@@ -1,0 +1,76 @@
+//! Reading the signing certificate and ordering its chain.
+
+use std::time::SystemTime;
+
+use der::Decode;
+use rustls_pki_types::CertificateDer;
+use x509_cert::{Certificate, ext::pkix::SubjectKeyIdentifier};
+
+use super::{Algorithm, Error};
+use crate::profile::{self, IssuerFacts};
+
+/// What leaves take from the signing certificate.
+pub(super) fn issuer_facts(cert: &Certificate, algorithm: Algorithm) -> Result<IssuerFacts, Error> {
+    let tbs = cert.tbs_certificate();
+    let key_id = match tbs.get_extension::<SubjectKeyIdentifier>()? {
+        Some((_, ski)) => ski.0.as_bytes().to_vec(),
+        None => profile::key_identifier(tbs.subject_public_key_info()),
+    };
+    Ok(IssuerFacts {
+        subject: tbs.subject().clone(),
+        key_id,
+        not_before: tbs.validity().not_before.to_system_time(),
+        not_after: tbs.validity().not_after.to_system_time(),
+        signature_algorithm: algorithm.identifier(),
+    })
+}
+
+/// The intermediates above `cert`, in path order, taken from `pool` by
+/// following issuer names. Self-issued certificates and roots are left out
+/// (the roots travel as their own element); certificates not on the path are
+/// dropped rather than handed to clients.
+pub(super) fn path_order(
+    cert: &Certificate,
+    pool: &[CertificateDer<'static>],
+    roots: &[CertificateDer<'static>],
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let parsed = pool
+        .iter()
+        .filter(|der| !roots.contains(der))
+        .map(|der| Certificate::from_der(der).map(|c| (der, c)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut path = Vec::new();
+    let mut current = cert.clone();
+    while path.len() < parsed.len() {
+        let issuer = current.tbs_certificate().issuer();
+        let next = parsed.iter().find(|(der, c)| {
+            c.tbs_certificate().subject() == issuer && !is_self_issued(c) && !path.contains(*der)
+        });
+        match next {
+            Some((der, c)) => {
+                path.push((*der).clone());
+                current = c.clone();
+            }
+            None => break,
+        }
+    }
+    Ok(path)
+}
+
+pub(super) fn is_self_issued(cert: &Certificate) -> bool {
+    cert.tbs_certificate().subject() == cert.tbs_certificate().issuer()
+}
+
+/// When the first root of the bundle expires.
+pub(super) fn earliest_expiry(roots: &[CertificateDer<'static>]) -> Result<SystemTime, Error> {
+    let mut earliest = None::<SystemTime>;
+    for der in roots {
+        let cert = Certificate::from_der(der).map_err(|source| Error::Parse {
+            what: "a root certificate".into(),
+            source,
+        })?;
+        let t = cert.tbs_certificate().validity().not_after.to_system_time();
+        earliest = Some(earliest.map_or(t, |e| e.min(t)));
+    }
+    earliest.ok_or(Error::NoRoots)
+}

@@ -1,0 +1,128 @@
+//! The `castellan` command line: serve, check, demo, request, bench.
+
+pub mod bench;
+mod check;
+pub mod demo;
+pub mod pki;
+pub mod request;
+pub mod token;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, LogFormat};
+
+/// castellan: an external certificate authority for Istio.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve Istio's CreateCertificate API as configured.
+    Serve {
+        #[arg(long, env = "CASTELLAN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check the configuration and the signing CA against the practices
+    /// castellan enforces; print the evidence; exit non-zero on a failure.
+    Check {
+        #[arg(long, env = "CASTELLAN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Create a throwaway offline root, intermediate and token issuer in DIR
+    /// and serve a real CA with them: nothing to install, no cluster needed.
+    Demo {
+        #[arg(long, default_value = "castellan-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:15012")]
+        listen: SocketAddr,
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+        /// Key type of the demo root and intermediate.
+        #[arg(long, value_enum, default_value_t = KeyType::EcP256)]
+        ca_key_type: KeyType,
+    },
+    /// Ask a CA for a certificate the way istio-agent does, verify it, save it.
+    Request(request::Args),
+    /// Load-test a CA and measure this machine's crypto ceiling in the same run.
+    Bench(bench::Args),
+}
+
+/// Key types for generated keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyType {
+    #[value(name = "ec-p256")]
+    EcP256,
+    #[value(name = "rsa-2048")]
+    Rsa2048,
+}
+
+// === impl Cli ===
+
+impl Cli {
+    /// Runs the chosen command.
+    pub fn run(self) -> ExitCode {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("castellan: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        runtime.block_on(self.dispatch())
+    }
+
+    async fn dispatch(self) -> ExitCode {
+        match self.command {
+            Command::Serve { config } => {
+                let config = match Config::load(&config) {
+                    Ok(c) => c,
+                    Err(e) => return fail(&e),
+                };
+                init_logging(config.log.format);
+                match crate::server::run(&config).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e),
+                }
+            }
+            Command::Check { config } => check::run(&config).await,
+            Command::Demo {
+                dir,
+                listen,
+                metrics_listen,
+                ca_key_type,
+            } => {
+                init_logging(LogFormat::Text);
+                demo::run(&dir, listen, metrics_listen, ca_key_type).await
+            }
+            Command::Request(args) => request::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default `info` level.
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("castellan: {e}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,375 @@
+//! The configuration file: one TOML document, unknown keys refused, every
+//! default a named constant, every error naming the key and the fix.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer};
+use spiffe::TrustDomain;
+
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 15012));
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 15014));
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
+pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
+pub const DEFAULT_MAX_TTL_SECS: u64 = 24 * 3600;
+pub const DEFAULT_NOT_BEFORE_SKEW_SECS: u64 = 120;
+pub const DEFAULT_SERVING_TTL_SECS: u64 = 24 * 3600;
+pub const DEFAULT_RELOAD_INTERVAL_SECS: u64 = 5;
+pub const DEFAULT_AUDIENCE: &str = "istio-ca";
+pub const DEFAULT_JWT_SKEW_SECS: u64 = 60;
+pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The SPIFFE trust domain of issued identities.
+    #[serde(default = "default_trust_domain", deserialize_with = "trust_domain")]
+    pub trust_domain: TrustDomain,
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub issuance: Issuance,
+    #[serde(default)]
+    pub ca: Ca,
+    pub signer: Signer,
+    /// Authenticators, tried in order; the first that recognises a credential decides.
+    #[serde(default)]
+    pub authn: Vec<Authn>,
+    #[serde(default)]
+    pub log: Log,
+}
+
+/// The gRPC listener and the operational (health, metrics) listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// Plain HTTP: `/healthz`, `/readyz`, `/metrics`. Unset: not served.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Requests handled at once; beyond it callers get RESOURCE_EXHAUSTED.
+    pub max_in_flight: usize,
+    pub request_timeout_secs: u64,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_grace_secs: u64,
+    pub tls: ServerTls,
+}
+
+/// castellan's own serving certificate: files, or issued by its own signer.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTls {
+    /// PEM certificate chain (leaf first). With `key_file`; else castellan
+    /// issues its serving certificate itself.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Names the issued serving certificate carries (the host of Istio's `caAddress`).
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<std::net::IpAddr>,
+    pub ttl_secs: u64,
+}
+
+/// Lifetimes of workload certificates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Issuance {
+    /// Used when the request asks for 0 (no preference).
+    pub default_ttl_secs: u64,
+    pub max_ttl_secs: u64,
+    /// What a request above `max_ttl_secs` gets.
+    pub over_max_ttl: OverMaxTtl,
+    /// NotBefore is backdated this much for clock skew between peers.
+    pub not_before_skew_secs: u64,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OverMaxTtl {
+    /// Issue with the maximum lifetime (Istio clients renew by the real NotAfter).
+    Clamp,
+    /// Refuse with INVALID_ARGUMENT, as istiod does.
+    Reject,
+}
+
+/// The enterprise trust anchors and how the signing material is watched.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ca {
+    /// Root certificate(s) the signing chain must end at, and that clients
+    /// receive as the last element. Unset: the signer's own root file.
+    pub roots_file: Option<PathBuf>,
+    /// How often the signing material is checked for changes; 0 disables.
+    pub reload_interval_secs: u64,
+}
+
+/// Where the signing key lives.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Signer {
+    File(castellan_file::Config),
+}
+
+/// One authenticator of the chain.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Authn {
+    Jwt(Jwt),
+}
+
+/// JWT bearer tokens (Kubernetes projected service-account tokens) checked
+/// against a JWKS.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jwt {
+    /// Accepted `iss` values; a token with another issuer is left to the next authenticator.
+    pub issuers: Vec<String>,
+    #[serde(default = "default_audiences")]
+    pub audiences: Vec<String>,
+    /// A JWKS document on disk (re-read when it changes)…
+    pub jwks_file: Option<PathBuf>,
+    /// …or fetched over HTTPS and cached.
+    pub jwks_url: Option<String>,
+    /// PEM CA bundle for `jwks_url`; unset: the system roots.
+    pub jwks_ca_file: Option<PathBuf>,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_secs: u64,
+    /// Allowance for clock differences on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_jwt_skew")]
+    pub clock_skew_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("config: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// [`Error`] naming the file, the key and what to change.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` only names it in errors.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        let config: Self = toml::from_str(text).map_err(|e| Error::Parse {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |key, problem: &str| {
+            Err(Error::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        let i = &self.issuance;
+        if i.max_ttl_secs == 0 {
+            return invalid("issuance.max_ttl_secs", "must be above 0");
+        }
+        if i.default_ttl_secs == 0 || i.default_ttl_secs > i.max_ttl_secs {
+            return invalid(
+                "issuance.default_ttl_secs",
+                "must be above 0 and at most issuance.max_ttl_secs",
+            );
+        }
+        if self.server.max_in_flight == 0 {
+            return invalid("server.max_in_flight", "must be above 0");
+        }
+        if self.server.request_timeout_secs == 0 {
+            return invalid("server.request_timeout_secs", "must be above 0");
+        }
+        let tls = &self.server.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return invalid(
+                "server.tls.cert_file",
+                "and server.tls.key_file must be set together (or neither, to have castellan issue its own)",
+            );
+        }
+        if tls.cert_file.is_none() && tls.dns_names.is_empty() && tls.ip_addresses.is_empty() {
+            return invalid(
+                "server.tls.dns_names",
+                "is empty: list the host names clients dial (the host of Istio's caAddress), \
+                 or set server.tls.cert_file and key_file",
+            );
+        }
+        if tls.ttl_secs < 600 {
+            return invalid("server.tls.ttl_secs", "must be at least 600");
+        }
+        if self.authn.is_empty() {
+            return invalid(
+                "authn",
+                "is empty: add at least one [[authn]] section (type = \"jwt\")",
+            );
+        }
+        for a in &self.authn {
+            match a {
+                Authn::Jwt(jwt) => jwt.validate()?,
+            }
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.request_timeout_secs)
+    }
+}
+
+impl Jwt {
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |key, problem: &str| {
+            Err(Error::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.issuers.is_empty() {
+            return invalid(
+                "authn.issuers",
+                "is empty: list the accepted token issuers (`iss`)",
+            );
+        }
+        if self.audiences.is_empty() {
+            return invalid(
+                "authn.audiences",
+                "is empty: Istio clients use \"istio-ca\"",
+            );
+        }
+        match (&self.jwks_file, &self.jwks_url) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => return invalid("authn.jwks_file", "or authn.jwks_url: set exactly one"),
+        }
+        if let Some(url) = &self.jwks_url
+            && !url.starts_with("https://")
+            && !url.starts_with("http://127.0.0.1")
+            && !url.starts_with("http://localhost")
+        {
+            return invalid(
+                "authn.jwks_url",
+                "must be https:// (plain http only on loopback)",
+            );
+        }
+        if self.jwks_refresh_secs == 0 {
+            return invalid("authn.jwks_refresh_secs", "must be above 0");
+        }
+        Ok(())
+    }
+}
+
+// === defaults ===
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            tls: ServerTls::default(),
+        }
+    }
+}
+
+impl Default for ServerTls {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            ttl_secs: DEFAULT_SERVING_TTL_SECS,
+        }
+    }
+}
+
+impl Default for Issuance {
+    fn default() -> Self {
+        Self {
+            default_ttl_secs: DEFAULT_TTL_SECS,
+            max_ttl_secs: DEFAULT_MAX_TTL_SECS,
+            over_max_ttl: OverMaxTtl::Clamp,
+            not_before_skew_secs: DEFAULT_NOT_BEFORE_SKEW_SECS,
+        }
+    }
+}
+
+impl Default for Ca {
+    fn default() -> Self {
+        Self {
+            roots_file: None,
+            reload_interval_secs: DEFAULT_RELOAD_INTERVAL_SECS,
+        }
+    }
+}
+
+#[expect(clippy::expect_used, reason = "a constant known to be valid")]
+fn default_trust_domain() -> TrustDomain {
+    TrustDomain::new(DEFAULT_TRUST_DOMAIN).expect("DEFAULT_TRUST_DOMAIN is a valid trust domain")
+}
+
+fn trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
+    let s = String::deserialize(d)?;
+    TrustDomain::new(&s).map_err(|e| serde::de::Error::custom(format!("trust domain `{s}`: {e}")))
+}
+
+fn default_audiences() -> Vec<String> {
+    vec![DEFAULT_AUDIENCE.to_owned()]
+}
+
+fn default_jwks_refresh() -> u64 {
+    DEFAULT_JWKS_REFRESH_SECS
+}
+
+fn default_jwt_skew() -> u64 {
+    DEFAULT_JWT_SKEW_SECS
+}

@@ -1,0 +1,28 @@
+//! castellan: an external certificate authority for Istio.
+//!
+//! A request travels through four steps, each its own module:
+//!
+//! 1. [`authn`] turns the caller's bearer token into an [`identity::Caller`];
+//! 2. [`csr`] parses the PEM CSR and checks its proof of possession;
+//! 3. [`policy`] decides what may be issued to that caller: an [`policy::Approved`];
+//! 4. [`issuer`] builds the certificate from [`profile`] and has the signing
+//!    CA of [`ca`] sign it.
+//!
+//! [`server`] carries this over gRPC and maps every failure to a status code
+//! in exactly one place ([`error`]).
+
+pub mod authn;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod csr;
+pub mod error;
+pub mod identity;
+pub mod issuer;
+pub mod metrics;
+pub mod pem;
+pub mod policy;
+pub mod profile;
+pub mod proto;
+pub mod server;
+pub mod verify;

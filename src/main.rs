@@ -1,0 +1,7 @@
+//! The `castellan` binary.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    castellan::cli::Cli::parse().run()
+}

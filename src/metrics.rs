@@ -1,0 +1,154 @@
+//! Prometheus metrics, named as istiod names them (`citadel_server_*`) so
+//! existing dashboards and alerts keep working, plus castellan's own.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric castellan exports.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub csr_count: IntCounter,
+    pub authentication_failures: IntCounter,
+    pub csr_parsing_errors: IntCounter,
+    pub sign_errors: IntCounterVec,
+    pub issued: IntCounter,
+    pub ttl_clamped: IntCounter,
+    pub overloaded: IntCounter,
+    pub in_flight: IntGauge,
+    pub latency: HistogramVec,
+    pub root_expiry: Gauge,
+    pub chain_expiry: Gauge,
+    pub reload_refused: IntCounter,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// # Errors
+    /// Only if two metrics share a name, a bug caught by the tests.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> Result<Gauge, prometheus::Error> {
+            let g = Gauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let sign_errors = IntCounterVec::new(
+            Opts::new(
+                "citadel_server_csr_sign_err_count",
+                "CSRs that failed to be signed, by error.",
+            ),
+            &["error"],
+        )?;
+        registry.register(Box::new(sign_errors.clone()))?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "castellan_request_duration_seconds",
+                "CreateCertificate latency, by gRPC status code.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["code"],
+        )?;
+        registry.register(Box::new(latency.clone()))?;
+        let in_flight = IntGauge::new(
+            "castellan_requests_in_flight",
+            "Requests being handled now.",
+        )?;
+        registry.register(Box::new(in_flight.clone()))?;
+        Ok(Self {
+            csr_count: counter("citadel_server_csr_count", "CSRs received.")?,
+            authentication_failures: counter(
+                "citadel_server_authentication_failure_count",
+                "Requests whose caller could not be authenticated.",
+            )?,
+            csr_parsing_errors: counter(
+                "citadel_server_csr_parsing_err_count",
+                "CSRs that could not be parsed or verified.",
+            )?,
+            issued: counter(
+                "citadel_server_success_cert_issuance_count",
+                "Certificates issued.",
+            )?,
+            ttl_clamped: counter(
+                "castellan_ttl_clamped_count",
+                "Requests whose lifetime was cut to the maximum.",
+            )?,
+            overloaded: counter(
+                "castellan_overloaded_count",
+                "Requests refused with RESOURCE_EXHAUSTED over the in-flight limit.",
+            )?,
+            root_expiry: gauge(
+                "citadel_server_root_cert_expiry_timestamp",
+                "Unix time the first root of the bundle expires.",
+            )?,
+            chain_expiry: gauge(
+                "citadel_server_cert_chain_expiry_timestamp",
+                "Unix time the signing certificate expires.",
+            )?,
+            reload_refused: counter(
+                "castellan_signer_reload_refused_count",
+                "Changed signing material refused by the checks.",
+            )?,
+            sign_errors,
+            latency,
+            in_flight,
+            registry,
+        })
+    }
+
+    /// Sets the expiry gauges from the current CA.
+    pub fn observe_ca(&self, roots_not_after: SystemTime, chain_not_after: SystemTime) {
+        self.root_expiry.set(unix(roots_not_after));
+        self.chain_expiry.set(unix(chain_not_after));
+    }
+
+    pub fn observe_latency(&self, code: tonic::Code, elapsed: Duration) {
+        self.latency
+            .with_label_values(&[code_label(code)])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::Internal => "INTERNAL",
+        _ => "OTHER",
+    }
+}

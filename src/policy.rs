@@ -1,0 +1,257 @@
+//! What may be issued to whom: the CSR's names against the caller's identity,
+//! and the requested lifetime against the configured bounds.
+
+use std::time::Duration;
+
+use spiffe::SpiffeId;
+
+use crate::{
+    config::{Issuance, OverMaxTtl},
+    csr::{KeyKind, VerifiedCsr},
+    identity::Caller,
+};
+
+/// A request that passed policy: the only input the issuer accepts, so an
+/// unchecked CSR cannot be signed.
+#[derive(Clone, Debug)]
+pub struct Approved {
+    spki_der: Vec<u8>,
+    key: KeyKind,
+    identity: SpiffeId,
+    ttl: Duration,
+    /// Set when the request asked for more than the maximum and got less.
+    clamped_from: Option<Duration>,
+}
+
+/// Lifetime rules, from [`Issuance`].
+#[derive(Clone, Copy, Debug)]
+pub struct TtlRules {
+    pub default: Duration,
+    pub max: Duration,
+    pub over_max: OverMaxTtl,
+}
+
+/// Why a well-formed request is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("CSR asks for identity `{requested}`, but the caller may only be issued `{allowed}`")]
+    IdentityMismatch { requested: String, allowed: String },
+    #[error("impersonation (ImpersonatedIdentity) is not allowed for `{caller}`")]
+    ImpersonationDenied { caller: String },
+    #[error("requested validity {0}s is negative")]
+    NegativeTtl(i64),
+    #[error("requested validity {requested}s exceeds the maximum of {max}s")]
+    TtlTooLong { requested: u64, max: u64 },
+}
+
+// === impl Approved ===
+
+impl Approved {
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    pub fn key(&self) -> KeyKind {
+        self.key
+    }
+
+    pub fn identity(&self) -> &SpiffeId {
+        &self.identity
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn clamped_from(&self) -> Option<Duration> {
+        self.clamped_from
+    }
+}
+
+// === impl TtlRules ===
+
+impl From<&Issuance> for TtlRules {
+    fn from(i: &Issuance) -> Self {
+        Self {
+            default: Duration::from_secs(i.default_ttl_secs),
+            max: Duration::from_secs(i.max_ttl_secs),
+            over_max: i.over_max_ttl,
+        }
+    }
+}
+
+impl TtlRules {
+    /// 0 means "no preference"; negative is an error; above the maximum is
+    /// clamped or refused as configured. Returns the TTL and, when clamped,
+    /// what was asked for.
+    fn decide(&self, requested_secs: i64) -> Result<(Duration, Option<Duration>), Error> {
+        let requested = match u64::try_from(requested_secs) {
+            Ok(0) => return Ok((self.default, None)),
+            Ok(secs) => Duration::from_secs(secs),
+            Err(_) => return Err(Error::NegativeTtl(requested_secs)),
+        };
+        if requested <= self.max {
+            return Ok((requested, None));
+        }
+        match self.over_max {
+            OverMaxTtl::Clamp => Ok((self.max, Some(requested))),
+            OverMaxTtl::Reject => Err(Error::TtlTooLong {
+                requested: requested.as_secs(),
+                max: self.max.as_secs(),
+            }),
+        }
+    }
+}
+
+/// Decides whether `csr` may be issued to `caller` for `requested_ttl_secs`.
+/// `impersonate` is ztunnel's `ImpersonatedIdentity`, if sent.
+///
+/// # Errors
+/// [`Error`] saying which rule refused.
+pub fn check(
+    csr: VerifiedCsr,
+    caller: &Caller,
+    impersonate: Option<&str>,
+    requested_ttl_secs: i64,
+    rules: &TtlRules,
+) -> Result<Approved, Error> {
+    if impersonate.is_some_and(|id| !id.is_empty()) {
+        return Err(Error::ImpersonationDenied {
+            caller: caller.service_account.to_string(),
+        });
+    }
+    let identity = caller.identity.clone();
+    if let Some(requested) = &csr.uri
+        && requested.as_str() != identity.to_string()
+    {
+        return Err(Error::IdentityMismatch {
+            requested: requested.clone(),
+            allowed: identity.to_string(),
+        });
+    }
+    let (ttl, clamped_from) = rules.decide(requested_ttl_secs)?;
+    Ok(Approved {
+        spki_der: csr.spki_der,
+        key: csr.key,
+        identity,
+        ttl,
+        clamped_from,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::ServiceAccount;
+
+    fn caller() -> Caller {
+        let sa = ServiceAccount::from_username("system:serviceaccount:ns:sa").unwrap();
+        let td = spiffe::TrustDomain::new("cluster.local").unwrap();
+        Caller {
+            identity: sa.spiffe_id(&td).unwrap(),
+            service_account: sa,
+            pod: None,
+            authenticator: "test",
+        }
+    }
+
+    fn csr(uri: Option<&str>) -> VerifiedCsr {
+        VerifiedCsr {
+            spki_der: vec![1, 2, 3],
+            key: KeyKind::EcdsaP256,
+            uri: uri.map(str::to_owned),
+        }
+    }
+
+    fn rules(over_max: OverMaxTtl) -> TtlRules {
+        TtlRules {
+            default: Duration::from_secs(3600),
+            max: Duration::from_secs(7200),
+            over_max,
+        }
+    }
+
+    #[test]
+    fn identity_must_match_when_named() {
+        let r = rules(OverMaxTtl::Clamp);
+        let ok = check(
+            csr(Some("spiffe://cluster.local/ns/ns/sa/sa")),
+            &caller(),
+            None,
+            0,
+            &r,
+        );
+        assert_eq!(
+            ok.unwrap().identity().to_string(),
+            "spiffe://cluster.local/ns/ns/sa/sa"
+        );
+        let none = check(csr(None), &caller(), None, 0, &r).unwrap();
+        assert_eq!(
+            none.identity().to_string(),
+            "spiffe://cluster.local/ns/ns/sa/sa"
+        );
+        let other = check(
+            csr(Some("spiffe://cluster.local/ns/ns/sa/admin")),
+            &caller(),
+            None,
+            0,
+            &r,
+        );
+        assert!(matches!(other, Err(Error::IdentityMismatch { .. })));
+        let td = check(
+            csr(Some("spiffe://evil.example/ns/ns/sa/sa")),
+            &caller(),
+            None,
+            0,
+            &r,
+        );
+        assert!(matches!(td, Err(Error::IdentityMismatch { .. })));
+    }
+
+    #[test]
+    fn ttl_rules() {
+        let clamp = rules(OverMaxTtl::Clamp);
+        let c = caller();
+        let ttl = |r: &TtlRules, s| {
+            check(csr(None), &c, None, s, r).map(|a| (a.ttl().as_secs(), a.clamped_from()))
+        };
+        assert_eq!(ttl(&clamp, 0).unwrap(), (3600, None));
+        assert_eq!(ttl(&clamp, 60).unwrap(), (60, None));
+        assert_eq!(ttl(&clamp, 7200).unwrap(), (7200, None));
+        assert_eq!(
+            ttl(&clamp, 9000).unwrap(),
+            (7200, Some(Duration::from_secs(9000)))
+        );
+        assert_eq!(ttl(&clamp, -1), Err(Error::NegativeTtl(-1)));
+        let reject = rules(OverMaxTtl::Reject);
+        assert_eq!(
+            ttl(&reject, 9000),
+            Err(Error::TtlTooLong {
+                requested: 9000,
+                max: 7200
+            })
+        );
+        assert_eq!(ttl(&reject, i64::MIN), Err(Error::NegativeTtl(i64::MIN)));
+        assert_eq!(
+            ttl(&reject, i64::MAX).map(|_| ()),
+            Err(Error::TtlTooLong {
+                requested: i64::MAX as u64,
+                max: 7200
+            })
+        );
+    }
+
+    #[test]
+    fn impersonation_is_refused_until_configured() {
+        let r = rules(OverMaxTtl::Clamp);
+        let res = check(
+            csr(None),
+            &caller(),
+            Some("spiffe://cluster.local/ns/a/sa/b"),
+            0,
+            &r,
+        );
+        assert!(matches!(res, Err(Error::ImpersonationDenied { .. })));
+        assert!(check(csr(None), &caller(), Some(""), 0, &r).is_ok());
+    }
+}

@@ -1,0 +1,253 @@
+//! The running CA: gRPC over TLS, the operational listener, hot reload of the
+//! signing material and of the serving certificate, and graceful shutdown.
+
+mod health;
+mod service;
+mod serving;
+mod tls;
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio_rustls::TlsAcceptor;
+
+pub use service::CaService;
+pub use tls::provider as tls_provider;
+
+use crate::{
+    authn,
+    ca::{self, CaHandle, Rules, Source},
+    config::Config,
+    issuer::{self, Issuer},
+    metrics::Metrics,
+    policy::TtlRules,
+    proto::istio_certificate_service_server::IstioCertificateServiceServer,
+};
+
+/// Why castellan cannot start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("signing CA: {0}")]
+    Ca(#[from] ca::Error),
+    #[error("{0}")]
+    Issue(#[from] issuer::Error),
+    #[error("authn: {0}")]
+    Authn(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("serving certificate: {0}")]
+    ServingCert(String),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    /// Where gRPC is served (the real port when the config said 0).
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub ca: Arc<CaHandle>,
+    pub metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+// === impl Running ===
+
+impl Running {
+    /// Stops accepting connections; in-flight requests finish.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits for the server to stop (after [`Running::shutdown`]), at most `grace`.
+    ///
+    /// # Errors
+    /// When the gRPC server failed.
+    pub async fn wait(mut self, grace: Duration) -> Result<(), Error> {
+        let outcome = tokio::time::timeout(grace, &mut self.server).await;
+        for task in &self.background {
+            task.abort();
+        }
+        match outcome {
+            Ok(Ok(result)) => Ok(result?),
+            Ok(Err(join)) => Err(Error::ServingCert(format!("server task: {join}"))),
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "in-flight requests did not finish within the grace period"
+                );
+                self.server.abort();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Starts castellan as configured and returns once it is serving.
+///
+/// # Errors
+/// [`Error`] naming what stops it from starting.
+pub async fn start(config: &Config) -> Result<Running, Error> {
+    let metrics = Metrics::new()?;
+    let roots = match &config.ca.roots_file {
+        Some(path) => Some(read_roots(path)?),
+        None => None,
+    };
+    let rules = Rules {
+        trust_domain: config.trust_domain.clone(),
+        default_ttl: Duration::from_secs(config.issuance.default_ttl_secs),
+        max_ttl: Duration::from_secs(config.issuance.max_ttl_secs),
+        roots,
+    };
+    let source = Source::from_config(&config.signer)?;
+    let ca = Arc::new(CaHandle::load(source, rules).await?);
+    observe(&metrics, &ca.current());
+    let mut background = Vec::new();
+
+    let poll = Duration::from_secs(config.ca.reload_interval_secs);
+    if !poll.is_zero() {
+        let (m1, m2) = (metrics.clone(), metrics.clone());
+        background.push(ca::spawn_reloader(
+            Arc::clone(&ca),
+            poll,
+            move |new| observe(&m1, new),
+            move || m2.reload_refused.inc(),
+        ));
+    }
+
+    let authn = authn::Chain::from_config(&config.authn, &config.trust_domain)
+        .await
+        .map_err(Error::Authn)?;
+    let skew = Duration::from_secs(config.issuance.not_before_skew_secs);
+    let issuer = Issuer::new(Arc::clone(&ca), skew);
+
+    let (serving, renewal) = serving::start(&config.server.tls, &issuer, poll).await?;
+    background.push(renewal);
+    let tls = tls::server_config(serving, ca.current().roots())?;
+
+    let listener = bind(config.server.listen, "server.listen").await?;
+    let addr = local_addr(&listener)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let metrics_addr = match config.server.metrics_listen {
+        Some(listen) => {
+            let l = bind(listen, "server.metrics_listen").await?;
+            let a = local_addr(&l)?;
+            background.push(health::spawn(
+                l,
+                Arc::clone(&ca),
+                metrics.clone(),
+                stopped(shutdown_rx.clone()),
+            ));
+            Some(a)
+        }
+        None => None,
+    };
+
+    let service = CaService::new(
+        authn,
+        issuer,
+        TtlRules::from(&config.issuance),
+        metrics.clone(),
+        config.server.max_in_flight,
+        config.request_timeout(),
+    );
+    let (incoming, accept) = tls::incoming(listener, TlsAcceptor::from(Arc::new(tls)));
+    background.push(accept);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .add_service(IstioCertificateServiceServer::new(service))
+            .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx)),
+    );
+    tracing::info!(%addr, metrics = ?metrics_addr, "castellan serving");
+    Ok(Running {
+        addr,
+        metrics_addr,
+        ca,
+        metrics,
+        shutdown,
+        server,
+        background,
+    })
+}
+
+/// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
+///
+/// # Errors
+/// As [`start`], or when the server fails.
+pub async fn run(config: &Config) -> Result<(), Error> {
+    let running = start(config).await?;
+    terminated().await;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    running.shutdown();
+    running
+        .wait(Duration::from_secs(config.server.shutdown_grace_secs))
+        .await
+}
+
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn observe(metrics: &Metrics, ca: &ca::SigningCa) {
+    metrics.observe_ca(ca.roots_not_after(), ca.facts().not_after);
+}
+
+/// Reads a PEM bundle of root certificates.
+///
+/// # Errors
+/// When the file is unreadable or holds no certificate.
+pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let what = || format!("ca.roots_file {}", path.display());
+    let pem = std::fs::read(path).map_err(|source| Error::Io {
+        what: what(),
+        source,
+    })?;
+    let roots = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::ServingCert(format!("{}: {e}", what())))?;
+    if roots.is_empty() {
+        return Err(Error::ServingCert(format!("{}: no certificate", what())));
+    }
+    Ok(roots)
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+        what: format!("{key} {addr}"),
+        source,
+    })
+}
+
+fn local_addr(l: &TcpListener) -> Result<SocketAddr, Error> {
+    l.local_addr().map_err(|source| Error::Io {
+        what: "listener address".into(),
+        source,
+    })
+}
