@@ -1,1 +1,16 @@
+//! castellan's integration tests: a real server over real TLS, real gRPC
+//! clients, PKI made by rcgen per test. One binary, one module per concern.
 
+// Test helpers are `pub` to share them between modules of this one binary.
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod authn;
+mod config;
+mod demo;
+mod issue;
+mod refusals;
+mod reload;
+mod server;
+mod startup;

@@ -1,0 +1,198 @@
+//! What every test needs: a PKI, a token issuer, a running castellan, a client.
+
+#![allow(dead_code)]
+
+pub mod csr;
+pub mod pki;
+
+use std::{path::PathBuf, time::Duration};
+
+use castellan::{
+    cli::{request, token::TokenIssuer},
+    config::Config,
+    proto::{
+        IstioCertificateResponse, istio_certificate_service_client::IstioCertificateServiceClient,
+    },
+    server::{self, Running},
+};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+pub use pki::{Ca, KeyAlg};
+
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+pub const TD: &str = "cluster.local";
+
+/// A running castellan with its PKI and a token issuer its JWT authenticator trusts.
+pub struct TestCa {
+    pub running: Running,
+    pub dir: TempDir,
+    pub root: Ca,
+    pub intermediate: Ca,
+    pub tokens: TokenIssuer,
+}
+
+/// How to set one up.
+pub struct Setup {
+    pub ca_alg: KeyAlg,
+    /// Extra TOML appended to `[issuance]`.
+    pub issuance: String,
+    /// Extra TOML appended to `[server]`.
+    pub server: String,
+    /// Extra TOML for `[ca]`.
+    pub ca: String,
+    /// Replaces the JWT authenticator's JWKS source line (default: the file).
+    pub jwks: Option<String>,
+    /// Adds a second, unrelated root to the root bundle (root rotation).
+    pub extra_root: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            ca_alg: KeyAlg::EcP256,
+            issuance: String::new(),
+            server: String::new(),
+            ca: "reload_interval_secs = 1\n".into(),
+            jwks: None,
+            extra_root: false,
+        }
+    }
+}
+
+impl TestCa {
+    pub async fn start() -> Self {
+        Self::start_with(Setup::default()).await
+    }
+
+    pub async fn start_with(setup: Setup) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Ca::root("Test Root", setup.ca_alg);
+        let intermediate = root.intermediate("Test Intermediate", setup.ca_alg, |_| {});
+        let mut roots = root.pem.clone();
+        if setup.extra_root {
+            roots.push_str(&Ca::root("Next Root", KeyAlg::EcP384).pem);
+        }
+        pki::write_cacerts(
+            &dir.path().join("ca"),
+            &intermediate,
+            &[&intermediate, &root],
+            &roots,
+        );
+        let (tokens, _) = TokenIssuer::generate(ISSUER).unwrap();
+        std::fs::write(dir.path().join("jwks.json"), tokens.jwks()).unwrap();
+        let config = config_text(dir.path().to_path_buf(), &setup);
+        std::fs::write(dir.path().join("castellan.toml"), &config).unwrap();
+        let config = Config::parse(&config, &dir.path().join("castellan.toml")).unwrap();
+        let running = server::start(&config).await.unwrap();
+        Self {
+            running,
+            dir,
+            root,
+            intermediate,
+            tokens,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("https://localhost:{}", self.running.addr.port())
+    }
+
+    pub async fn client(&self) -> IstioCertificateServiceClient<Channel> {
+        request::connect(&self.addr(), self.root.pem.as_bytes())
+            .await
+            .unwrap()
+    }
+
+    pub fn token(&self, ns: &str, sa: &str) -> String {
+        self.tokens.mint(ns, sa, "istio-ca", 3600).unwrap()
+    }
+
+    /// Sends `csr` as `ns/sa` with istio-agent's headers.
+    pub async fn send(
+        &self,
+        csr: &str,
+        ns: &str,
+        sa: &str,
+        ttl: i64,
+    ) -> Result<IstioCertificateResponse, tonic::Status> {
+        self.send_token(csr, &self.token(ns, sa), ttl).await
+    }
+
+    pub async fn send_token(
+        &self,
+        csr: &str,
+        token: &str,
+        ttl: i64,
+    ) -> Result<IstioCertificateResponse, tonic::Status> {
+        let req = request::request_for(csr, ttl, token, "Kubernetes").unwrap();
+        self.client()
+            .await
+            .create_certificate(req)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}", self.running.metrics_addr.unwrap())
+    }
+}
+
+pub fn id(ns: &str, sa: &str) -> String {
+    format!("spiffe://{TD}/ns/{ns}/sa/{sa}")
+}
+
+fn config_text(dir: PathBuf, s: &Setup) -> String {
+    let d = dir.display();
+    let jwks = s
+        .jwks
+        .clone()
+        .unwrap_or_else(|| format!("jwks_file = \"{d}/jwks.json\""));
+    format!(
+        r#"trust_domain = "{TD}"
+[server]
+listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+{server}
+[server.tls]
+dns_names = ["localhost"]
+ip_addresses = ["127.0.0.1"]
+[issuance]
+{issuance}
+[ca]
+{ca}
+[signer]
+type = "file"
+dir = "{d}/ca"
+[[authn]]
+type = "jwt"
+issuers = ["{ISSUER}"]
+{jwks}
+"#,
+        server = s.server,
+        issuance = s.issuance,
+        ca = s.ca,
+    )
+}
+
+/// Waits until `f` holds, up to `limit`.
+pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Fetches a URL from the operational listener.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let resp = reqwest::get(url).await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}

@@ -1,0 +1,113 @@
+//! Test PKI made with rcgen at test time: roots, intermediates with any flaw
+//! a test needs, written in the layouts castellan reads.
+
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256,
+};
+use time::{Duration, OffsetDateTime};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyAlg {
+    EcP256,
+    EcP384,
+    Rsa2048,
+}
+
+/// A CA certificate and its key.
+pub struct Ca {
+    pub params: CertificateParams,
+    pub key: KeyPair,
+    pub pem: String,
+    pub der: Vec<u8>,
+}
+
+pub fn key(alg: KeyAlg) -> KeyPair {
+    match alg {
+        KeyAlg::EcP256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256),
+        KeyAlg::EcP384 => KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384),
+        KeyAlg::Rsa2048 => KeyPair::generate_for(&PKCS_RSA_SHA256),
+    }
+    .unwrap()
+}
+
+pub fn ca_params(cn: &str, path_len: Option<u8>) -> CertificateParams {
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(path_len.map_or(
+        BasicConstraints::Unconstrained,
+        BasicConstraints::Constrained,
+    ));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + Duration::days(365);
+    p
+}
+
+impl Ca {
+    pub fn root(cn: &str, alg: KeyAlg) -> Self {
+        let key = key(alg);
+        let params = ca_params(cn, None);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+            params,
+            key,
+        }
+    }
+
+    /// A certificate signed by `self`; `tweak` may change anything.
+    pub fn intermediate(
+        &self,
+        cn: &str,
+        alg: KeyAlg,
+        tweak: impl FnOnce(&mut CertificateParams),
+    ) -> Self {
+        let key = key(alg);
+        let mut params = ca_params(cn, Some(0));
+        params.use_authority_key_identifier_extension = true;
+        tweak(&mut params);
+        self.sign(params, key)
+    }
+
+    pub fn sign(&self, params: CertificateParams, key: KeyPair) -> Self {
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        Self {
+            pem: cert.pem(),
+            der: cert.der().to_vec(),
+            params,
+            key,
+        }
+    }
+}
+
+/// Writes Istio's `cacerts` layout: the signing cert and key, the chain
+/// (certificates given), and the root bundle.
+pub fn write_cacerts(dir: &Path, signing: &Ca, chain: &[&Ca], roots_pem: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    write_cacerts_key(dir, signing, &signing.key.serialize_pem(), chain, roots_pem);
+}
+
+/// As [`write_cacerts`], with the key PEM given (other formats, other keys).
+pub fn write_cacerts_key(dir: &Path, signing: &Ca, key_pem: &str, chain: &[&Ca], roots_pem: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let chain: String = chain.iter().map(|c| c.pem.as_str()).collect();
+    // Write to temporary names and rename, as Kubernetes swaps Secret files.
+    for (name, contents) in [
+        ("ca-cert.pem", signing.pem.as_str()),
+        ("ca-key.pem", key_pem),
+        ("cert-chain.pem", chain.as_str()),
+        ("root-cert.pem", roots_pem),
+    ] {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+}
