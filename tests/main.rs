@@ -3,6 +3,8 @@
 
 // Test helpers are `pub` to share them between modules of this one binary.
 #![allow(unreachable_pub)]
+// A failed step in a test helper is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
