@@ -133,7 +133,7 @@ fn verify_webpki(chain: &[String], root: &[u8]) {
     ] {
         ee.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
-            &[anchor.clone()],
+            std::slice::from_ref(&anchor),
             &intermediates,
             UnixTime::now(),
             usage,
