@@ -14,6 +14,9 @@ use tokio::{sync::Mutex, time::Instant};
 /// An unknown `kid` triggers a refresh at most this often, so a flood of
 /// forged tokens cannot turn into a flood of JWKS fetches.
 const UNKNOWN_KID_REFRESH: Duration = Duration::from_secs(30);
+/// After a failed fetch, callers fail fast for this long instead of each
+/// waiting on another fetch of an endpoint that is down.
+const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(1);
 /// JWKS documents above this size are refused.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -23,8 +26,9 @@ pub struct Jwks {
     source: Source,
     refresh: Duration,
     keys: ArcSwapOption<KeySet>,
-    /// Serialises refreshes: concurrent callers wait for one fetch.
-    refreshing: Mutex<()>,
+    /// Serialises refreshes (concurrent callers wait for one fetch) and
+    /// remembers when the last fetch failed.
+    refreshing: Mutex<Option<Instant>>,
 }
 
 #[derive(Debug)]
@@ -82,7 +86,7 @@ impl Jwks {
             source,
             refresh,
             keys: ArcSwapOption::empty(),
-            refreshing: Mutex::new(()),
+            refreshing: Mutex::new(None),
         }
     }
 
@@ -104,7 +108,8 @@ impl Jwks {
             return Ok(found);
         }
         // Perhaps the issuer rotated its keys since the last fetch.
-        self.refresh_keeping_old(UNKNOWN_KID_REFRESH).await?;
+        self.refresh_keeping_old(UNKNOWN_KID_REFRESH.min(self.refresh))
+            .await?;
         self.lookup(kid)?.ok_or_else(|| match kid {
             Some(k) => Error::UnknownKid(k.to_owned()),
             None => Error::NoKid,
@@ -127,7 +132,7 @@ impl Jwks {
     /// under the lock, so concurrent callers share one fetch); on failure the
     /// old keys stay in use, and only a JWKS never fetched is an error.
     async fn refresh_keeping_old(&self, max_age: Duration) -> Result<(), Error> {
-        let _one_at_a_time = self.refreshing.lock().await;
+        let mut failed_at = self.refreshing.lock().await;
         let fresh = self
             .keys
             .load()
@@ -136,13 +141,28 @@ impl Jwks {
         if fresh {
             return Ok(());
         }
+        let have_keys = self.keys.load().is_some();
+        if failed_at.is_some_and(|t| t.elapsed() < FAILED_FETCH_BACKOFF) {
+            return if have_keys {
+                Ok(())
+            } else {
+                Err(Error::Unavailable("JWKS fetch failed moments ago".into()))
+            };
+        }
         match self.fetch().await {
-            Ok(()) => Ok(()),
-            Err(e) if self.keys.load().is_some() => {
-                tracing::warn!(error = %e, "JWKS refresh failed; keeping the previous keys");
+            Ok(()) => {
+                *failed_at = None;
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                *failed_at = Some(Instant::now());
+                if have_keys {
+                    tracing::warn!(error = %e, "JWKS refresh failed; keeping the previous keys");
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
         }
     }
 

@@ -30,6 +30,8 @@ pub struct TestCa {
     pub root: Ca,
     pub intermediate: Ca,
     pub tokens: TokenIssuer,
+    /// PKCS#8 PEM of the token issuer's key, to forge odd tokens with.
+    pub token_key: String,
 }
 
 /// How to set one up.
@@ -79,7 +81,7 @@ impl TestCa {
             &[&intermediate, &root],
             &roots,
         );
-        let (tokens, _) = TokenIssuer::generate(ISSUER).unwrap();
+        let (tokens, token_key) = TokenIssuer::generate(ISSUER).unwrap();
         std::fs::write(dir.path().join("jwks.json"), tokens.jwks()).unwrap();
         let config = config_text(dir.path().to_path_buf(), &setup);
         std::fs::write(dir.path().join("castellan.toml"), &config).unwrap();
@@ -91,6 +93,7 @@ impl TestCa {
             root,
             intermediate,
             tokens,
+            token_key: token_key.to_string(),
         }
     }
 
