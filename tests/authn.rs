@@ -186,6 +186,9 @@ async fn kubernetes_claims_with_pod_binding_are_accepted() {
     ca.send_token(&csr, &token, 600).await.unwrap();
 }
 
+/// The document served (`None`: answer 500) and the number of fetches.
+type JwksState = (Arc<Mutex<Option<String>>>, Arc<AtomicUsize>);
+
 /// A JWKS endpoint whose document and health the test controls.
 struct JwksServer {
     addr: SocketAddr,
@@ -199,7 +202,7 @@ impl JwksServer {
         let app = Router::new()
             .route(
                 "/jwks",
-                get(|State((doc, n)): State<(Arc<Mutex<Option<String>>>, Arc<AtomicUsize>)>| async move {
+                get(|State((doc, n)): State<JwksState>| async move {
                     n.fetch_add(1, Ordering::SeqCst);
                     match doc.lock().unwrap().clone() {
                         Some(d) => (StatusCode::OK, d),
