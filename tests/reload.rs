@@ -17,7 +17,11 @@ use crate::support::{KeyAlg, TestCa, csr, eventually, http_get, id, pki};
 
 fn issuer_of(chain: &[String]) -> String {
     let leaf = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
-    Certificate::from_der(&leaf).unwrap().tbs_certificate().issuer().to_string()
+    Certificate::from_der(&leaf)
+        .unwrap()
+        .tbs_certificate()
+        .issuer()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +38,8 @@ async fn new_intermediate_is_swapped_in_under_load_without_a_failed_request() {
             let token = ca.token("ns", &format!("sa{w}"));
             let mut issuers = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                let req = castellan::cli::request::request_for(&csr, 600, &token, "Kubernetes").unwrap();
+                let req =
+                    castellan::cli::request::request_for(&csr, 600, &token, "Kubernetes").unwrap();
                 match client.create_certificate(req).await {
                     Ok(r) => {
                         ok.fetch_add(1, Ordering::SeqCst);
@@ -51,7 +56,9 @@ async fn new_intermediate_is_swapped_in_under_load_without_a_failed_request() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let next = ca.root.intermediate("Next Intermediate", KeyAlg::EcP256, |_| {});
+    let next = ca
+        .root
+        .intermediate("Next Intermediate", KeyAlg::EcP256, |_| {});
     pki::write_cacerts(&ca.ca_dir(), &next, &[&next, &ca.root], &ca.root.pem);
     let swapped = eventually(Duration::from_secs(5), async || {
         ca.running.ca.current().facts().subject.to_string() == "CN=Next Intermediate"
@@ -67,8 +74,15 @@ async fn new_intermediate_is_swapped_in_under_load_without_a_failed_request() {
         let seen = w.await.unwrap();
         assert_eq!(seen.first().unwrap(), "CN=Test Intermediate");
         // Once a worker saw the new issuer it never saw the old one again.
-        let first_new = seen.iter().position(|s| s == "CN=Next Intermediate").unwrap();
-        assert!(seen[first_new..].iter().all(|s| s == "CN=Next Intermediate"));
+        let first_new = seen
+            .iter()
+            .position(|s| s == "CN=Next Intermediate")
+            .unwrap();
+        assert!(
+            seen[first_new..]
+                .iter()
+                .all(|s| s == "CN=Next Intermediate")
+        );
     }
 }
 
@@ -87,10 +101,15 @@ async fn invalid_new_material_is_refused_and_the_old_ca_keeps_serving() {
     assert!(refused, "the reload was refused");
     let resp = ca.send(&csr, "ns", "sa", 600).await.unwrap();
     assert_eq!(issuer_of(&resp.cert_chain), "CN=Test Intermediate");
-    assert_eq!(http_get(&format!("{}/readyz", ca.metrics_url())).await.0, 200);
+    assert_eq!(
+        http_get(&format!("{}/readyz", ca.metrics_url())).await.0,
+        200
+    );
 
     // Fixing the files recovers without a restart.
-    let fixed = ca.root.intermediate("Fixed Intermediate", KeyAlg::EcP256, |_| {});
+    let fixed = ca
+        .root
+        .intermediate("Fixed Intermediate", KeyAlg::EcP256, |_| {});
     pki::write_cacerts(&ca.ca_dir(), &fixed, &[&fixed, &ca.root], &ca.root.pem);
     let recovered = eventually(Duration::from_secs(5), async || {
         let r = ca.send(&csr, "ns", "sa", 600).await.unwrap();

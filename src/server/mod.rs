@@ -166,7 +166,11 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         config.server.max_in_flight,
         config.request_timeout(),
     );
-    let (incoming, accept) = tls::incoming(listener, TlsAcceptor::from(Arc::new(tls)));
+    let (incoming, accept) = tls::incoming(
+        listener,
+        TlsAcceptor::from(Arc::new(tls)),
+        shutdown_rx.clone(),
+    );
     background.push(accept);
     let server = tokio::spawn(
         tonic::transport::Server::builder()

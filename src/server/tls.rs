@@ -12,7 +12,7 @@ use rustls::{
 use rustls_pki_types::CertificateDer;
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::mpsc,
+    sync::{mpsc, watch},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
@@ -71,9 +71,11 @@ pub(super) fn server_config(
 
 /// Accepts connections and completes TLS handshakes concurrently, so one
 /// slow client cannot hold up the others; yields finished TLS streams.
+/// Closes the listening socket once `stop` turns true.
 pub(super) fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    mut stop: watch::Receiver<bool>,
 ) -> (
     ReceiverStream<io::Result<TlsStream<TcpStream>>>,
     tokio::task::JoinHandle<()>,
@@ -81,7 +83,11 @@ pub(super) fn incoming(
     let (tx, rx) = mpsc::channel(256);
     let task = tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => break,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
