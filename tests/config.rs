@@ -1,1 +1,83 @@
-//! placeholder
+//! The configuration file: the examples in deploy/ load, and every mistake
+//! is reported with the key at fault.
+
+use std::path::Path;
+
+use castellan::config::{Config, OverMaxTtl};
+
+const MINIMAL: &str = r#"
+[server.tls]
+dns_names = ["localhost"]
+[signer]
+type = "file"
+dir = "/ca"
+[[authn]]
+type = "jwt"
+issuers = ["https://issuer"]
+jwks_file = "/jwks.json"
+"#;
+
+fn parse(text: &str) -> Result<Config, String> {
+    Config::parse(text, Path::new("test.toml")).map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_example_in_deploy_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "examples found: {n}");
+}
+
+#[test]
+fn defaults_are_istio_compatible() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.trust_domain.to_string(), "cluster.local");
+    assert_eq!(c.server.listen.port(), 15012);
+    assert_eq!(c.issuance.default_ttl_secs, 86400);
+    assert_eq!(c.issuance.over_max_ttl, OverMaxTtl::Clamp);
+    assert_eq!(c.issuance.not_before_skew_secs, 120);
+    let castellan::config::Authn::Jwt(jwt) = &c.authn[0];
+    assert_eq!(jwt.audiences, ["istio-ca"]);
+}
+
+#[test]
+fn mistakes_name_the_key() {
+    let cases: Vec<(String, &[&str])> = vec![
+        (MINIMAL.replace("[server.tls]", "[server.tls]\nlisen = 1"), &["unknown field", "lisen"]),
+        (format!("{MINIMAL}\n[issuance]\nmax_ttl_secs = 0"), &["issuance.max_ttl_secs"]),
+        (format!("{MINIMAL}\n[issuance]\ndefault_ttl_secs = 90000"), &["issuance.default_ttl_secs"]),
+        (format!("{MINIMAL}\n[issuance]\nover_max_ttl = \"shrug\""), &["over_max_ttl", "clamp", "reject"]),
+        (format!("{MINIMAL}\n[issuance]\nmax_ttl_secs = -5"), &["max_ttl_secs"]),
+        (MINIMAL.replace("type = \"file\"", "type = \"hsm\""), &["unknown variant", "hsm", "file"]),
+        (MINIMAL.replace("[signer]\ntype = \"file\"\ndir = \"/ca\"", ""), &["signer"]),
+        (MINIMAL.replace("dns_names = [\"localhost\"]", ""), &["server.tls.dns_names"]),
+        (format!("trust_domain = \"Not A Domain!\"\n{MINIMAL}"), &["trust domain", "Not A Domain!"]),
+        (MINIMAL.replace("[[authn]]\ntype = \"jwt\"\nissuers = [\"https://issuer\"]\njwks_file = \"/jwks.json\"", ""), &["authn", "[[authn]]"]),
+        (MINIMAL.replace("jwks_file = \"/jwks.json\"", ""), &["jwks_file", "jwks_url"]),
+        (MINIMAL.replace("jwks_file = \"/jwks.json\"", "jwks_url = \"http://example.com/jwks\""), &["authn.jwks_url", "https"]),
+        (MINIMAL.replace("issuers = [\"https://issuer\"]", "issuers = []"), &["authn.issuers"]),
+        (MINIMAL.replace("dns_names = [\"localhost\"]", "cert_file = \"/x\""), &["server.tls.cert_file", "key_file"]),
+        (format!("{MINIMAL}\n[server]\nmax_in_flight = 0"), &["server.max_in_flight"]),
+    ];
+    for (text, needles) in cases {
+        let err = parse(&text).expect_err(&text);
+        for n in needles {
+            assert!(err.contains(n), "`{err}` lacks `{n}` for\n{text}");
+        }
+    }
+}
+
+#[test]
+fn missing_file_is_named() {
+    let err = Config::load(Path::new("/nonexistent/castellan.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/nonexistent/castellan.toml"), "{err}");
+}

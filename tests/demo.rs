@@ -1,1 +1,260 @@
-//! placeholder
+//! The binary end to end: `castellan demo` serves, `castellan request` gets a
+//! certificate from it like istio-agent would, `castellan check` reports.
+
+use std::{
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_castellan");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn castellan(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+struct Demo {
+    child: Child,
+    port: u16,
+    metrics: u16,
+}
+
+impl Demo {
+    async fn start(dir: &Path, extra: &[&str]) -> Self {
+        let (port, metrics) = (free_port(), free_port());
+        let child = Command::new(BIN)
+            .args(["demo", "--dir"])
+            .arg(dir)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--metrics-listen",
+                &format!("127.0.0.1:{metrics}"),
+            ])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{metrics}/readyz");
+        let ready = crate::support::eventually(Duration::from_secs(20), async || {
+            reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        assert!(ready, "demo did not become ready");
+        Self {
+            child,
+            port,
+            metrics,
+        }
+    }
+
+    /// SIGTERM, then the exit status and everything it logged.
+    fn stop(self) -> (bool, String) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_and_request_gets_a_verified_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(dir.path(), &[]).await;
+    let d = |f: &str| dir.path().join(f).display().to_string();
+
+    for key_type in ["ec-p256", "rsa-2048"] {
+        let out_dir = d(&format!("out-{key_type}"));
+        let out = castellan(&[
+            "request",
+            "--addr",
+            &format!("https://localhost:{}", demo.port),
+            "--root",
+            &d("root-cert.pem"),
+            "--token",
+            &d("token"),
+            "--key-type",
+            key_type,
+            "--ttl",
+            "3600",
+            "--out",
+            &out_dir,
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{key_type}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("spiffe://cluster.local/ns/default/sa/default"),
+            "{stdout}"
+        );
+
+        // The files istio-agent would hand Envoy verify with openssl, too.
+        let chain = std::fs::read_to_string(format!("{out_dir}/cert-chain.pem")).unwrap();
+        let blocks: Vec<&str> = chain
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .collect();
+        assert_eq!(blocks.len(), 3);
+        std::fs::write(format!("{out_dir}/leaf.pem"), blocks[0]).unwrap();
+        std::fs::write(format!("{out_dir}/int.pem"), blocks[1]).unwrap();
+        let verify = Command::new("openssl")
+            .args([
+                "verify",
+                "-CAfile",
+                &d("root-cert.pem"),
+                "-untrusted",
+                &format!("{out_dir}/int.pem"),
+                &format!("{out_dir}/leaf.pem"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+        assert!(
+            std::fs::read_to_string(format!("{out_dir}/key.pem"))
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+    }
+
+    // A token for another identity, minted with the demo's token key.
+    let key = std::fs::read(d("token-signing-key.pem")).unwrap();
+    let issuer =
+        castellan::cli::token::TokenIssuer::from_pkcs8_pem(castellan::cli::demo::DEMO_ISSUER, &key)
+            .unwrap();
+    std::fs::write(
+        d("token2"),
+        issuer.mint("payments", "api", "istio-ca", 600).unwrap(),
+    )
+    .unwrap();
+    let out = castellan(&[
+        "request",
+        "--addr",
+        &format!("https://127.0.0.1:{}", demo.port),
+        "--root",
+        &d("root-cert.pem"),
+        "--token",
+        &d("token2"),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("spiffe://cluster.local/ns/payments/sa/api")
+    );
+
+    let check = castellan(&["check", "--config", &d("castellan.toml")]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{report}");
+    assert_eq!(report.matches("PASS").count(), 7, "{report}");
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", demo.metrics))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("citadel_server_success_cert_issuance_count 3"),
+        "{metrics}"
+    );
+
+    let token = std::fs::read_to_string(d("token")).unwrap();
+    let (clean_exit, logs) = demo.stop();
+    assert!(clean_exit, "SIGTERM is a clean shutdown: {logs}");
+    assert!(
+        logs.contains("outcome=\"issued\""),
+        "one line per request: {logs}"
+    );
+    assert!(
+        !logs.contains(token.trim()),
+        "the token never reaches the logs"
+    );
+    let sig = token.trim().rsplit('.').next().unwrap();
+    assert!(!logs.contains(sig));
+
+    // The root's key was discarded: the only keys on disk are the
+    // intermediate's and the token issuer's.
+    let mut keys = 0;
+    for path in [d("ca/ca-key.pem"), d("token-signing-key.pem")] {
+        assert!(
+            std::fs::read_to_string(path)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+        keys += 1;
+    }
+    for entry in walk(dir.path()) {
+        let text = std::fs::read_to_string(&entry).unwrap_or_default();
+        if text.contains("PRIVATE KEY")
+            && !entry.ends_with("ca-key.pem")
+            && !entry.ends_with("token-signing-key.pem")
+            && !entry.ends_with("key.pem")
+        {
+            panic!("unexpected key file {}", entry.display());
+        }
+    }
+    assert_eq!(keys, 2);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn check_fails_on_a_practice_and_serve_refuses_self_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = crate::support::pki::Ca::root("Self", crate::support::KeyAlg::EcP256);
+    crate::support::pki::write_cacerts(&dir.path().join("ca"), &root, &[&root], &root.pem);
+    std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+    let config = dir.path().join("castellan.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ndns_names = [\"localhost\"]\n[issuance]\nmax_ttl_secs = 172800\n[signer]\ntype = \"file\"\ndir = \"{}\"\n[[authn]]\ntype = \"jwt\"\nissuers = [\"x\"]\njwks_file = \"{}\"\n",
+            dir.path().join("ca").display(),
+            dir.path().join("jwks.json").display()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let check = castellan(&["check", "--config", &config]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{report}");
+    assert!(
+        report.contains("FAIL  SM-DR12 signing certificate is not self-signed"),
+        "{report}"
+    );
+    assert!(report.contains("FAIL  SM-DR13"), "{report}");
+    assert!(report.contains("48.0 h"), "{report}");
+
+    let serve = castellan(&["serve", "--config", &config]);
+    assert!(!serve.status.success());
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("self-signed"));
+}
