@@ -183,3 +183,107 @@ impl Inner {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::{
+        encoding::AsDer,
+        rand::SystemRandom,
+        rsa::KeySize,
+        signature::{
+            ECDSA_P256_SHA256_ASN1, ECDSA_P384_SHA384_ASN1, RSA_PKCS1_2048_8192_SHA256,
+            UnparsedPublicKey,
+        },
+    };
+
+    use super::*;
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        der::pem::encode_string(label, der::pem::LineEnding::LF, der).unwrap()
+    }
+
+    fn ec_pkcs8(alg: &'static signature::EcdsaSigningAlgorithm) -> String {
+        let doc = EcdsaKeyPair::generate_pkcs8(alg, &SystemRandom::new()).unwrap();
+        pem("PRIVATE KEY", doc.as_ref())
+    }
+
+    #[test]
+    fn ecdsa_keys_sign_verifiably() {
+        for (alg, verify, want) in [
+            (
+                &ECDSA_P256_SHA256_ASN1_SIGNING,
+                &ECDSA_P256_SHA256_ASN1,
+                KeyAlgorithm::EcdsaP256Sha256,
+            ),
+            (
+                &ECDSA_P384_SHA384_ASN1_SIGNING,
+                &ECDSA_P384_SHA384_ASN1,
+                KeyAlgorithm::EcdsaP384Sha384,
+            ),
+        ] {
+            let key = FileKey::from_pem(ec_pkcs8(alg).as_bytes(), Path::new("k.pem")).unwrap();
+            assert_eq!(key.algorithm(), want);
+            let sig = key.sign(b"tbs").unwrap();
+            let spki = spki_key(key.public_key_der());
+            UnparsedPublicKey::new(verify, spki)
+                .verify(b"tbs", &sig)
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn rsa_pkcs8_key_signs_pkcs1_sha256() {
+        let pair = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&pair).unwrap();
+        let key =
+            FileKey::from_pem(pem("PRIVATE KEY", der.as_ref()).as_bytes(), Path::new("k")).unwrap();
+        assert_eq!(key.algorithm(), KeyAlgorithm::RsaPkcs1Sha256);
+        let sig = key.sign(b"tbs").unwrap();
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, spki_key(key.public_key_der()))
+            .verify(b"tbs", &sig)
+            .unwrap();
+    }
+
+    #[test]
+    fn refusals_name_the_file() {
+        let enc =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let err = FileKey::from_pem(enc.as_bytes(), Path::new("/x/ca-key.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/x/ca-key.pem") && err.contains("encrypted"),
+            "{err}"
+        );
+        let err = FileKey::from_pem(b"hello", Path::new("/x/ca-key.pem"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no PEM private key"), "{err}");
+        let junk = pem("PRIVATE KEY", &[0x30, 0x03, 0x02, 0x01, 0x00]);
+        let err = FileKey::from_pem(junk.as_bytes(), Path::new("k"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an ECDSA"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let text = ec_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING);
+        let key = FileKey::from_pem(text.as_bytes(), Path::new("k")).unwrap();
+        let debug = format!("{key:?}");
+        assert!(debug.contains("redacted"), "{debug}");
+        let body: String = text.lines().nth(1).unwrap().chars().take(16).collect();
+        assert!(!debug.contains(&body));
+    }
+
+    /// The subjectPublicKey bits of a DER SubjectPublicKeyInfo.
+    fn spki_key(spki: &[u8]) -> Vec<u8> {
+        use der::{Decode, asn1::BitStringRef};
+        #[derive(der::Sequence)]
+        struct Spki<'a> {
+            algorithm: der::asn1::AnyRef<'a>,
+            key: BitStringRef<'a>,
+        }
+        Spki::from_der(spki).unwrap().key.raw_bytes().to_vec()
+    }
+}

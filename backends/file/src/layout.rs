@@ -160,3 +160,63 @@ fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, 
     }
     Ok(certs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_needs_dir_or_cert_and_key() {
+        assert!(matches!(
+            Paths::resolve(&Config::default()),
+            Err(Error::NoPaths)
+        ));
+        let only_cert = Config {
+            cert_file: Some("c".into()),
+            ..Config::default()
+        };
+        assert!(matches!(Paths::resolve(&only_cert), Err(Error::NoPaths)));
+        let explicit = Config {
+            cert_file: Some("c".into()),
+            key_file: Some("k".into()),
+            root_file: Some("r".into()),
+            ..Config::default()
+        };
+        let p = Paths::resolve(&explicit).unwrap();
+        assert_eq!((p.chain, p.root), (None, Some(PathBuf::from("r"))));
+    }
+
+    #[test]
+    fn detects_either_layout() {
+        let dir = std::env::temp_dir().join(format!("castellan-layout-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = Config {
+            dir: Some(dir.clone()),
+            ..Config::default()
+        };
+        assert!(matches!(Paths::resolve(&cfg), Err(Error::UnknownLayout(_))));
+        for f in ["tls.crt", "tls.key", "ca.crt"] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let p = Paths::resolve(&cfg).unwrap();
+        assert_eq!(p.cert, dir.join("tls.crt"));
+        assert_eq!(p.root, Some(dir.join("ca.crt")));
+        for f in [
+            "ca-cert.pem",
+            "ca-key.pem",
+            "cert-chain.pem",
+            "root-cert.pem",
+        ] {
+            std::fs::write(dir.join(f), "").unwrap();
+        }
+        let p = Paths::resolve(&cfg).unwrap();
+        assert_eq!(
+            p.cert,
+            dir.join("ca-cert.pem"),
+            "cacerts wins when both are present"
+        );
+        assert_eq!(p.chain, Some(dir.join("cert-chain.pem")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
