@@ -26,6 +26,8 @@ pub const DEFAULT_RELOAD_INTERVAL_SECS: u64 = 5;
 pub const DEFAULT_AUDIENCE: &str = "istio-ca";
 pub const DEFAULT_JWT_SKEW_SECS: u64 = 60;
 pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
+pub const DEFAULT_AUTHN_CACHE_CAPACITY: usize = 100_000;
+pub const DEFAULT_AUTHN_CACHE_MAX_AGE_SECS: u64 = 300;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -44,6 +46,8 @@ pub struct Config {
     /// Authenticators, tried in order; the first that recognises a credential decides.
     #[serde(default)]
     pub authn: Vec<Authn>,
+    #[serde(default)]
+    pub authn_cache: AuthnCache,
     #[serde(default)]
     pub log: Log,
 }
@@ -144,6 +148,16 @@ pub struct Jwt {
     /// Allowance for clock differences on `exp`, `nbf` and `iat`.
     #[serde(default = "default_jwt_skew")]
     pub clock_skew_secs: u64,
+}
+
+/// How long an authentication verdict is reused for the same credential.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthnCache {
+    /// Credentials remembered at once.
+    pub capacity: usize,
+    /// Upper bound on reuse, below the credential's own expiry; 0 disables.
+    pub max_age_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -339,6 +353,15 @@ impl Default for Issuance {
             max_ttl_secs: DEFAULT_MAX_TTL_SECS,
             over_max_ttl: OverMaxTtl::Clamp,
             not_before_skew_secs: DEFAULT_NOT_BEFORE_SKEW_SECS,
+        }
+    }
+}
+
+impl Default for AuthnCache {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_AUTHN_CACHE_CAPACITY,
+            max_age_secs: DEFAULT_AUTHN_CACHE_MAX_AGE_SECS,
         }
     }
 }

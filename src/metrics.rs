@@ -24,6 +24,8 @@ pub struct Metrics {
     pub root_expiry: Gauge,
     pub chain_expiry: Gauge,
     pub reload_refused: IntCounter,
+    pub authn_cache_hits: IntCounter,
+    pub authn_cache_misses: IntCounter,
 }
 
 // === impl Metrics ===
@@ -100,6 +102,14 @@ impl Metrics {
             reload_refused: counter(
                 "castellan_signer_reload_refused_count",
                 "Changed signing material refused by the checks.",
+            )?,
+            authn_cache_hits: counter(
+                "castellan_authn_cache_hits_count",
+                "Requests whose credential was verified recently and not checked again.",
+            )?,
+            authn_cache_misses: counter(
+                "castellan_authn_cache_misses_count",
+                "Credential verifications performed.",
             )?,
             sign_errors,
             latency,

@@ -320,3 +320,25 @@ fn base64url(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
 }
+
+#[tokio::test]
+async fn verdicts_are_reused_until_the_token_expires() {
+    let ca = TestCa::start_with(Setup {
+        authn: "clock_skew_secs = 0".into(),
+        ..Setup::default()
+    })
+    .await;
+    let mut c = claims("system:serviceaccount:ns:sa");
+    c["exp"] = json!(now() + 2);
+    let token = forge(&ca, c, Algorithm::ES256);
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    for _ in 0..5 {
+        ca.send_token(&csr, &token, 600).await.unwrap();
+    }
+    let (_, m) = crate::support::http_get(&format!("{}/metrics", ca.metrics_url())).await;
+    assert!(m.contains("castellan_authn_cache_misses_count 1"), "{m}");
+    assert!(m.contains("castellan_authn_cache_hits_count 4"), "{m}");
+
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_opaque(&status(&ca, &token).await, "expired while cached");
+}

@@ -18,6 +18,7 @@ fn config(dir: &Path, extra: &str) -> String {
     format!(
         r#"[server]
 listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
 [server.tls]
 dns_names = ["localhost"]
 {extra}

@@ -1,7 +1,7 @@
 //! Kubernetes projected service-account tokens (or any OIDC issuer's JWTs)
 //! checked locally against the issuer's JWKS.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Validation, dangerous::insecure_decode_claims, decode, decode_header};
 use serde::Deserialize;
@@ -33,6 +33,7 @@ pub struct JwtAuthenticator {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
     iat: Option<i64>,
     #[serde(rename = "kubernetes.io")]
     kubernetes: Option<KubernetesClaim>,
@@ -94,7 +95,7 @@ impl JwtAuthenticator {
     /// # Errors
     /// [`Error::Rejected`] with the reason, [`Error::Unavailable`] when the
     /// JWKS cannot be had.
-    pub async fn authenticate(&self, token: &str) -> Result<Caller, Error> {
+    pub async fn authenticate(&self, token: &str) -> Result<(Caller, Option<SystemTime>), Error> {
         let reject = |reason: String| Error::Rejected {
             authenticator: NAME,
             reason,
@@ -125,7 +126,13 @@ impl JwtAuthenticator {
         let mut last = None;
         for key in keys {
             match decode::<Claims>(token, &key, &validation) {
-                Ok(data) => return self.caller(data.claims).map_err(reject),
+                Ok(data) => {
+                    let expires = UNIX_EPOCH + Duration::from_secs(data.claims.exp);
+                    return self
+                        .caller(data.claims)
+                        .map(|c| (c, Some(expires)))
+                        .map_err(reject);
+                }
                 Err(e) => last = Some(e),
             }
         }

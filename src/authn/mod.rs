@@ -4,15 +4,21 @@
 //! Failures carry the real reason for the log; the caller only ever learns
 //! "authentication failed" (or "unavailable", so it retries).
 
+mod cache;
 mod jwks;
 mod jwt;
 
 pub use jwks::Jwks;
 pub use jwt::JwtAuthenticator;
 
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
 use spiffe::TrustDomain;
 
-use crate::{config, identity::Caller};
+use crate::{config, identity::Caller, metrics::Metrics};
 
 /// Tokens longer than this are refused unread. Projected service-account
 /// tokens are 1–2 KiB; HTTP/2 itself stops headers at 16 KiB.
@@ -33,10 +39,11 @@ pub enum Authenticator {
     Jwt(JwtAuthenticator),
 }
 
-/// Authenticators in configured order.
+/// Authenticators in configured order, behind a cache of recent verdicts.
 #[derive(Debug)]
 pub struct Chain {
     authenticators: Vec<Authenticator>,
+    cache: cache::VerdictCache,
 }
 
 /// Why a caller is not authenticated. Logged in full, never returned.
@@ -80,7 +87,9 @@ impl Chain {
     /// A message naming the authenticator and what is wrong.
     pub async fn from_config(
         configs: &[config::Authn],
+        cache: &config::AuthnCache,
         trust_domain: &TrustDomain,
+        metrics: &Metrics,
     ) -> Result<Self, String> {
         let mut authenticators = Vec::with_capacity(configs.len());
         for c in configs {
@@ -90,14 +99,23 @@ impl Chain {
                 }
             });
         }
-        Ok(Self { authenticators })
+        Ok(Self {
+            authenticators,
+            cache: cache::VerdictCache::new(
+                cache.capacity,
+                Duration::from_secs(cache.max_age_secs),
+                metrics.authn_cache_hits.clone(),
+                metrics.authn_cache_misses.clone(),
+            ),
+        })
     }
 
-    /// Authenticates with the first authenticator that recognises the credential.
+    /// Authenticates with the first authenticator that recognises the
+    /// credential, or with a recent verdict for the same credential.
     ///
     /// # Errors
     /// [`Error`], for the log.
-    pub async fn authenticate(&self, creds: Credentials<'_>) -> Result<Caller, Error> {
+    pub async fn authenticate(&self, creds: Credentials<'_>) -> Result<Arc<Caller>, Error> {
         let token = creds.bearer.ok_or(Error::NoCredential)?;
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Error::NotRecognised(format!(
@@ -105,6 +123,13 @@ impl Chain {
                 token.len()
             )));
         }
+        self.cache
+            .get_or_verify(creds.cluster_id, token, self.verify(token))
+            .await
+    }
+
+    /// The caller, and when its credential expires.
+    async fn verify(&self, token: &str) -> Result<(Caller, Option<SystemTime>), Error> {
         for a in &self.authenticators {
             match a {
                 Authenticator::Jwt(jwt) if jwt.recognises(token) => {

@@ -126,9 +126,14 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         ));
     }
 
-    let authn = authn::Chain::from_config(&config.authn, &config.trust_domain)
-        .await
-        .map_err(Error::Authn)?;
+    let authn = authn::Chain::from_config(
+        &config.authn,
+        &config.authn_cache,
+        &config.trust_domain,
+        &metrics,
+    )
+    .await
+    .map_err(Error::Authn)?;
     let skew = Duration::from_secs(config.issuance.not_before_skew_secs);
     let issuer = Issuer::new(Arc::clone(&ca), skew);
 

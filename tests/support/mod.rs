@@ -47,6 +47,8 @@ pub struct Setup {
     pub jwks: Option<String>,
     /// Adds a second, unrelated root to the root bundle (root rotation).
     pub extra_root: bool,
+    /// Extra TOML for the `[[authn]]` section.
+    pub authn: String,
 }
 
 impl Default for Setup {
@@ -58,6 +60,7 @@ impl Default for Setup {
             ca: "reload_interval_secs = 1\n".into(),
             jwks: None,
             extra_root: false,
+            authn: String::new(),
         }
     }
 }
@@ -175,7 +178,9 @@ dir = "{d}/ca"
 type = "jwt"
 issuers = ["{ISSUER}"]
 {jwks}
+{authn}
 "#,
+        authn = s.authn,
         server = s.server,
         issuance = s.issuance,
         ca = s.ca,

@@ -1,0 +1,124 @@
+//! The crypto ceiling: how many (CSR verification + leaf signature) pairs
+//! this machine's cores can do per second with the same key types, with
+//! nothing else around them: the bound any CA's issuance rate sits under.
+
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::{
+    rand::SystemRandom,
+    rsa::KeySize,
+    signature::{
+        self, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, RsaKeyPair, UnparsedPublicKey,
+        VerificationAlgorithm,
+    },
+};
+use der::{Decode, Encode};
+use x509_cert::request::CertReq;
+
+use crate::cli::KeyType;
+
+/// Operations per second.
+#[derive(Debug)]
+pub(super) struct Ceiling {
+    pub(super) verify_per_core: f64,
+    pub(super) sign_per_core: f64,
+    pub(super) issuances_per_core: f64,
+    pub(super) issuances_all_cores: f64,
+}
+
+/// A typical TBSCertificate is about this long.
+const TBS_LEN: usize = 420;
+
+pub(super) async fn measure(
+    csr_pem: &str,
+    ca: KeyType,
+    threads: usize,
+    each: Duration,
+) -> Result<Ceiling, String> {
+    let (_, der) = der::pem::decode_vec(csr_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let req = CertReq::from_der(&der).map_err(|e| e.to_string())?;
+    let message = req.info.to_der().map_err(|e| e.to_string())?;
+    let sig = req.signature.raw_bytes().to_vec();
+    let key = req.info.public_key.subject_public_key.raw_bytes().to_vec();
+    let rsa = req.info.public_key.algorithm.oid == const_oid::db::rfc5912::RSA_ENCRYPTION;
+    let verify_alg: &'static dyn VerificationAlgorithm = if rsa {
+        &signature::RSA_PKCS1_2048_8192_SHA256
+    } else {
+        &signature::ECDSA_P256_SHA256_ASN1
+    };
+    let signer = Signer::new(ca)?;
+    let csr = (message, sig, key);
+
+    let verify = per_second(each, || {
+        let _ = UnparsedPublicKey::new(verify_alg, &csr.2).verify(&csr.0, &csr.1);
+    });
+    let sign = per_second(each, || signer.sign());
+    let pair = |_: usize| {
+        let signer = Signer::new(ca);
+        let csr = csr.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(signer) = signer else { return 0.0 };
+            per_second(each, || {
+                let _ = UnparsedPublicKey::new(verify_alg, &csr.2).verify(&csr.0, &csr.1);
+                signer.sign();
+            })
+        })
+    };
+    let single = pair(0).await.map_err(|e| e.to_string())?;
+    let mut all = 0.0;
+    for h in (0..threads).map(pair).collect::<Vec<_>>() {
+        all += h.await.map_err(|e| e.to_string())?;
+    }
+    Ok(Ceiling {
+        verify_per_core: verify,
+        sign_per_core: sign,
+        issuances_per_core: single,
+        issuances_all_cores: all,
+    })
+}
+
+fn per_second(each: Duration, mut op: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < each {
+        for _ in 0..32 {
+            op();
+        }
+        n += 32;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+enum Signer {
+    Ec(EcdsaKeyPair, SystemRandom),
+    Rsa(RsaKeyPair, SystemRandom),
+}
+
+impl Signer {
+    fn new(kind: KeyType) -> Result<Self, String> {
+        Ok(match kind {
+            KeyType::EcP256 => Self::Ec(
+                EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
+                    .map_err(|e| e.to_string())?,
+                SystemRandom::new(),
+            ),
+            KeyType::Rsa2048 => Self::Rsa(
+                RsaKeyPair::generate(KeySize::Rsa2048).map_err(|e| e.to_string())?,
+                SystemRandom::new(),
+            ),
+        })
+    }
+
+    fn sign(&self) {
+        let tbs = [0x5a; TBS_LEN];
+        match self {
+            Self::Ec(k, rng) => {
+                let _ = k.sign(rng, &tbs);
+            }
+            Self::Rsa(k, rng) => {
+                let mut out = vec![0; k.public_modulus_len()];
+                let _ = k.sign(&signature::RSA_PKCS1_SHA256, rng, &tbs, &mut out);
+            }
+        }
+    }
+}
