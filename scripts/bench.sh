@@ -25,7 +25,7 @@ for scenario in "ec-p256 ec-p256" "rsa-2048 rsa-2048"; do
     echo "=== CSR $csr, CA $ca: ready ${ready_ms} ms after start (includes generating the demo PKI)"
     "$bin" bench --addr https://localhost:15012 --root "$dir/root-cert.pem" \
         --token-key "$dir/token-signing-key.pem" --key-type "$csr" --ca-key-type "$ca" \
-        --seconds "$seconds" --server-pid "$pid"
+        --seconds "$seconds" --server-pid "$pid" --ca-dir "$dir/ca"
     kill -TERM "$pid"; wait "$pid" || true
     echo
 done

@@ -2,7 +2,11 @@
 //! this machine's cores can do per second with the same key types, with
 //! nothing else around them: the bound any CA's issuance rate sits under.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aws_lc_rs::{
     rand::SystemRandom,
@@ -15,7 +19,16 @@ use aws_lc_rs::{
 use der::{Decode, Encode};
 use x509_cert::request::CertReq;
 
-use crate::cli::KeyType;
+use spiffe::TrustDomain;
+
+use crate::{
+    ca::{CaHandle, Rules, Source},
+    cli::KeyType,
+    config,
+    identity::{Caller, ServiceAccount},
+    issuer::Issuer,
+    policy::{self, TtlRules},
+};
 
 /// Operations per second.
 #[derive(Debug)]
@@ -75,6 +88,63 @@ pub(super) async fn measure(
         issuances_per_core: single,
         issuances_all_cores: all,
     })
+}
+
+/// Requests per second through castellan's own pipeline for `csrs`, signed
+/// with the material in `ca_dir`, on one task: the work a request costs
+/// apart from TLS, HTTP/2 and gRPC.
+pub(super) async fn pipeline(
+    ca_dir: &Path,
+    csrs: &[String],
+    each: Duration,
+) -> Result<f64, String> {
+    let source = Source::from_config(&config::Signer::File(castellan_file::Config {
+        dir: Some(ca_dir.to_owned()),
+        ..Default::default()
+    }))
+    .map_err(|e| e.to_string())?;
+    let trust_domain = TrustDomain::new("cluster.local").map_err(|e| e.to_string())?;
+    let issuance = config::Issuance::default();
+    let rules = Rules {
+        trust_domain: trust_domain.clone(),
+        default_ttl: Duration::from_secs(issuance.default_ttl_secs),
+        max_ttl: Duration::from_secs(issuance.max_ttl_secs),
+        roots: None,
+    };
+    let ca = CaHandle::load(source, rules)
+        .await
+        .map_err(|e| e.to_string())?;
+    let issuer = Issuer::new(
+        Arc::new(ca),
+        Duration::from_secs(issuance.not_before_skew_secs),
+    );
+    let ttl = TtlRules::from(&issuance);
+    let start = Instant::now();
+    let mut n = 0usize;
+    while start.elapsed() < each {
+        let csr = crate::csr::verify(&csrs[n % csrs.len()]).map_err(|e| e.to_string())?;
+        let uri = csr.uri.clone().unwrap_or_default();
+        let (ns, sa) = uri
+            .strip_prefix("spiffe://cluster.local/ns/")
+            .and_then(|rest| rest.split_once("/sa/"))
+            .ok_or("unexpected identity")?;
+        let account = ServiceAccount {
+            namespace: ns.to_owned(),
+            name: sa.to_owned(),
+        };
+        let caller = Caller {
+            identity: account
+                .spiffe_id(&trust_domain)
+                .map_err(|e| e.to_string())?,
+            service_account: account,
+            pod: None,
+            authenticator: "bench",
+        };
+        let approved = policy::check(csr, &caller, None, 0, &ttl).map_err(|e| e.to_string())?;
+        issuer.issue(&approved).await.map_err(|e| e.to_string())?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 fn per_second(each: Duration, mut op: impl FnMut()) -> f64 {

@@ -41,6 +41,10 @@ pub struct Args {
     seconds: u64,
     #[arg(long, default_value_t = 2)]
     warmup_seconds: u64,
+    /// The CA's signing material (a `cacerts` directory), to also time
+    /// castellan's request pipeline in this process, without the network.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
     /// Report this process's memory (the CA's pid, when on this machine).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -85,6 +89,13 @@ async fn bench(args: Args) -> Result<(), String> {
         ceiling.sign_per_core
     );
 
+    if let Some(dir) = &args.ca_dir {
+        let rate = ceiling::pipeline(dir, &work.csrs, Duration::from_secs(2)).await?;
+        println!(
+            "castellan pipeline (CSR checks, policy, build, sign, PEM; no network): {rate:.0}/s on one core ({:.0}% of the per-core ceiling)",
+            100.0 * rate / ceiling.issuances_per_core
+        );
+    }
     let rss_idle = args.server_pid.and_then(|p| rss_kib(p, "VmRSS"));
     let cpu_before = args.server_pid.and_then(cpu_seconds);
     let plan = load::Plan {
