@@ -27,5 +27,13 @@ for scenario in "ec-p256 ec-p256" "rsa-2048 rsa-2048"; do
         --token-key "$dir/token-signing-key.pem" --key-type "$csr" --ca-key-type "$ca" \
         --seconds "$seconds" --server-pid "$pid" --ca-dir "$dir/ca"
     kill -TERM "$pid"; wait "$pid" || true
+    # Start-to-ready of `serve` alone: load and judge the CA, issue the
+    # serving certificate, bind.
+    start=$(date +%s%N)
+    "$bin" serve --config "$dir/castellan.toml" 2>"$work/serve-$ca.log" &
+    pid=$!
+    until curl -sf -o /dev/null http://127.0.0.1:15014/readyz; do sleep 0.002; done
+    echo "serve: ready $(( ($(date +%s%N) - start) / 1000000 )) ms after start"
+    kill -TERM "$pid"; wait "$pid" || true
     echo
 done
