@@ -258,3 +258,60 @@ fn check_fails_on_a_practice_and_serve_refuses_self_signed() {
     assert!(!serve.status.success());
     assert!(String::from_utf8_lossy(&serve.stderr).contains("self-signed"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_logs_one_json_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(dir.path(), &[]).await;
+    let port = demo.port;
+    let _ = demo.stop();
+    let config_path = dir.path().join("castellan.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    std::fs::write(
+        &config_path,
+        format!("{config}\n[log]\nformat = \"json\"\n"),
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let addr = format!("https://localhost:{port}");
+    let ok = crate::support::eventually(Duration::from_secs(10), async || {
+        castellan(&[
+            "request",
+            "--addr",
+            &addr,
+            "--root",
+            &d("root-cert.pem"),
+            "--token",
+            &d("token"),
+        ])
+        .status
+        .success()
+    })
+    .await;
+    assert!(ok);
+    let (_, logs) = Demo {
+        child,
+        port,
+        metrics: 0,
+    }
+    .stop();
+    let issued: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["fields"]["outcome"] == "issued")
+        .collect();
+    assert_eq!(issued.len(), 1, "{logs}");
+    let f = &issued[0]["fields"];
+    assert_eq!(f["caller"], "spiffe://cluster.local/ns/default/sa/default");
+    assert!(
+        f["serial"].as_str().unwrap().len() == 32
+            && f["not_after"].is_string()
+            && f["latency_ms"].is_number()
+    );
+}

@@ -24,6 +24,34 @@ fn issuer_of(chain: &[String]) -> String {
         .to_string()
 }
 
+/// The issuer of the certificate castellan presents on a new connection.
+async fn serving_issuer(ca: &TestCa) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca.root.der.clone()))
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(ca.running.addr)
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    Certificate::from_der(&leaf)
+        .unwrap()
+        .tbs_certificate()
+        .issuer()
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_intermediate_is_swapped_in_under_load_without_a_failed_request() {
     let ca = Arc::new(TestCa::start().await);
@@ -65,6 +93,13 @@ async fn new_intermediate_is_swapped_in_under_load_without_a_failed_request() {
     })
     .await;
     assert!(swapped, "the new intermediate is picked up");
+
+    // castellan's own serving certificate is reissued by the new intermediate.
+    let reissued = eventually(Duration::from_secs(5), async || {
+        serving_issuer(&ca).await == "CN=Next Intermediate"
+    })
+    .await;
+    assert!(reissued, "the serving certificate follows the signing CA");
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
 
