@@ -28,6 +28,9 @@ pub const DEFAULT_JWT_SKEW_SECS: u64 = 60;
 pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
 pub const DEFAULT_AUTHN_CACHE_CAPACITY: usize = 100_000;
 pub const DEFAULT_AUTHN_CACHE_MAX_AGE_SECS: u64 = 300;
+pub const DEFAULT_AUTHN_CACHE_NEGATIVE_SECS: u64 = 10;
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+pub const DEFAULT_API_TIMEOUT_SECS: u64 = 5;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -48,6 +51,8 @@ pub struct Config {
     pub authn: Vec<Authn>,
     #[serde(default)]
     pub authn_cache: AuthnCache,
+    #[serde(default)]
+    pub impersonation: Impersonation,
     #[serde(default)]
     pub log: Log,
 }
@@ -123,9 +128,49 @@ pub enum Signer {
 
 /// One authenticator of the chain.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Authn {
     Jwt(Jwt),
+    #[serde(rename = "tokenreview")]
+    TokenReview(TokenReview),
+    ClientCert(ClientCert),
+}
+
+/// Tokens checked by a Kubernetes API server (TokenReview), as istiod does.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenReview {
+    /// A kubeconfig for this cluster. Unset: in-cluster configuration, or
+    /// `KUBECONFIG` / `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context; unset: the current one.
+    pub context: Option<String>,
+    /// The `clusterid` header value that selects this cluster.
+    #[serde(default = "default_cluster_id")]
+    pub cluster_id: String,
+    /// Other names of this cluster (istiod's cluster aliases).
+    #[serde(default)]
+    pub cluster_aliases: Vec<String>,
+    #[serde(default = "default_audiences")]
+    pub audiences: Vec<String>,
+    /// A TokenReview that takes longer fails as UNAVAILABLE.
+    #[serde(default = "default_api_timeout")]
+    pub timeout_secs: u64,
+}
+
+/// Callers presenting a client certificate issued under the mesh roots
+/// (VM renewal with `PROV_CERT`) are who its SPIFFE URI SAN says.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCert {}
+
+/// ztunnel asking for certificates on behalf of the pods on its node.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Impersonation {
+    /// `namespace/serviceaccount` of the node agents allowed to impersonate,
+    /// e.g. `istio-system/ztunnel` (istiod's CA_TRUSTED_NODE_ACCOUNTS).
+    pub trusted_node_accounts: Vec<String>,
 }
 
 /// JWT bearer tokens (Kubernetes projected service-account tokens) checked
@@ -148,6 +193,9 @@ pub struct Jwt {
     /// Allowance for clock differences on `exp`, `nbf` and `iat`.
     #[serde(default = "default_jwt_skew")]
     pub clock_skew_secs: u64,
+    /// `clusterid` header values this issuer serves; empty: any cluster.
+    #[serde(default)]
+    pub cluster_ids: Vec<String>,
 }
 
 /// How long an authentication verdict is reused for the same credential.
@@ -158,6 +206,8 @@ pub struct AuthnCache {
     pub capacity: usize,
     /// Upper bound on reuse, below the credential's own expiry; 0 disables.
     pub max_age_secs: u64,
+    /// How long a rejected credential is remembered as rejected.
+    pub negative_max_age_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -268,13 +318,58 @@ impl Config {
         for a in &self.authn {
             match a {
                 Authn::Jwt(jwt) => jwt.validate()?,
+                Authn::TokenReview(tr) => tr.validate()?,
+                Authn::ClientCert(_) => {}
             }
+        }
+        for account in &self.impersonation.trusted_node_accounts {
+            if account.split('/').filter(|p| !p.is_empty()).count() != 2 {
+                return invalid(
+                    "impersonation.trusted_node_accounts",
+                    "entries are `namespace/serviceaccount`, e.g. \"istio-system/ztunnel\"",
+                );
+            }
+        }
+        if !self.impersonation.trusted_node_accounts.is_empty()
+            && !self
+                .authn
+                .iter()
+                .any(|a| matches!(a, Authn::TokenReview(_)))
+        {
+            return invalid(
+                "impersonation.trusted_node_accounts",
+                "needs a [[authn]] type = \"tokenreview\" section: node authorization reads pods from that cluster",
+            );
         }
         Ok(())
     }
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.server.request_timeout_secs)
+    }
+}
+
+impl TokenReview {
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |key, problem: &str| {
+            Err(Error::Invalid {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.cluster_id.is_empty() {
+            return invalid("authn.cluster_id", "must not be empty");
+        }
+        if self.audiences.is_empty() {
+            return invalid(
+                "authn.audiences",
+                "is empty: Istio clients use \"istio-ca\"",
+            );
+        }
+        if self.timeout_secs == 0 {
+            return invalid("authn.timeout_secs", "must be above 0");
+        }
+        Ok(())
     }
 }
 
@@ -362,6 +457,7 @@ impl Default for AuthnCache {
         Self {
             capacity: DEFAULT_AUTHN_CACHE_CAPACITY,
             max_age_secs: DEFAULT_AUTHN_CACHE_MAX_AGE_SECS,
+            negative_max_age_secs: DEFAULT_AUTHN_CACHE_NEGATIVE_SECS,
         }
     }
 }
@@ -387,6 +483,14 @@ fn trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error
 
 fn default_audiences() -> Vec<String> {
     vec![DEFAULT_AUDIENCE.to_owned()]
+}
+
+fn default_cluster_id() -> String {
+    DEFAULT_CLUSTER_ID.to_owned()
+}
+
+fn default_api_timeout() -> u64 {
+    DEFAULT_API_TIMEOUT_SECS
 }
 
 fn default_jwks_refresh() -> u64 {

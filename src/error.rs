@@ -4,7 +4,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{authn, csr, issuer, policy};
+use crate::{authn, csr, impersonation, issuer, policy};
 
 /// A failed CreateCertificate.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +15,8 @@ pub enum Error {
     Csr(#[from] csr::Error),
     #[error("{0}")]
     Policy(#[from] policy::Error),
+    #[error("impersonation: {0}")]
+    Impersonation(#[from] impersonation::Error),
     #[error("issuance: {0}")]
     Issue(#[from] issuer::Error),
     #[error("over the limit of {0} requests in flight")]
@@ -45,10 +47,14 @@ impl From<&Error> for Status {
                 Self::unavailable("authentication backend unavailable")
             }
             Error::Csr(e) => Self::invalid_argument(e.to_string()),
-            Error::Policy(
-                e @ (policy::Error::IdentityMismatch { .. }
-                | policy::Error::ImpersonationDenied { .. }),
-            ) => Self::permission_denied(e.to_string()),
+            Error::Policy(e @ policy::Error::IdentityMismatch { .. }) => {
+                Self::permission_denied(e.to_string())
+            }
+            Error::Impersonation(impersonation::Error::Unavailable(..)) => {
+                Self::unavailable("node authorization unavailable")
+            }
+            // The reason is logged; it may describe other pods.
+            Error::Impersonation(_) => Self::permission_denied("impersonation not allowed"),
             Error::Policy(
                 e @ (policy::Error::NegativeTtl(_) | policy::Error::TtlTooLong { .. }),
             ) => Self::invalid_argument(e.to_string()),

@@ -26,6 +26,8 @@ pub struct Caller {
     pub identity: SpiffeId,
     pub service_account: ServiceAccount,
     pub pod: Option<PodRef>,
+    /// The cluster whose API server vouched for the caller, when one did.
+    pub cluster_id: Option<String>,
     /// Which authenticator decided, for logs.
     pub authenticator: &'static str,
 }

@@ -8,7 +8,6 @@ use spiffe::SpiffeId;
 use crate::{
     config::{Issuance, OverMaxTtl},
     csr::{KeyKind, VerifiedCsr},
-    identity::Caller,
 };
 
 /// A request that passed policy: the only input the issuer accepts, so an
@@ -36,8 +35,6 @@ pub struct TtlRules {
 pub enum Error {
     #[error("CSR asks for identity `{requested}`, but the caller may only be issued `{allowed}`")]
     IdentityMismatch { requested: String, allowed: String },
-    #[error("impersonation (ImpersonatedIdentity) is not allowed for `{caller}`")]
-    ImpersonationDenied { caller: String },
     #[error("requested validity {0}s is negative")]
     NegativeTtl(i64),
     #[error("requested validity {requested}s exceeds the maximum of {max}s")]
@@ -103,24 +100,18 @@ impl TtlRules {
     }
 }
 
-/// Decides whether `csr` may be issued to `caller` for `requested_ttl_secs`.
-/// `impersonate` is ztunnel's `ImpersonatedIdentity`, if sent.
+/// Decides whether `csr` may be issued for `identity` — the caller's own,
+/// or the one node authorization granted it — for `requested_ttl_secs`.
 ///
 /// # Errors
 /// [`Error`] saying which rule refused.
 pub fn check(
     csr: VerifiedCsr,
-    caller: &Caller,
-    impersonate: Option<&str>,
+    identity: &SpiffeId,
     requested_ttl_secs: i64,
     rules: &TtlRules,
 ) -> Result<Approved, Error> {
-    if impersonate.is_some_and(|id| !id.is_empty()) {
-        return Err(Error::ImpersonationDenied {
-            caller: caller.service_account.to_string(),
-        });
-    }
-    let identity = caller.identity.clone();
+    let identity = identity.clone();
     if let Some(requested) = &csr.uri
         && requested.as_str() != identity.to_string()
     {
@@ -142,17 +133,9 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::ServiceAccount;
 
-    fn caller() -> Caller {
-        let sa = ServiceAccount::from_username("system:serviceaccount:ns:sa").unwrap();
-        let td = spiffe::TrustDomain::new("cluster.local").unwrap();
-        Caller {
-            identity: sa.spiffe_id(&td).unwrap(),
-            service_account: sa,
-            pod: None,
-            authenticator: "test",
-        }
+    fn caller() -> SpiffeId {
+        SpiffeId::new("spiffe://cluster.local/ns/ns/sa/sa").unwrap()
     }
 
     fn csr(uri: Option<&str>) -> VerifiedCsr {
@@ -177,7 +160,6 @@ mod tests {
         let ok = check(
             csr(Some("spiffe://cluster.local/ns/ns/sa/sa")),
             &caller(),
-            None,
             0,
             &r,
         );
@@ -185,7 +167,7 @@ mod tests {
             ok.unwrap().identity().to_string(),
             "spiffe://cluster.local/ns/ns/sa/sa"
         );
-        let none = check(csr(None), &caller(), None, 0, &r).unwrap();
+        let none = check(csr(None), &caller(), 0, &r).unwrap();
         assert_eq!(
             none.identity().to_string(),
             "spiffe://cluster.local/ns/ns/sa/sa"
@@ -193,7 +175,6 @@ mod tests {
         let other = check(
             csr(Some("spiffe://cluster.local/ns/ns/sa/admin")),
             &caller(),
-            None,
             0,
             &r,
         );
@@ -201,7 +182,6 @@ mod tests {
         let td = check(
             csr(Some("spiffe://evil.example/ns/ns/sa/sa")),
             &caller(),
-            None,
             0,
             &r,
         );
@@ -213,7 +193,7 @@ mod tests {
         let clamp = rules(OverMaxTtl::Clamp);
         let c = caller();
         let ttl = |r: &TtlRules, s| {
-            check(csr(None), &c, None, s, r).map(|a| (a.ttl().as_secs(), a.clamped_from()))
+            check(csr(None), &c, s, r).map(|a| (a.ttl().as_secs(), a.clamped_from()))
         };
         assert_eq!(ttl(&clamp, 0).unwrap(), (3600, None));
         assert_eq!(ttl(&clamp, 60).unwrap(), (60, None));
@@ -239,19 +219,5 @@ mod tests {
                 max: 7200
             })
         );
-    }
-
-    #[test]
-    fn impersonation_is_refused_until_configured() {
-        let r = rules(OverMaxTtl::Clamp);
-        let res = check(
-            csr(None),
-            &caller(),
-            Some("spiffe://cluster.local/ns/a/sa/b"),
-            0,
-            &r,
-        );
-        assert!(matches!(res, Err(Error::ImpersonationDenied { .. })));
-        assert!(check(csr(None), &caller(), Some(""), 0, &r).is_ok());
     }
 }

@@ -43,7 +43,9 @@ fn defaults_are_istio_compatible() {
     assert_eq!(c.issuance.default_ttl_secs, 86400);
     assert_eq!(c.issuance.over_max_ttl, OverMaxTtl::Clamp);
     assert_eq!(c.issuance.not_before_skew_secs, 120);
-    let castellan::config::Authn::Jwt(jwt) = &c.authn[0];
+    let castellan::config::Authn::Jwt(jwt) = &c.authn[0] else {
+        panic!("a jwt authenticator")
+    };
     assert_eq!(jwt.audiences, ["istio-ca"]);
 }
 

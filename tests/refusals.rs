@@ -187,7 +187,7 @@ async fn ttl_above_maximum_is_refused_when_configured() {
 }
 
 #[tokio::test]
-async fn impersonation_is_permission_denied_until_configured() {
+async fn impersonation_is_permission_denied_when_not_configured() {
     let ca = TestCa::start().await;
     let (_, csr) = csr::ztunnel(&id("bookinfo", "reviews"));
     let mut req = castellan::cli::request::request_for(

@@ -19,18 +19,23 @@ use tokio::time::Instant;
 use super::Error;
 use crate::identity::Caller;
 
-/// A verified caller and how long the verdict may be reused.
+/// A verdict and how long it may be reused.
 #[derive(Clone, Debug)]
 struct Entry {
-    caller: Arc<Caller>,
+    verdict: Result<Arc<Caller>, Error>,
     until: Instant,
 }
+
+/// A dependency that is down is asked again at most this often per
+/// credential, so a burst of retries does not become a burst of calls.
+const UNAVAILABLE_REUSE: Duration = Duration::from_secs(1);
 
 /// Bounded, expiring, single-flight cache of authentication verdicts.
 #[derive(Debug)]
 pub(super) struct VerdictCache {
     entries: Cache<[u8; 32], Entry>,
     max_age: Duration,
+    negative_max_age: Duration,
     hits: IntCounter,
     misses: IntCounter,
 }
@@ -41,57 +46,64 @@ impl VerdictCache {
     pub(super) fn new(
         capacity: usize,
         max_age: Duration,
+        negative_max_age: Duration,
         hits: IntCounter,
         misses: IntCounter,
     ) -> Self {
         Self {
             entries: Cache::new(capacity.max(1)),
             max_age,
+            negative_max_age,
             hits,
             misses,
         }
     }
 
-    /// The cached caller for `token` in `cluster`, or the result of
+    /// The cached verdict for `token` in `cluster`, or the result of
     /// `verify`, which returns the caller and when its credential expires.
+    /// Rejections are remembered only when `remember_rejections` (the verdict
+    /// cost a remote call); an unavailable dependency is remembered for 1 s.
     pub(super) async fn get_or_verify(
         &self,
         cluster: Option<&str>,
         token: &str,
-        verify: impl Future<Output = Result<(Caller, Option<SystemTime>), Error>>,
+        remember_rejections: bool,
+        verify: impl Future<Output = super::Verdict>,
     ) -> Result<Arc<Caller>, Error> {
         if self.max_age.is_zero() {
             return verify.await.map(|(caller, _)| Arc::new(caller));
         }
         let key = key(cluster, token);
-        let now = Instant::now();
         match self.entries.get(&key) {
-            Some(e) if e.until > now => {
+            Some(e) if e.until > Instant::now() => {
                 self.hits.inc();
-                return Ok(e.caller);
+                return e.verdict;
             }
             Some(_) => {
                 self.entries.remove(&key);
             }
             None => {}
         }
-        let max_age = self.max_age;
-        let misses = &self.misses;
         let entry = self
             .entries
-            .get_or_insert_async(&key, async move {
-                misses.inc();
-                let (caller, expires) = verify.await?;
-                let left = expires
-                    .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                    .map_or(max_age, |d| d.min(max_age));
+            .get_or_insert_async(&key, async {
+                self.misses.inc();
+                let verdict = verify.await;
+                let reuse = match &verdict {
+                    Ok((_, expires)) => expires
+                        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                        .map_or(self.max_age, |d| d.min(self.max_age)),
+                    Err(Error::Unavailable { .. }) => UNAVAILABLE_REUSE,
+                    Err(_) if remember_rejections => self.negative_max_age,
+                    Err(_) => Duration::ZERO,
+                };
                 Ok::<_, Error>(Entry {
-                    caller: Arc::new(caller),
-                    until: Instant::now() + left,
+                    verdict: verdict.map(|(caller, _)| Arc::new(caller)),
+                    until: Instant::now() + reuse,
                 })
             })
             .await?;
-        Ok(entry.caller)
+        entry.verdict
     }
 }
 

@@ -22,6 +22,8 @@ const NAME: &str = "jwt";
 #[derive(Debug)]
 pub struct JwtAuthenticator {
     issuers: Vec<String>,
+    /// `clusterid` values served; empty: any.
+    cluster_ids: Vec<String>,
     audiences: Vec<String>,
     skew: Duration,
     jwks: Jwks,
@@ -73,11 +75,18 @@ impl JwtAuthenticator {
         };
         Ok(Self {
             issuers: config.issuers.clone(),
+            cluster_ids: config.cluster_ids.clone(),
             audiences: config.audiences.clone(),
             skew: Duration::from_secs(config.clock_skew_secs),
             jwks,
             trust_domain,
         })
+    }
+
+    /// Whether requests from `cluster` may be authenticated here.
+    pub fn serves(&self, cluster: Option<&str>) -> bool {
+        self.cluster_ids.is_empty()
+            || cluster.is_some_and(|c| self.cluster_ids.iter().any(|id| id == c))
     }
 
     /// Whether the token claims one of this authenticator's issuers. Read
@@ -173,6 +182,7 @@ impl JwtAuthenticator {
                 .map_err(|e| e.to_string())?,
             service_account: sa,
             pod,
+            cluster_id: None,
             authenticator: NAME,
         })
     }

@@ -1,21 +1,27 @@
 //! Who is calling: an ordered chain of authenticators, each of which either
-//! recognises a credential and decides, or passes it on.
+//! recognises a credential and decides, or passes it on, behind a cache of
+//! recent verdicts.
 //!
 //! Failures carry the real reason for the log; the caller only ever learns
 //! "authentication failed" (or "unavailable", so it retries).
 
 mod cache;
+mod client_cert;
 mod jwks;
 mod jwt;
+mod tokenreview;
 
+pub use client_cert::ClientCertAuthenticator;
 pub use jwks::Jwks;
 pub use jwt::JwtAuthenticator;
+pub use tokenreview::TokenReviewAuthenticator;
 
 use std::{
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
+use rustls_pki_types::CertificateDer;
 use spiffe::TrustDomain;
 
 use crate::{config, identity::Caller, metrics::Metrics};
@@ -25,18 +31,22 @@ use crate::{config, identity::Caller, metrics::Metrics};
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// What the caller presented.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 pub struct Credentials<'a> {
     /// The token from `authorization: Bearer …`.
     pub bearer: Option<&'a str>,
     /// The `clusterid` header: which cluster the caller says it is in.
     pub cluster_id: Option<&'a str>,
+    /// The client certificate chain verified during the TLS handshake.
+    pub peer_certs: Option<&'a [CertificateDer<'static>]>,
 }
 
 /// One way of authenticating callers.
 #[derive(Debug)]
 pub enum Authenticator {
     Jwt(JwtAuthenticator),
+    TokenReview(TokenReviewAuthenticator),
+    ClientCert(ClientCertAuthenticator),
 }
 
 /// Authenticators in configured order, behind a cache of recent verdicts.
@@ -44,12 +54,15 @@ pub enum Authenticator {
 pub struct Chain {
     authenticators: Vec<Authenticator>,
     cache: cache::VerdictCache,
+    /// The cluster a request without a `clusterid` header is from: the
+    /// first TokenReview authenticator's.
+    local_cluster: Option<String>,
 }
 
 /// Why a caller is not authenticated. Logged in full, never returned.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no credential: the request has no `authorization: Bearer` token")]
+    #[error("no credential: neither an `authorization: Bearer` token nor a client certificate")]
     NoCredential,
     #[error("no authenticator recognises the credential ({0})")]
     NotRecognised(String),
@@ -73,6 +86,7 @@ impl std::fmt::Debug for Credentials<'_> {
         f.debug_struct("Credentials")
             .field("bearer", &self.bearer.map(|_| "[redacted]"))
             .field("cluster_id", &self.cluster_id)
+            .field("peer_certs", &self.peer_certs.map(<[_]>::len))
             .finish()
     }
 }
@@ -80,8 +94,8 @@ impl std::fmt::Debug for Credentials<'_> {
 // === impl Chain ===
 
 impl Chain {
-    /// Builds every configured authenticator; JWKS files are read now so a
-    /// broken one stops start-up.
+    /// Builds every configured authenticator; JWKS files are read and
+    /// kubeconfigs loaded now, so a broken one stops start-up.
     ///
     /// # Errors
     /// A message naming the authenticator and what is wrong.
@@ -97,16 +111,37 @@ impl Chain {
                 config::Authn::Jwt(jwt) => {
                     Authenticator::Jwt(JwtAuthenticator::new(jwt, trust_domain.clone()).await?)
                 }
+                config::Authn::TokenReview(tr) => Authenticator::TokenReview(
+                    TokenReviewAuthenticator::new(tr, trust_domain.clone()).await?,
+                ),
+                config::Authn::ClientCert(_) => {
+                    Authenticator::ClientCert(ClientCertAuthenticator::new(trust_domain.clone()))
+                }
             });
         }
+        let local_cluster = authenticators.iter().find_map(|a| match a {
+            Authenticator::TokenReview(t) => Some(t.cluster_id().to_owned()),
+            _ => None,
+        });
         Ok(Self {
             authenticators,
             cache: cache::VerdictCache::new(
                 cache.capacity,
                 Duration::from_secs(cache.max_age_secs),
+                Duration::from_secs(cache.negative_max_age_secs),
                 metrics.authn_cache_hits.clone(),
                 metrics.authn_cache_misses.clone(),
             ),
+            local_cluster,
+        })
+    }
+
+    /// The TokenReview authenticators, one per cluster, for whoever needs
+    /// the same clusters' APIs (node authorization).
+    pub fn clusters(&self) -> impl Iterator<Item = &TokenReviewAuthenticator> {
+        self.authenticators.iter().filter_map(|a| match a {
+            Authenticator::TokenReview(t) => Some(t),
+            _ => None,
         })
     }
 
@@ -116,28 +151,54 @@ impl Chain {
     /// # Errors
     /// [`Error`], for the log.
     pub async fn authenticate(&self, creds: Credentials<'_>) -> Result<Arc<Caller>, Error> {
-        let token = creds.bearer.ok_or(Error::NoCredential)?;
-        if token.len() > MAX_TOKEN_BYTES {
+        let cluster = creds
+            .cluster_id
+            .filter(|c| !c.is_empty())
+            .or(self.local_cluster.as_deref());
+        if let Some(token) = creds.bearer
+            && token.len() > MAX_TOKEN_BYTES
+        {
             return Err(Error::NotRecognised(format!(
                 "token of {} bytes",
                 token.len()
             )));
         }
-        self.cache
-            .get_or_verify(creds.cluster_id, token, self.verify(token))
-            .await
-    }
-
-    /// The caller, and when its credential expires.
-    async fn verify(&self, token: &str) -> Result<(Caller, Option<SystemTime>), Error> {
         for a in &self.authenticators {
-            match a {
-                Authenticator::Jwt(jwt) if jwt.recognises(token) => {
-                    return jwt.authenticate(token).await;
+            match (a, creds.bearer, creds.peer_certs) {
+                (Authenticator::ClientCert(c), _, Some(certs)) => {
+                    return c.authenticate(certs).map(|(caller, _)| Arc::new(caller));
                 }
-                Authenticator::Jwt(_) => {}
+                (Authenticator::Jwt(j), Some(token), _)
+                    if j.serves(cluster) && j.recognises(token) =>
+                {
+                    let verify = async { j.authenticate(token).await };
+                    return self
+                        .cache
+                        .get_or_verify(cluster, token, false, verify)
+                        .await;
+                }
+                (Authenticator::TokenReview(t), Some(token), _)
+                    if cluster.is_some_and(|c| t.serves(c)) =>
+                {
+                    let verify = async { t.authenticate(token).await };
+                    return self.cache.get_or_verify(cluster, token, true, verify).await;
+                }
+                _ => {}
             }
         }
-        Err(Error::NotRecognised(jwt::describe_unrecognised(token)))
+        Err(match (creds.bearer, creds.peer_certs) {
+            (None, None) => Error::NoCredential,
+            (Some(token), _) => Error::NotRecognised(format!(
+                "cluster `{}`: {}",
+                cluster.unwrap_or("-"),
+                jwt::describe_unrecognised(token)
+            )),
+            (None, Some(_)) => {
+                Error::NotRecognised("client certificate, but no client_cert authenticator".into())
+            }
+        })
     }
 }
+
+/// The caller and when its credential stops being valid.
+pub type Verdict = Result<(Caller, Option<SystemTime>), Error>;

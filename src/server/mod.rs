@@ -19,6 +19,7 @@ use crate::{
     authn,
     ca::{self, CaHandle, Rules, Source},
     config::Config,
+    impersonation::NodeAuthorizer,
     issuer::{self, Issuer},
     metrics::Metrics,
     policy::TtlRules,
@@ -163,8 +164,10 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         None => None,
     };
 
+    let nodes = NodeAuthorizer::start(&config.impersonation, &authn, &config.trust_domain);
     let service = CaService::new(
         authn,
+        nodes,
         issuer,
         TtlRules::from(&config.issuance),
         metrics.clone(),

@@ -10,10 +10,13 @@ use tokio::{
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
+use rustls_pki_types::CertificateDer;
+
 use crate::{
     authn::{self, Credentials},
     ca, csr,
     error::Error,
+    impersonation::{self, NodeAuthorizer},
     issuer::{self, Issued, Issuer},
     metrics::Metrics,
     policy::{self, TtlRules},
@@ -32,6 +35,7 @@ pub struct CaService {
 #[derive(Debug)]
 struct Inner {
     authn: authn::Chain,
+    nodes: Option<NodeAuthorizer>,
     issuer: Issuer,
     ttl: TtlRules,
     metrics: Metrics,
@@ -66,6 +70,8 @@ impl Drop for InFlight<'_> {
 #[derive(Default)]
 struct Trace {
     caller: Option<String>,
+    /// The identity ztunnel asked for on a pod's behalf.
+    on_behalf_of: Option<String>,
     clamped_from: Option<Duration>,
 }
 
@@ -74,6 +80,7 @@ struct Trace {
 impl CaService {
     pub fn new(
         authn: authn::Chain,
+        nodes: Option<NodeAuthorizer>,
         issuer: Issuer,
         ttl: TtlRules,
         metrics: Metrics,
@@ -83,6 +90,7 @@ impl CaService {
         Self {
             inner: Arc::new(Inner {
                 authn,
+                nodes,
                 issuer,
                 ttl,
                 metrics,
@@ -103,6 +111,7 @@ impl IstioCertificateService for CaService {
         let started = Instant::now();
         let me = &self.inner;
         me.metrics.csr_count.inc();
+        let peer_certs = request.peer_certs();
         let (meta, _, req) = request.into_parts();
         let cluster = header(&meta, "clusterid").map(str::to_owned);
         let mut trace = Trace::default();
@@ -113,7 +122,8 @@ impl IstioCertificateService for CaService {
                 // Dropped however the request ends, cancellation included.
                 let _in_flight = InFlight::new(permit, &me.metrics.in_flight);
                 let deadline = deadline(&meta).map_or(me.timeout, |d| d.min(me.timeout));
-                let work = me.handle(&meta, cluster.as_deref(), req, &mut trace);
+                let certs = peer_certs.as_deref().map(Vec::as_slice);
+                let work = me.handle(&meta, certs, cluster.as_deref(), req, &mut trace);
                 tokio::time::timeout(deadline, work)
                     .await
                     .unwrap_or(Err(Error::Timeout(deadline)))
@@ -129,6 +139,7 @@ impl Inner {
     async fn handle(
         &self,
         meta: &MetadataMap,
+        peer_certs: Option<&[CertificateDer<'static>]>,
         cluster_id: Option<&str>,
         req: IstioCertificateRequest,
         trace: &mut Trace,
@@ -136,6 +147,7 @@ impl Inner {
         let creds = Credentials {
             bearer: header(meta, "authorization").and_then(bearer),
             cluster_id,
+            peer_certs,
         };
         let caller = self.authn.authenticate(creds).await?;
         trace.caller = Some(caller.identity.to_string());
@@ -145,10 +157,21 @@ impl Inner {
             .as_ref()
             .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
             .and_then(|v| match &v.kind {
-                Some(prost_types::value::Kind::StringValue(s)) => Some(s.as_str()),
+                Some(prost_types::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.as_str()),
                 _ => None,
             });
-        let approved = policy::check(csr, &caller, impersonate, req.validity_duration, &self.ttl)?;
+        let identity = match impersonate {
+            None => caller.identity.clone(),
+            Some(requested) => {
+                trace.on_behalf_of = Some(requested.chars().take(256).collect());
+                let nodes = self
+                    .nodes
+                    .as_ref()
+                    .ok_or(impersonation::Error::NotConfigured)?;
+                nodes.authorize(&caller, requested).await?
+            }
+        };
+        let approved = policy::check(csr, &identity, req.validity_duration, &self.ttl)?;
         trace.clamped_from = approved.clamped_from();
         Ok(self.issuer.issue(&approved).await?)
     }
@@ -163,6 +186,7 @@ impl Inner {
         elapsed: Duration,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let caller = trace.caller.as_deref().unwrap_or("-");
+        let on_behalf_of = trace.on_behalf_of.as_deref().unwrap_or("-");
         let cluster = cluster.unwrap_or("-");
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         match result {
@@ -179,6 +203,7 @@ impl Inner {
                 }
                 tracing::info!(
                     caller,
+                    on_behalf_of,
                     cluster,
                     outcome = "issued",
                     serial = %issued.serial,
@@ -196,6 +221,7 @@ impl Inner {
                 self.metrics.observe_latency(status.code(), elapsed);
                 tracing::warn!(
                     caller,
+                    on_behalf_of,
                     cluster,
                     outcome = ?status.code(),
                     reason = %e,
@@ -217,7 +243,7 @@ impl Inner {
                 .with_label_values(&[sign_error_label(e)])
                 .inc(),
             Error::Overloaded(_) => m.overloaded.inc(),
-            Error::Policy(_) | Error::Timeout(_) => {}
+            Error::Policy(_) | Error::Impersonation(_) | Error::Timeout(_) => {}
         }
     }
 }

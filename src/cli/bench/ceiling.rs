@@ -25,7 +25,7 @@ use crate::{
     ca::{CaHandle, Rules, Source},
     cli::KeyType,
     config,
-    identity::{Caller, ServiceAccount},
+    identity::ServiceAccount,
     issuer::Issuer,
     policy::{self, TtlRules},
 };
@@ -132,15 +132,10 @@ pub(super) async fn pipeline(
             namespace: ns.to_owned(),
             name: sa.to_owned(),
         };
-        let caller = Caller {
-            identity: account
-                .spiffe_id(&trust_domain)
-                .map_err(|e| e.to_string())?,
-            service_account: account,
-            pod: None,
-            authenticator: "bench",
-        };
-        let approved = policy::check(csr, &caller, None, 0, &ttl).map_err(|e| e.to_string())?;
+        let identity = account
+            .spiffe_id(&trust_domain)
+            .map_err(|e| e.to_string())?;
+        let approved = policy::check(csr, &identity, 0, &ttl).map_err(|e| e.to_string())?;
         issuer.issue(&approved).await.map_err(|e| e.to_string())?;
         n += 1;
     }
