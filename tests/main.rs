@@ -12,6 +12,7 @@ mod authn;
 mod config;
 mod demo;
 mod issue;
+mod kubernetes;
 mod refusals;
 mod reload;
 mod server;

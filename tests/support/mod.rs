@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod csr;
+pub mod kube;
 pub mod pki;
 
 use std::{path::PathBuf, time::Duration};
@@ -49,6 +50,10 @@ pub struct Setup {
     pub extra_root: bool,
     /// Extra TOML for the `[[authn]]` section.
     pub authn: String,
+    /// Replaces the whole JWT `[[authn]]` section.
+    pub authn_sections: Option<String>,
+    /// Appended to the configuration (more tables).
+    pub extra: String,
 }
 
 impl Default for Setup {
@@ -61,6 +66,8 @@ impl Default for Setup {
             jwks: None,
             extra_root: false,
             authn: String::new(),
+            authn_sections: None,
+            extra: String::new(),
         }
     }
 }
@@ -174,13 +181,14 @@ ip_addresses = ["127.0.0.1"]
 [signer]
 type = "file"
 dir = "{d}/ca"
-[[authn]]
-type = "jwt"
-issuers = ["{ISSUER}"]
-{jwks}
-{authn}
+{authn_sections}
+{extra}
 "#,
-        authn = s.authn,
+        authn_sections = s.authn_sections.clone().unwrap_or_else(|| format!(
+            "[[authn]]\ntype = \"jwt\"\nissuers = [\"{ISSUER}\"]\n{jwks}\n{}",
+            s.authn
+        )),
+        extra = s.extra,
         server = s.server,
         issuance = s.issuance,
         ca = s.ca,

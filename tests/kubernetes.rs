@@ -1,0 +1,620 @@
+//! Kubernetes identity against the in-process API server: TokenReview with
+//! its cache and single flight, API outages, two clusters chosen by
+//! `clusterid`, ztunnel's impersonation with node authorization, and renewal
+//! by client certificate.
+
+use std::{sync::Arc, time::Duration};
+
+use castellan::cli::request;
+use der::Decode;
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tonic::Code;
+use x509_cert::{
+    Certificate,
+    ext::pkix::{SubjectAltName, name::GeneralName},
+};
+
+use crate::support::{
+    Setup, TestCa, csr, eventually, http_get, id,
+    kube::{FakeKube, Mode, TokenInfo},
+};
+
+/// A TestCa whose only authenticator is TokenReview against `kube` (and
+/// optionally more clusters), with `extra` configuration.
+async fn with_kube(kube: &FakeKube, more: &str, extra: &str) -> TestCa {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig(dir.path(), "local");
+    let ca = TestCa::start_with(Setup {
+        authn_sections: Some(format!(
+            "[[authn]]\ntype = \"tokenreview\"\nkubeconfig = \"{}\"\ncluster_aliases = [\"local-alias\"]\ntimeout_secs = 1\n{more}",
+            kubeconfig.display()
+        )),
+        extra: extra.to_owned(),
+        ..Setup::default()
+    })
+    .await;
+    std::mem::forget(dir);
+    ca
+}
+
+/// A projected-token-shaped JWT (castellan reads its `exp` once the API
+/// server has vouched for it), registered with the API server.
+fn token(ca: &TestCa, kube: &FakeKube, ns: &str, sa: &str, pod: Option<(&str, &str)>) -> String {
+    let t = ca.token(ns, sa);
+    kube.add_token(&t, ns, sa, pod);
+    t
+}
+
+async fn send_with(
+    ca: &TestCa,
+    csr: &str,
+    token: &str,
+    cluster: Option<&str>,
+) -> Result<Vec<String>, tonic::Status> {
+    let mut req = request::request_for(csr, 600, token, "x").unwrap();
+    match cluster {
+        Some(c) => {
+            req.metadata_mut().insert("clusterid", c.parse().unwrap());
+        }
+        None => {
+            req.metadata_mut().remove("clusterid");
+        }
+    }
+    ca.client()
+        .await
+        .create_certificate(req)
+        .await
+        .map(|r| r.into_inner().cert_chain)
+}
+
+fn san(chain: &[String]) -> Vec<String> {
+    let leaf = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+    let cert = Certificate::from_der(&leaf).unwrap();
+    let (_, san) = cert
+        .tbs_certificate()
+        .get_extension::<SubjectAltName>()
+        .unwrap()
+        .unwrap();
+    san.0
+        .into_iter()
+        .filter_map(|n| match n {
+            GeneralName::UniformResourceIdentifier(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn tokenreview_authenticates_service_accounts_and_refuses_the_rest() {
+    let kube = FakeKube::start().await;
+    let ca = with_kube(&kube, "", "").await;
+    let (_, csr) = csr::ztunnel(&id("shop", "cart"));
+    let good = token(&ca, &kube, "shop", "cart", Some(("cart-1", "uid-1")));
+    let chain = send_with(&ca, &csr, &good, Some("Kubernetes"))
+        .await
+        .unwrap();
+    assert_eq!(san(&chain), [id("shop", "cart")]);
+    // No header means the local cluster; an alias names it too.
+    send_with(&ca, &csr, &good, None).await.unwrap();
+    send_with(&ca, &csr, &good, Some("local-alias"))
+        .await
+        .unwrap();
+
+    let mut refused = vec![("unknown token", "never-issued".to_owned())];
+    let wrong_aud = ca.token("shop", "cart2");
+    kube.add_token_info(
+        &wrong_aud,
+        TokenInfo {
+            username: "system:serviceaccount:shop:cart".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            audiences: vec!["vault".into()],
+            pod: None,
+        },
+    );
+    refused.push(("wrong audience", wrong_aud));
+    let user = ca.token("shop", "cart3");
+    kube.add_token_info(
+        &user,
+        TokenInfo {
+            username: "alice@example.com".into(),
+            groups: vec!["system:authenticated".into()],
+            audiences: vec!["istio-ca".into()],
+            pod: None,
+        },
+    );
+    refused.push(("a user, not a service account", user));
+    let no_group = ca.token("shop", "cart4");
+    kube.add_token_info(
+        &no_group,
+        TokenInfo {
+            username: "system:serviceaccount:shop:cart".into(),
+            groups: vec!["system:authenticated".into()],
+            audiences: vec!["istio-ca".into()],
+            pod: None,
+        },
+    );
+    refused.push(("not in system:serviceaccounts", no_group));
+    let five = ca.token("shop", "cart5");
+    kube.add_token_info(
+        &five,
+        TokenInfo {
+            username: "system:serviceaccount:shop:cart:extra".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            audiences: vec!["istio-ca".into()],
+            pod: None,
+        },
+    );
+    refused.push(("five-part username", five));
+    for (case, t) in refused {
+        let s = send_with(&ca, &csr, &t, Some("Kubernetes"))
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::Unauthenticated, "{case}: {s:?}");
+        assert_eq!(s.message(), "authentication failed", "{case}");
+    }
+    // The good token for another identity's CSR is still denied by policy.
+    let (_, other) = csr::ztunnel(&id("shop", "admin"));
+    assert_eq!(
+        send_with(&ca, &other, &good, None)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    // An unknown cluster is refused without asking anyone.
+    let before = kube.reviews();
+    let s = send_with(&ca, &csr, &good, Some("elsewhere"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert_eq!(kube.reviews(), before);
+}
+
+#[tokio::test]
+async fn verdicts_are_cached_and_concurrent_misses_share_one_review() {
+    let kube = FakeKube::start().await;
+    let ca = Arc::new(with_kube(&kube, "", "").await);
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    let t = token(&ca, &kube, "ns", "sa", None);
+    for _ in 0..10 {
+        send_with(&ca, &csr, &t, None).await.unwrap();
+    }
+    assert_eq!(kube.reviews(), 1, "positive verdicts are cached");
+
+    // A rejected token is remembered briefly too.
+    for _ in 0..5 {
+        send_with(&ca, &csr, "bogus", None).await.unwrap_err();
+    }
+    assert_eq!(kube.reviews(), 2, "negative verdicts are cached");
+
+    // 50 concurrent requests with one new token: one TokenReview.
+    kube.set_review_delay(Duration::from_millis(300));
+    let fresh = token(&ca, &kube, "ns", "sa", None);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (ca, csr, fresh) = (ca.clone(), csr.clone(), fresh.clone());
+        tasks.push(tokio::spawn(async move {
+            send_with(&ca, &csr, &fresh, None).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(kube.reviews(), 3, "single flight");
+    let (_, m) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
+    assert!(m.contains("castellan_authn_cache_misses_count 3"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_100_workloads_makes_100_token_reviews() {
+    let kube = FakeKube::start().await;
+    let ca = Arc::new(with_kube(&kube, "", "").await);
+    let mut work = Vec::new();
+    for i in 0..100 {
+        let sa = format!("w{i}");
+        let (_, csr) = csr::ztunnel(&id("burst", &sa));
+        work.push((token(&ca, &kube, "burst", &sa, None), csr));
+    }
+    let work = Arc::new(work);
+    let mut tasks = Vec::new();
+    for caller in 0..32 {
+        let (ca, work) = (ca.clone(), work.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = ca.client().await;
+            for n in 0..63 {
+                let (t, csr) = &work[(caller * 63 + n) % work.len()];
+                let req = request::request_for(csr, 600, t, "Kubernetes").unwrap();
+                client.create_certificate(req).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 32 × 63 = 2,016 CSRs (the benchmark runs 10,000).
+    assert_eq!(kube.reviews(), 100);
+}
+
+#[tokio::test]
+async fn api_server_outage_is_unavailable_then_recovers() {
+    let kube = FakeKube::start().await;
+    let ca = with_kube(&kube, "", "").await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+
+    for (mode, name) in [(Mode::Unavailable, "503"), (Mode::Hang, "timeout")] {
+        kube.set_mode(mode);
+        let t = token(&ca, &kube, "ns", "sa", None);
+        let s = send_with(&ca, &csr, &t, None).await.unwrap_err();
+        assert_eq!(s.code(), Code::Unavailable, "{name}: {s:?}");
+        kube.set_mode(Mode::Normal);
+        let ok = eventually(Duration::from_secs(5), async || {
+            send_with(&ca, &csr, &t, None).await.is_ok()
+        })
+        .await;
+        assert!(ok, "{name}: recovers once the API server answers");
+    }
+
+    // The API server goes away entirely (connection refused), then comes back.
+    kube.stop();
+    let t = token(&ca, &kube, "ns", "sa", None);
+    let s = send_with(&ca, &csr, &t, None).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    kube.restart().await;
+    let ok = eventually(Duration::from_secs(5), async || {
+        send_with(&ca, &csr, &t, None).await.is_ok()
+    })
+    .await;
+    assert!(ok, "recovers without a restart of castellan");
+}
+
+#[tokio::test]
+async fn clusterid_selects_the_cluster() {
+    let local = FakeKube::start().await;
+    let remote = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let remote_config = remote.kubeconfig(dir.path(), "remote");
+    let ca = with_kube(
+        &local,
+        &format!(
+            "[[authn]]\ntype = \"tokenreview\"\ncluster_id = \"remote-1\"\nkubeconfig = \"{}\"\n",
+            remote_config.display()
+        ),
+        "",
+    )
+    .await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    let remote_token = ca.token("ns", "sa");
+    remote.add_token(&remote_token, "ns", "sa", None);
+
+    let chain = send_with(&ca, &csr, &remote_token, Some("remote-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        san(&chain),
+        [id("ns", "sa")],
+        "identities stay spiffe://<td>/ns/<ns>/sa/<sa>"
+    );
+    assert_eq!((local.reviews(), remote.reviews()), (0, 1));
+    // The same token presented as the local cluster's is checked there, and fails.
+    let s = send_with(&ca, &csr, &remote_token, Some("Kubernetes"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert_eq!(local.reviews(), 1);
+    let s = send_with(&ca, &csr, &remote_token, Some("nowhere"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+}
+
+/// ztunnel on node-1 and the pods around it.
+async fn ambient() -> (FakeKube, TestCa, String) {
+    let kube = FakeKube::start().await;
+    kube.put_pod(
+        "istio-system",
+        "ztunnel-n1",
+        "zt-uid-1",
+        "ztunnel",
+        "node-1",
+        "Running",
+    );
+    kube.put_pod(
+        "bookinfo",
+        "reviews-1",
+        "rv-uid",
+        "reviews",
+        "node-1",
+        "Running",
+    );
+    kube.put_pod(
+        "bookinfo",
+        "ratings-1",
+        "ra-uid",
+        "ratings",
+        "node-2",
+        "Running",
+    );
+    kube.put_pod(
+        "bookinfo",
+        "details-1",
+        "de-uid",
+        "details",
+        "node-1",
+        "Failed",
+    );
+    let ca = with_kube(
+        &kube,
+        "",
+        "[impersonation]\ntrusted_node_accounts = [\"istio-system/ztunnel\"]\n",
+    )
+    .await;
+    let zt = token(
+        &ca,
+        &kube,
+        "istio-system",
+        "ztunnel",
+        Some(("ztunnel-n1", "zt-uid-1")),
+    );
+    (kube, ca, zt)
+}
+
+async fn impersonate(
+    ca: &TestCa,
+    token: &str,
+    identity: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    // ztunnel's CSR: P-256, empty subject, one critical URI SAN (the pod's identity).
+    let (_, csr) = csr::ztunnel(identity);
+    let mut req = request::request_for(&csr, 86400, token, "Kubernetes").unwrap();
+    let metadata = req.get_mut().metadata.as_mut().unwrap();
+    metadata.fields.clear();
+    metadata.fields.insert(
+        "ImpersonatedIdentity".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(identity.to_owned())),
+        },
+    );
+    ca.client()
+        .await
+        .create_certificate(req)
+        .await
+        .map(|r| r.into_inner().cert_chain)
+}
+
+#[tokio::test]
+async fn ztunnel_gets_certificates_for_pods_on_its_node() {
+    let (_kube, ca, zt) = ambient().await;
+    let chain = impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+        .await
+        .unwrap();
+    assert_eq!(
+        san(&chain),
+        [id("bookinfo", "reviews")],
+        "exactly the impersonated identity"
+    );
+    assert!(chain.len() >= 2);
+
+    for (case, identity) in [
+        ("pod on another node", id("bookinfo", "ratings")),
+        ("only pod is Failed", id("bookinfo", "details")),
+        ("no such workload", id("bookinfo", "ghost")),
+        (
+            "another trust domain",
+            "spiffe://evil.example/ns/bookinfo/sa/reviews".to_owned(),
+        ),
+        (
+            "not a workload id",
+            "spiffe://cluster.local/anything".to_owned(),
+        ),
+    ] {
+        let s = impersonate(&ca, &zt, &identity).await.unwrap_err();
+        assert_eq!(s.code(), Code::PermissionDenied, "{case}: {s:?}");
+    }
+}
+
+#[tokio::test]
+async fn impersonation_refused_for_untrusted_callers_and_stale_pods() {
+    let (kube, ca, _) = ambient().await;
+    // A workload that is not a node agent.
+    kube.put_pod(
+        "bookinfo",
+        "ratings-x",
+        "rx-uid",
+        "ratings",
+        "node-1",
+        "Running",
+    );
+    let app = token(
+        &ca,
+        &kube,
+        "bookinfo",
+        "ratings",
+        Some(("ratings-x", "rx-uid")),
+    );
+    let s = impersonate(&ca, &app, &id("bookinfo", "reviews"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "not trusted: {s:?}");
+
+    // A ztunnel token bound to a pod uid that no longer exists.
+    let old = token(
+        &ca,
+        &kube,
+        "istio-system",
+        "ztunnel",
+        Some(("ztunnel-n1", "zt-uid-OLD")),
+    );
+    let s = impersonate(&ca, &old, &id("bookinfo", "reviews"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "uid mismatch: {s:?}");
+
+    // A ztunnel token without a pod binding.
+    let unbound = token(&ca, &kube, "istio-system", "ztunnel", None);
+    let s = impersonate(&ca, &unbound, &id("bookinfo", "reviews"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "no pod binding: {s:?}");
+
+    // The caller's pod turns Failed.
+    kube.put_pod(
+        "istio-system",
+        "ztunnel-n1",
+        "zt-uid-1",
+        "ztunnel",
+        "node-1",
+        "Failed",
+    );
+    let zt = token(
+        &ca,
+        &kube,
+        "istio-system",
+        "ztunnel",
+        Some(("ztunnel-n1", "zt-uid-1")),
+    );
+    let denied = eventually(Duration::from_secs(5), async || {
+        impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+            .await
+            .is_err_and(|s| s.code() == Code::PermissionDenied)
+    })
+    .await;
+    assert!(denied, "caller pod Failed");
+}
+
+#[tokio::test]
+async fn a_pod_the_index_has_not_seen_yet_is_checked_with_the_api_once() {
+    let (kube, ca, _) = ambient().await;
+    // Let the index sync, then hold back watch events: the index lags.
+    let zt = token(
+        &ca,
+        &kube,
+        "istio-system",
+        "ztunnel",
+        Some(("ztunnel-n1", "zt-uid-1")),
+    );
+    impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+        .await
+        .unwrap();
+    kube.pause_watches(true);
+    kube.delete_pod("istio-system", "ztunnel-n1");
+    kube.put_pod(
+        "istio-system",
+        "ztunnel-n1",
+        "zt-uid-2",
+        "ztunnel",
+        "node-1",
+        "Running",
+    );
+    let restarted = token(
+        &ca,
+        &kube,
+        "istio-system",
+        "ztunnel",
+        Some(("ztunnel-n1", "zt-uid-2")),
+    );
+    let chain = impersonate(&ca, &restarted, &id("bookinfo", "reviews"))
+        .await
+        .unwrap();
+    assert_eq!(san(&chain), [id("bookinfo", "reviews")]);
+    kube.pause_watches(false);
+}
+
+#[tokio::test]
+async fn impersonation_without_configuration_is_permission_denied() {
+    let kube = FakeKube::start().await;
+    let ca = with_kube(&kube, "", "").await;
+    let zt = token(
+        &ca,
+        &kube,
+        "istio-system",
+        "ztunnel",
+        Some(("ztunnel-n1", "zt-uid-1")),
+    );
+    let s = impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn vm_renews_with_its_client_certificate() {
+    let kube = FakeKube::start().await;
+    let ca = with_kube(&kube, "[[authn]]\ntype = \"client_cert\"\n", "").await;
+    // First certificate: with a token, as a VM bootstraps.
+    let t = token(&ca, &kube, "vms", "billing", None);
+    let (key, csr) = csr::ztunnel(&id("vms", "billing"));
+    let chain = send_with(&ca, &csr, &t, None).await.unwrap();
+
+    // Renewal: no token, the issued certificate as the TLS client certificate.
+    let identity = tonic::transport::Identity::from_pem(
+        format!("{}{}", chain[0], chain[1]),
+        key.serialize_pem(),
+    );
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.root.pem))
+        .domain_name("localhost")
+        .identity(identity);
+    let channel = tonic::transport::Endpoint::from_shared(ca.addr())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient::new(
+            channel,
+        );
+    let (_, renewal_csr) = csr::ztunnel(&id("vms", "billing"));
+    let mut req = request::request_for(&renewal_csr, 600, "x", "Kubernetes").unwrap();
+    req.metadata_mut().remove("authorization");
+    let renewed = client
+        .create_certificate(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    assert_eq!(san(&renewed), [id("vms", "billing")]);
+    assert_eq!(kube.reviews(), 1, "the renewal needed no TokenReview");
+
+    // The certificate only speaks for itself.
+    let (_, other) = csr::ztunnel(&id("vms", "payroll"));
+    let mut req = request::request_for(&other, 600, "x", "Kubernetes").unwrap();
+    req.metadata_mut().remove("authorization");
+    assert_eq!(
+        client.create_certificate(req).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+}
+
+#[tokio::test]
+async fn client_certificates_are_ignored_unless_configured() {
+    let kube = FakeKube::start().await;
+    let ca = with_kube(&kube, "", "").await;
+    let t = token(&ca, &kube, "vms", "billing", None);
+    let (key, csr) = csr::ztunnel(&id("vms", "billing"));
+    let chain = send_with(&ca, &csr, &t, None).await.unwrap();
+    let identity = tonic::transport::Identity::from_pem(
+        format!("{}{}", chain[0], chain[1]),
+        key.serialize_pem(),
+    );
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.root.pem))
+        .domain_name("localhost")
+        .identity(identity);
+    let channel = tonic::transport::Endpoint::from_shared(ca.addr())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient::new(
+            channel,
+        );
+    let mut req = request::request_for(&csr, 600, "x", "Kubernetes").unwrap();
+    req.metadata_mut().remove("authorization");
+    let s = client.create_certificate(req).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+}
