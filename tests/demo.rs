@@ -315,3 +315,54 @@ async fn serve_logs_one_json_line_per_request() {
             && f["latency_ms"].is_number()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_also_accepts_a_clusters_tokens_with_a_kubeconfig() {
+    let kube = crate::support::kube::FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig(dir.path(), "demo-cluster");
+    let demo = Demo::start(
+        &dir.path().join("demo"),
+        &["--kubeconfig", &kubeconfig.display().to_string()],
+    )
+    .await;
+    let d = |f: &str| dir.path().join("demo").join(f).display().to_string();
+
+    // A token the cluster issued (the demo's JWKS does not know its issuer).
+    let (cluster_issuer, _) =
+        castellan::cli::token::TokenIssuer::generate("https://kubernetes.default.svc").unwrap();
+    let token = cluster_issuer
+        .mint("payments", "ledger", "istio-ca", 600)
+        .unwrap();
+    kube.add_token(&token, "payments", "ledger", None);
+    std::fs::write(d("cluster-token"), &token).unwrap();
+    let addr = format!("https://localhost:{}", demo.port);
+    let out = castellan(&[
+        "request",
+        "--addr",
+        &addr,
+        "--root",
+        &d("root-cert.pem"),
+        "--token",
+        &d("cluster-token"),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("spiffe://cluster.local/ns/payments/sa/ledger"),
+        "{out:?}"
+    );
+    assert_eq!(kube.reviews(), 1);
+    // The demo's own token still works, without a TokenReview.
+    let out = castellan(&[
+        "request",
+        "--addr",
+        &addr,
+        "--root",
+        &d("root-cert.pem"),
+        "--token",
+        &d("token"),
+    ]);
+    assert!(out.status.success());
+    assert_eq!(kube.reviews(), 1);
+    let _ = demo.stop();
+}

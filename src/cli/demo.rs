@@ -16,13 +16,17 @@ use crate::config::Config;
 pub const DEMO_ISSUER: &str = "https://castellan.demo";
 const TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
 
-pub(super) async fn run(
-    dir: &Path,
-    listen: SocketAddr,
-    metrics_listen: Option<SocketAddr>,
-    key_type: KeyType,
-) -> ExitCode {
-    let config_path = match prepare(dir, listen, metrics_listen, key_type) {
+/// How the demo runs.
+#[derive(Debug)]
+pub(super) struct Options {
+    pub(super) listen: SocketAddr,
+    pub(super) metrics_listen: Option<SocketAddr>,
+    pub(super) key_type: KeyType,
+    pub(super) kubeconfig: Option<PathBuf>,
+}
+
+pub(super) async fn run(dir: &Path, options: &Options) -> ExitCode {
+    let config_path = match prepare(dir, options) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("castellan demo: {e}");
@@ -38,7 +42,8 @@ pub(super) async fn run(
     };
     eprintln!(
         "castellan demo: material in {dir}\n  try: castellan request --addr https://{listen} --root {dir}/root-cert.pem --token {dir}/token",
-        dir = dir.display()
+        dir = dir.display(),
+        listen = options.listen,
     );
     match crate::server::run(&config).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,15 +55,10 @@ pub(super) async fn run(
 }
 
 /// Writes the demo's files and returns the config path.
-fn prepare(
-    dir: &Path,
-    listen: SocketAddr,
-    metrics_listen: Option<SocketAddr>,
-    key_type: KeyType,
-) -> Result<PathBuf, String> {
+fn prepare(dir: &Path, options: &Options) -> Result<PathBuf, String> {
     let ca_dir = dir.join("ca");
     std::fs::create_dir_all(&ca_dir).map_err(|e| format!("{}: {e}", ca_dir.display()))?;
-    let pki = DemoPki::generate(key_type, "castellan demo").map_err(|e| e.to_string())?;
+    let pki = DemoPki::generate(options.key_type, "castellan demo").map_err(|e| e.to_string())?;
     let (tokens, token_key) = TokenIssuer::generate(DEMO_ISSUER).map_err(|e| e.to_string())?;
     let token = tokens
         .mint(
@@ -81,7 +81,7 @@ fn prepare(
         (dir.join("jwks.json"), tokens.jwks(), false),
         (
             dir.join("castellan.toml"),
-            &config_text(&ca_dir, &dir.join("jwks.json"), listen, metrics_listen),
+            &config_text(&ca_dir, &dir.join("jwks.json"), options),
             false,
         ),
     ];
@@ -91,13 +91,19 @@ fn prepare(
     Ok(dir.join("castellan.toml"))
 }
 
-fn config_text(
-    ca_dir: &Path,
-    jwks: &Path,
-    listen: SocketAddr,
-    metrics: Option<SocketAddr>,
-) -> String {
-    let metrics = metrics.map_or_else(String::new, |m| format!("metrics_listen = \"{m}\"\n"));
+fn config_text(ca_dir: &Path, jwks: &Path, options: &Options) -> String {
+    let listen = options.listen;
+    let metrics = options
+        .metrics_listen
+        .map_or_else(String::new, |m| format!("metrics_listen = \"{m}\"\n"));
+    // The demo issuer first: it recognises only its own tokens, and every
+    // other token goes on to the cluster.
+    let tokenreview = options.kubeconfig.as_ref().map_or_else(String::new, |k| {
+        format!(
+            "\n[[authn]]\ntype = \"tokenreview\"\nkubeconfig = \"{}\"\n",
+            k.display()
+        )
+    });
     format!(
         r#"# Written by `castellan demo`. A local CA: the root is offline (its key was
 # discarded), the intermediate lives in ./ca, tokens come from ./jwks.json.
@@ -123,7 +129,7 @@ type = "jwt"
 issuers = ["{DEMO_ISSUER}"]
 audiences = ["istio-ca"]
 jwks_file = "{jwks}"
-"#,
+{tokenreview}"#,
         ca = ca_dir.display(),
         jwks = jwks.display(),
     )

@@ -46,6 +46,10 @@ enum Command {
         /// Key type of the demo root and intermediate.
         #[arg(long, value_enum, default_value_t = KeyType::EcP256)]
         ca_key_type: KeyType,
+        /// Also accept this cluster's service-account tokens, checked with
+        /// TokenReview (castellan's account needs `create tokenreviews`).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
     /// Ask a CA for a certificate the way istio-agent does, verify it, save it.
     Request(request::Args),
@@ -99,9 +103,16 @@ impl Cli {
                 listen,
                 metrics_listen,
                 ca_key_type,
+                kubeconfig,
             } => {
                 init_logging(LogFormat::Text);
-                demo::run(&dir, listen, metrics_listen, ca_key_type).await
+                let options = demo::Options {
+                    listen,
+                    metrics_listen,
+                    key_type: ca_key_type,
+                    kubeconfig,
+                };
+                demo::run(&dir, &options).await
             }
             Command::Request(args) => request::run(args).await,
             Command::Bench(args) => bench::run(args).await,
