@@ -12,39 +12,52 @@ use crate::cli::{
 };
 
 /// What each caller sends: one (token, CSR) per identity.
-pub(super) struct Work {
-    pub(super) tokens: Vec<String>,
-    pub(super) csrs: Vec<String>,
+#[derive(Debug)]
+pub struct Work {
+    pub tokens: Vec<String>,
+    pub csrs: Vec<String>,
+    /// (namespace, service account) of each token.
+    pub identities: Vec<(String, String)>,
 }
 
-pub(super) struct Plan {
-    pub(super) addr: String,
-    pub(super) root: Vec<u8>,
-    pub(super) connections: usize,
-    pub(super) concurrency: usize,
-    pub(super) warmup: Duration,
-    pub(super) duration: Duration,
+/// Where and how hard to drive the load.
+#[derive(Debug)]
+pub struct Plan {
+    pub addr: String,
+    pub root: Vec<u8>,
+    pub connections: usize,
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
 }
 
-pub(super) struct Outcome {
-    pub(super) ok: u64,
-    pub(super) failed: u64,
+/// What the load measured.
+#[derive(Debug)]
+pub struct Outcome {
+    pub ok: u64,
+    pub failed: u64,
     /// Milliseconds, sorted.
     latencies: Vec<f64>,
     elapsed: Duration,
-    pub(super) first_error: Option<String>,
+    pub first_error: Option<String>,
 }
 
 impl Work {
-    pub(super) async fn prepare(
+    /// Mints a token and makes a CSR for each of `identities` workloads.
+    ///
+    /// # Errors
+    /// When minting or key generation fails.
+    pub async fn prepare(
         tokens: &TokenIssuer,
         key_type: KeyType,
         identities: usize,
     ) -> Result<Self, String> {
         let mut t = Vec::with_capacity(identities);
+        let mut ids = Vec::with_capacity(identities);
         let mut tasks = Vec::with_capacity(identities);
         for i in 0..identities.max(1) {
             let (ns, sa) = (format!("bench-{}", i % 8), format!("workload-{i}"));
+            ids.push((ns.clone(), sa.clone()));
             t.push(
                 tokens
                     .mint(&ns, &sa, crate::config::DEFAULT_AUDIENCE, 3600)
@@ -63,17 +76,22 @@ impl Work {
                     .map_err(|e| e.to_string())?,
             );
         }
-        Ok(Self { tokens: t, csrs })
+        Ok(Self {
+            tokens: t,
+            csrs,
+            identities: ids,
+        })
     }
 }
 
 impl Outcome {
-    pub(super) fn rps(&self) -> f64 {
+    /// Successful requests per second of the measured period.
+    pub fn rps(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
     /// The `p`th percentile latency in milliseconds (100 is the maximum).
-    pub(super) fn percentile(&self, p: f64) -> f64 {
+    pub fn percentile(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
             return 0.0;
         }
@@ -82,7 +100,11 @@ impl Outcome {
     }
 }
 
-pub(super) async fn run(plan: &Plan, work: &Work) -> Result<Outcome, String> {
+/// Drives the load and collects latencies.
+///
+/// # Errors
+/// When a connection cannot be made.
+pub async fn run(plan: &Plan, work: &Work) -> Result<Outcome, String> {
     let mut clients = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {
         clients.push(connect(&plan.addr, &plan.root).await?);
