@@ -618,3 +618,69 @@ async fn client_certificates_are_ignored_unless_configured() {
     let s = client.create_certificate(req).await.unwrap_err();
     assert_eq!(s.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn a_remote_cluster_can_be_an_oidc_issuer() {
+    let kube = FakeKube::start().await;
+    let (remote, _) =
+        castellan::cli::token::TokenIssuer::generate("https://oidc.remote.example").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("remote-jwks.json"), remote.jwks()).unwrap();
+    let ca = with_kube(
+        &kube,
+        &format!(
+            "[[authn]]\ntype = \"jwt\"\nissuers = [\"https://oidc.remote.example\"]\ncluster_ids = [\"remote-oidc\"]\njwks_file = \"{}\"\n",
+            dir.path().join("remote-jwks.json").display()
+        ),
+        "",
+    )
+    .await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    let t = remote.mint("ns", "sa", "istio-ca", 600).unwrap();
+    send_with(&ca, &csr, &t, Some("remote-oidc")).await.unwrap();
+    // Presented as the local cluster's, it goes to TokenReview, which does not know it.
+    let s = send_with(&ca, &csr, &t, None).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated);
+    assert_eq!(kube.reviews(), 1);
+}
+
+#[tokio::test]
+async fn expired_client_certificates_are_refused() {
+    let kube = FakeKube::start().await;
+    let ca = with_kube(&kube, "[[authn]]\ntype = \"client_cert\"\n", "").await;
+    let now = time::OffsetDateTime::now_utc();
+    let expired = ca
+        .intermediate
+        .intermediate("expired", crate::support::KeyAlg::EcP256, |p| {
+            p.is_ca = rcgen::IsCa::ExplicitNoCa;
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.subject_alt_names = vec![rcgen::SanType::URI(
+                id("vms", "billing").as_str().try_into().unwrap(),
+            )];
+            p.not_before = now - time::Duration::days(2);
+            p.not_after = now - time::Duration::days(1);
+        });
+    let identity = tonic::transport::Identity::from_pem(
+        format!("{}{}", expired.pem, ca.intermediate.pem),
+        expired.key.serialize_pem(),
+    );
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.root.pem))
+        .domain_name("localhost")
+        .identity(identity);
+    let endpoint = tonic::transport::Endpoint::from_shared(ca.addr())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let refused = match endpoint.connect().await {
+        Err(_) => true,
+        Ok(channel) => {
+            let mut client = castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient::new(channel);
+            let (_, csr) = csr::ztunnel(&id("vms", "billing"));
+            let mut req = request::request_for(&csr, 600, "x", "Kubernetes").unwrap();
+            req.metadata_mut().remove("authorization");
+            client.create_certificate(req).await.is_err()
+        }
+    };
+    assert!(refused);
+}
