@@ -124,6 +124,7 @@ pub struct Ca {
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Signer {
     File(castellan_file::Config),
+    Pkcs11(castellan_pkcs11::Config),
 }
 
 /// One authenticator of the chain.

@@ -41,3 +41,30 @@ pub fn chain(
     )
     .map(|_| ())
 }
+
+/// Whether `cert` carries a signature by `issuer_spki`'s key, whatever the
+/// validity dates (for proving a key pair, not for trusting a certificate).
+pub fn signed_by(
+    cert: &[u8],
+    issuer_spki: &spki::SubjectPublicKeyInfoOwned,
+    algorithm: crate::ca::Algorithm,
+) -> bool {
+    use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+    use der::{Decode, Encode};
+    let Ok(cert) = x509_cert::Certificate::from_der(cert) else {
+        return false;
+    };
+    let (Ok(tbs), Some(sig)) = (cert.tbs_certificate().to_der(), cert.signature().as_bytes())
+    else {
+        return false;
+    };
+    let alg: &'static dyn VerificationAlgorithm = match algorithm {
+        crate::ca::Algorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_ASN1,
+        crate::ca::Algorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_ASN1,
+        crate::ca::Algorithm::RsaPkcs1Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        crate::ca::Algorithm::RsaPssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
+    };
+    UnparsedPublicKey::new(alg, issuer_spki.subject_public_key.raw_bytes())
+        .verify(&tbs, sig)
+        .is_ok()
+}

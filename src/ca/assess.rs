@@ -102,19 +102,26 @@ pub(super) async fn run(
         ca_constraints(cert, source)?,
     );
 
-    let key_matches = tbs.subject_public_key_info().to_der()? == ca.signer.public_key_der();
+    // A signature the certificate's key verifies is the proof that holds for
+    // every back end, including HSMs that publish no public key.
+    let probe = probe(ca, rules).await?;
+    let signed_by_cert_key =
+        verify::signed_by(&probe, tbs.subject_public_key_info(), ca.algorithm());
+    let cert_key = tbs.subject_public_key_info().to_der()?;
+    let published_matches = ca.signer.public_key_der().is_none_or(|k| k == cert_key);
+    let key_matches = signed_by_cert_key && published_matches;
     a.record(
         "private key matches the signing certificate",
         true,
         if key_matches {
             Ok(format!(
-                "the signer's {} key is the certificate's key",
+                "a {} probe signature verified under the certificate's key",
                 ca.algorithm().name()
             ))
         } else {
             Err(format!(
-                "the signing key does not belong to {source}: its public key differs from the \
-                 certificate's; configure the key that was certified"
+                "the signing key does not belong to {source}: a probe signature does not verify \
+                 under the certificate's key; configure the key that was certified"
             ))
         },
     );
@@ -125,11 +132,7 @@ pub(super) async fn run(
         validity(ca, source, rules),
     );
 
-    let probe = if key_matches {
-        Some(probe(ca, rules).await?)
-    } else {
-        None
-    };
+    let probe = key_matches.then_some(probe);
     a.record(
         "rooted in the configured enterprise root(s)",
         true,

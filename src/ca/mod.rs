@@ -20,7 +20,7 @@ use spiffe::TrustDomain;
 use x509_cert::Certificate;
 
 pub use assess::{Assessment, Practice, date};
-pub use reload::{CaHandle, spawn_reloader};
+pub use reload::{CaHandle, spawn_recovery, spawn_reloader};
 pub use signer::{Algorithm, SignError, Signer};
 pub use source::{Material, Source};
 
@@ -195,6 +195,16 @@ impl SigningCa {
 
     pub fn algorithm(&self) -> Algorithm {
         self.signer.algorithm()
+    }
+
+    /// Whether the signer can sign now (an HSM may be recovering).
+    pub fn healthy(&self) -> bool {
+        self.signer.healthy()
+    }
+
+    /// Lets an unhealthy signer reconnect. Blocking.
+    pub fn recover(&self) {
+        self.signer.recover();
     }
 }
 

@@ -65,6 +65,22 @@ impl CaHandle {
     }
 }
 
+/// Brings an unhealthy signer (an HSM whose token went away) back in the
+/// background, so readiness and requests recover without a restart.
+pub fn spawn_recovery(handle: Arc<CaHandle>, every: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let ca = handle.current();
+            if !ca.healthy() {
+                let _ = tokio::task::spawn_blocking(move || ca.recover()).await;
+            }
+        }
+    })
+}
+
 /// Polls the signing material every `interval` and swaps in valid changes.
 pub fn spawn_reloader(
     handle: Arc<CaHandle>,

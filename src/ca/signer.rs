@@ -4,13 +4,22 @@
 use std::sync::Arc;
 
 use const_oid::db::rfc5912;
-use der::asn1::Null;
+use der::{Decode, asn1::Null};
 use spki::AlgorithmIdentifierOwned;
+
+/// RSASSA-PSS-params (RFC 4055 §3.1): SHA-256, MGF1 with SHA-256, salt 32.
+const PSS_SHA256_PARAMS: [u8; 54] = [
+    0x30, 0x34, 0xa0, 0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+    0x01, 0x05, 0x00, 0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
+    0x01, 0x08, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05,
+    0x00, 0xa2, 0x03, 0x02, 0x01, 0x20,
+];
 
 /// A signing key in one of the supported back ends.
 #[derive(Debug)]
 pub enum Signer {
     File(castellan_file::FileKey),
+    Pkcs11(Box<castellan_pkcs11::Pkcs11Key>),
 }
 
 /// The signature a back end produces over a TBSCertificate.
@@ -19,6 +28,8 @@ pub enum Algorithm {
     EcdsaP256Sha256,
     EcdsaP384Sha384,
     RsaPkcs1Sha256,
+    /// RSASSA-PSS with SHA-256, MGF1-SHA-256 and a 32-byte salt.
+    RsaPssSha256,
 }
 
 /// Why a signature could not be made.
@@ -35,10 +46,32 @@ pub enum SignError {
 // === impl Signer ===
 
 impl Signer {
-    /// DER SubjectPublicKeyInfo of the signing key.
-    pub fn public_key_der(&self) -> &[u8] {
+    /// DER SubjectPublicKeyInfo of the signing key, when the back end can
+    /// tell (an HSM EC key without a public object cannot).
+    pub fn public_key_der(&self) -> Option<&[u8]> {
         match self {
-            Self::File(key) => key.public_key_der(),
+            Self::File(key) => Some(key.public_key_der()),
+            Self::Pkcs11(key) => key.public_key_der(),
+        }
+    }
+
+    /// Whether the back end can sign now.
+    pub fn healthy(&self) -> bool {
+        match self {
+            Self::File(_) => true,
+            Self::Pkcs11(key) => key.healthy(),
+        }
+    }
+
+    /// Lets an unhealthy back end reconnect; blocking.
+    pub fn recover(&self) {
+        match self {
+            Self::File(_) => {}
+            Self::Pkcs11(key) => {
+                if let Err(e) = key.recover() {
+                    tracing::debug!(error = %e, "HSM not back yet");
+                }
+            }
         }
     }
 
@@ -49,30 +82,43 @@ impl Signer {
                 castellan_file::KeyAlgorithm::EcdsaP384Sha384 => Algorithm::EcdsaP384Sha384,
                 castellan_file::KeyAlgorithm::RsaPkcs1Sha256 => Algorithm::RsaPkcs1Sha256,
             },
+            Self::Pkcs11(key) => match key.algorithm() {
+                castellan_pkcs11::KeyAlgorithm::EcdsaP256Sha256 => Algorithm::EcdsaP256Sha256,
+                castellan_pkcs11::KeyAlgorithm::EcdsaP384Sha384 => Algorithm::EcdsaP384Sha384,
+                castellan_pkcs11::KeyAlgorithm::RsaPkcs1Sha256 => Algorithm::RsaPkcs1Sha256,
+                castellan_pkcs11::KeyAlgorithm::RsaPssSha256 => Algorithm::RsaPssSha256,
+            },
         }
     }
 
     /// Signs a DER TBSCertificate.
     ///
     /// ECDSA with a file key costs about 20 µs, less than handing the work to
-    /// another thread, so it runs in place; RSA (0.3–5 ms) goes to the
-    /// blocking pool so it cannot stall other requests on this worker.
+    /// another thread, so it runs in place; RSA (0.3–5 ms) and every PKCS#11
+    /// call (a device round trip) go to the blocking pool so they cannot
+    /// stall other requests on this worker.
     ///
     /// # Errors
     /// [`SignError`] from the back end.
     pub async fn sign(self: &Arc<Self>, tbs: Vec<u8>) -> Result<Vec<u8>, SignError> {
-        match self.as_ref() {
-            Self::File(key) if self.algorithm() != Algorithm::RsaPkcs1Sha256 => {
-                key.sign(&tbs).map_err(|e| SignError::Failed(e.to_string()))
-            }
-            Self::File(_) => {
-                let this = Arc::clone(self);
-                tokio::task::spawn_blocking(move || match this.as_ref() {
-                    Self::File(key) => key.sign(&tbs).map_err(|e| SignError::Failed(e.to_string())),
-                })
-                .await
-                .map_err(|e| SignError::Failed(format!("signing task: {e}")))?
-            }
+        if let Self::File(key) = self.as_ref()
+            && self.algorithm() != Algorithm::RsaPkcs1Sha256
+        {
+            return key.sign(&tbs).map_err(|e| SignError::Failed(e.to_string()));
+        }
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.sign_blocking(&tbs))
+            .await
+            .map_err(|e| SignError::Failed(format!("signing task: {e}")))?
+    }
+
+    fn sign_blocking(&self, tbs: &[u8]) -> Result<Vec<u8>, SignError> {
+        match self {
+            Self::File(key) => key.sign(tbs).map_err(|e| SignError::Failed(e.to_string())),
+            Self::Pkcs11(key) => key.sign(tbs).map_err(|e| match e {
+                castellan_pkcs11::Error::Unavailable(m) => SignError::Unavailable(m),
+                other => SignError::Failed(other.to_string()),
+            }),
         }
     }
 }
@@ -96,6 +142,10 @@ impl Algorithm {
                 oid: rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
                 parameters: Some(Null.into()),
             },
+            Self::RsaPssSha256 => AlgorithmIdentifierOwned {
+                oid: rfc5912::ID_RSASSA_PSS,
+                parameters: der::asn1::Any::from_der(&PSS_SHA256_PARAMS).ok(),
+            },
         }
     }
 
@@ -104,6 +154,16 @@ impl Algorithm {
             Self::EcdsaP256Sha256 => "ECDSA P-256 with SHA-256",
             Self::EcdsaP384Sha384 => "ECDSA P-384 with SHA-384",
             Self::RsaPkcs1Sha256 => "RSA PKCS#1 v1.5 with SHA-256",
+            Self::RsaPssSha256 => "RSASSA-PSS with SHA-256",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pss_parameters_are_one_der_value() {
+        let id = super::Algorithm::RsaPssSha256.identifier();
+        assert!(id.parameters.is_some(), "the constant must parse as DER");
     }
 }

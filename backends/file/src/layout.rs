@@ -145,6 +145,37 @@ impl Paths {
     }
 }
 
+/// SHA-256 over the contents of `files`, to notice when any changes.
+///
+/// # Errors
+/// When a file cannot be read.
+pub fn fingerprint_files(files: &[PathBuf]) -> Result<[u8; 32], Error> {
+    let mut hash = digest::Context::new(&digest::SHA256);
+    for path in files {
+        let c = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        hash.update(&(c.len() as u64).to_be_bytes());
+        hash.update(&c);
+    }
+    let mut fingerprint = [0; 32];
+    fingerprint.copy_from_slice(hash.finish().as_ref());
+    Ok(fingerprint)
+}
+
+/// Reads every certificate of a PEM file.
+///
+/// # Errors
+/// When the file cannot be read or holds no certificate.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_certs(&pem, path)
+}
+
 /// The cert, key, chain and root files, in that order; absent files are empty.
 type Contents = [Zeroizing<Vec<u8>>; 4];
 

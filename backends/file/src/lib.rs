@@ -12,7 +12,7 @@ mod layout;
 use std::path::PathBuf;
 
 pub use key::{FileKey, KeyAlgorithm};
-pub use layout::{Material, Paths};
+pub use layout::{Material, Paths, fingerprint_files, read_certs};
 
 /// Where the signing material lives.
 ///

@@ -1,0 +1,216 @@
+//! Finding things on the token: the module, the slot holding the token
+//! (by label or serial, never by slot number), logging in, the key and its
+//! public half, a certificate object.
+
+use cryptoki::{
+    context::{CInitializeArgs, CInitializeFlags, Pkcs11},
+    error::{Error as CkError, RvError},
+    object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle},
+    session::{Session, UserType},
+    slot::Slot,
+    types::AuthPin,
+};
+
+use crate::{Config, Error, encoding};
+
+/// Loads and initialises the module (tolerating a library another part of
+/// the process already initialised) and finds the configured token's slot.
+pub(crate) fn connect(config: &Config) -> Result<(Pkcs11, Slot), Error> {
+    let ctx = Pkcs11::new(&config.module).map_err(|e| {
+        Error::Config(format!(
+            "cannot load module {}: {e}",
+            config.module.display()
+        ))
+    })?;
+    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(Error::Unavailable(format!("C_Initialize: {e}"))),
+    }
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| Error::Unavailable(format!("C_GetSlotList: {e}")))?;
+    let mut seen = Vec::new();
+    for slot in slots {
+        let Ok(info) = ctx.get_token_info(slot) else {
+            continue;
+        };
+        let (label, serial) = (info.label().trim(), info.serial_number().trim());
+        let label_ok = config.token_label.as_deref().is_none_or(|l| l == label);
+        let serial_ok = config.token_serial.as_deref().is_none_or(|s| s == serial);
+        if label_ok && serial_ok {
+            return Ok((ctx, slot));
+        }
+        seen.push(format!("`{label}` (serial {serial})"));
+    }
+    Err(Error::Unavailable(format!(
+        "no token labelled {:?} / serial {:?} in {}; tokens present: [{}]",
+        config.token_label,
+        config.token_serial,
+        config.module.display(),
+        seen.join(", ")
+    )))
+}
+
+/// Logs the application in; already being logged in is success.
+pub(crate) fn login(session: &Session, pin: &AuthPin) -> Result<(), Error> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(CkError::Pkcs11(
+            RvError::PinIncorrect | RvError::PinInvalid | RvError::PinLenRange,
+            _,
+        )) => Err(Error::Config(
+            "the token rejected the PIN (CKR_PIN_INCORRECT): check pin_file / pin_env".into(),
+        )),
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Error::Config(
+            "the user PIN is locked (CKR_PIN_LOCKED): unlock it with the SO PIN".into(),
+        )),
+        Err(e) => Err(Error::Unavailable(format!("C_Login: {e}"))),
+    }
+}
+
+/// The template selecting the configured key (or its public half).
+fn key_template(config: &Config, class: ObjectClass) -> Result<Vec<Attribute>, Error> {
+    let mut t = vec![Attribute::Class(class)];
+    if let Some(label) = &config.key_label {
+        t.push(Attribute::Label(label.as_bytes().to_vec()));
+    }
+    if let Some(id) = &config.key_id {
+        t.push(Attribute::Id(hex(id)?));
+    }
+    Ok(t)
+}
+
+/// The one private key matching the configuration.
+pub(crate) fn find_key(session: &Session, config: &Config) -> Result<ObjectHandle, Error> {
+    let found = session
+        .find_objects(&key_template(config, ObjectClass::PRIVATE_KEY)?)
+        .map_err(|e| Error::Unavailable(format!("C_FindObjects: {e}")))?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Error::Config(format!(
+            "no private key with label {:?} / id {:?} on the token (is the PIN for the right token?)",
+            config.key_label, config.key_id
+        ))),
+        many => Err(Error::Config(format!(
+            "{} private keys match label {:?} / id {:?}; set key_id too",
+            many.len(),
+            config.key_label,
+            config.key_id
+        ))),
+    }
+}
+
+/// What kind of key it is, and its SubjectPublicKeyInfo when the token
+/// publishes one (EC keys need their public object; RSA private keys carry
+/// modulus and exponent).
+pub(crate) enum KeyKind {
+    Ec {
+        curve: der::asn1::ObjectIdentifier,
+        spki: Option<Vec<u8>>,
+    },
+    Rsa {
+        spki: Vec<u8>,
+    },
+}
+
+pub(crate) fn describe_key(
+    session: &Session,
+    key: ObjectHandle,
+    config: &Config,
+) -> Result<KeyKind, Error> {
+    let attrs = session
+        .get_attributes(
+            key,
+            &[
+                AttributeType::KeyType,
+                AttributeType::EcParams,
+                AttributeType::Modulus,
+                AttributeType::PublicExponent,
+            ],
+        )
+        .map_err(|e| Error::Unavailable(format!("C_GetAttributeValue: {e}")))?;
+    let (mut kind, mut params, mut modulus, mut exponent) = (None, None, None, None);
+    for a in attrs {
+        match a {
+            Attribute::KeyType(k) => kind = Some(k),
+            Attribute::EcParams(p) => params = Some(p),
+            Attribute::Modulus(m) => modulus = Some(m),
+            Attribute::PublicExponent(e) => exponent = Some(e),
+            _ => {}
+        }
+    }
+    let der = |e: der::Error| Error::Config(format!("key attributes: {e}"));
+    match (kind, params, modulus, exponent) {
+        (Some(KeyType::EC), Some(params), _, _) => {
+            use der::Decode;
+            let curve: der::asn1::ObjectIdentifier =
+                der::asn1::ObjectIdentifier::from_der(&params).map_err(der)?;
+            let point = public_ec_point(session, config)?;
+            let spki = point
+                .map(|p| encoding::ec_spki(&params, &p))
+                .transpose()
+                .map_err(der)?;
+            Ok(KeyKind::Ec { curve, spki })
+        }
+        (Some(KeyType::RSA), _, Some(m), Some(e)) => Ok(KeyKind::Rsa {
+            spki: encoding::rsa_spki(&m, &e).map_err(der)?,
+        }),
+        (kind, ..) => Err(Error::Config(format!(
+            "unsupported key type {kind:?}; use EC P-256/P-384 or RSA"
+        ))),
+    }
+}
+
+fn public_ec_point(session: &Session, config: &Config) -> Result<Option<Vec<u8>>, Error> {
+    let found = session
+        .find_objects(&key_template(config, ObjectClass::PUBLIC_KEY)?)
+        .map_err(|e| Error::Unavailable(format!("C_FindObjects: {e}")))?;
+    let [public] = found.as_slice() else {
+        return Ok(None);
+    };
+    let attrs = session
+        .get_attributes(*public, &[AttributeType::EcPoint])
+        .map_err(|e| Error::Unavailable(format!("C_GetAttributeValue: {e}")))?;
+    Ok(attrs.into_iter().find_map(|a| match a {
+        Attribute::EcPoint(p) => Some(p),
+        _ => None,
+    }))
+}
+
+/// The DER of the certificate object labelled `label`.
+pub(crate) fn certificate(session: &Session, label: &str) -> Result<Vec<u8>, Error> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::CERTIFICATE),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(|e| Error::Unavailable(format!("C_FindObjects: {e}")))?;
+    let [cert] = found.as_slice() else {
+        return Err(Error::Config(format!(
+            "{} certificate objects labelled `{label}` on the token",
+            found.len()
+        )));
+    };
+    let attrs = session
+        .get_attributes(*cert, &[AttributeType::Value])
+        .map_err(|e| Error::Unavailable(format!("C_GetAttributeValue: {e}")))?;
+    attrs
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Value(v) => Some(v),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Config(format!("certificate `{label}` has no value")))
+}
+
+fn hex(s: &str) -> Result<Vec<u8>, Error> {
+    let s = s.trim_start_matches("0x");
+    if !s.len().is_multiple_of(2) {
+        return Err(Error::Config(format!("key_id `{s}` is not hex bytes")));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Error::Config(format!("key_id `{s}` is not hex")))
+}
