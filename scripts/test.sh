@@ -6,12 +6,26 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v softhsm2-util >/dev/null || need_apt+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need_apt+=(opensc)
 if ((${#need_apt[@]})); then
     echo "==> installing ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 || {
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+    }
 fi
+
+# A SoftHSM token directory of the tests' own; the tests create their tokens in it.
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$work/softhsm/tokens"
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' \
+    "$work/softhsm/tokens" > "$work/softhsm/softhsm2.conf"
+export SOFTHSM2_CONF="$work/softhsm/softhsm2.conf"
+module=$(dpkg -L libsofthsm2 2>/dev/null | grep 'libsofthsm2.so$' | head -1)
+export CASTELLAN_TEST_PKCS11_MODULE="${module:-/usr/lib/softhsm/libsofthsm2.so}"
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

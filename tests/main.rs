@@ -13,6 +13,7 @@ mod config;
 mod demo;
 mod issue;
 mod kubernetes;
+mod pkcs11;
 mod refusals;
 mod reload;
 mod server;

@@ -36,17 +36,20 @@ pub(super) fn spawn(
     })
 }
 
-/// Ready while the signing certificate in use is valid. A refused reload
-/// does not make castellan unready: the previous CA keeps serving.
+/// Ready while the signing certificate in use is valid and its signer can
+/// sign. A refused reload does not make castellan unready: the previous CA
+/// keeps serving.
 async fn ready(State(ops): State<Ops>) -> (StatusCode, &'static str) {
     let ca = ops.ca.current();
-    if ca.facts().not_after > SystemTime::now() {
-        (StatusCode::OK, "ready\n")
-    } else {
+    if ca.facts().not_after <= SystemTime::now() {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "signing certificate expired\n",
         )
+    } else if !ca.healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "signer unavailable\n")
+    } else {
+        (StatusCode::OK, "ready\n")
     }
 }
 

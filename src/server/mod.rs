@@ -129,6 +129,8 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
 
     background.push(ca::spawn_recovery(Arc::clone(&ca), Duration::from_secs(1)));
 
+    background.push(ca::spawn_recovery(Arc::clone(&ca), Duration::from_secs(1)));
+
     let authn = authn::Chain::from_config(
         &config.authn,
         &config.authn_cache,

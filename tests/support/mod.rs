@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod csr;
+pub mod hsm;
 pub mod kube;
 pub mod pki;
 
@@ -54,6 +55,10 @@ pub struct Setup {
     pub authn_sections: Option<String>,
     /// Appended to the configuration (more tables).
     pub extra: String,
+    /// Replaces the file `[signer]` section.
+    pub signer: Option<String>,
+    /// The root to use (the one an HSM intermediate chains to).
+    pub root: Option<Ca>,
 }
 
 impl Default for Setup {
@@ -68,6 +73,8 @@ impl Default for Setup {
             authn: String::new(),
             authn_sections: None,
             extra: String::new(),
+            signer: None,
+            root: None,
         }
     }
 }
@@ -79,7 +86,11 @@ impl TestCa {
 
     pub async fn start_with(setup: Setup) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let root = Ca::root("Test Root", setup.ca_alg);
+        let mut setup = setup;
+        let root = setup
+            .root
+            .take()
+            .unwrap_or_else(|| Ca::root("Test Root", setup.ca_alg));
         let intermediate = root.intermediate("Test Intermediate", setup.ca_alg, |_| {});
         let mut roots = root.pem.clone();
         if setup.extra_root {
@@ -178,12 +189,14 @@ ip_addresses = ["127.0.0.1"]
 {issuance}
 [ca]
 {ca}
-[signer]
-type = "file"
-dir = "{d}/ca"
+{signer}
 {authn_sections}
 {extra}
 "#,
+        signer = s
+            .signer
+            .clone()
+            .unwrap_or_else(|| format!("[signer]\ntype = \"file\"\ndir = \"{d}/ca\"")),
         authn_sections = s.authn_sections.clone().unwrap_or_else(|| format!(
             "[[authn]]\ntype = \"jwt\"\nissuers = [\"{ISSUER}\"]\n{jwks}\n{}",
             s.authn

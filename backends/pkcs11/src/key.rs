@@ -84,9 +84,9 @@ impl Pkcs11Key {
         let session = pool::open(&ctx, slot, &pin)?;
         let key = token::find_key(&session, config)?;
         let kind = token::describe_key(&session, key, config)?;
-        let mechanisms = ctx
-            .get_mechanism_list(slot)
-            .map_err(|e| Error::Unavailable(format!("C_GetMechanismList: {e}")))?;
+        // Asked one by one: listing them all makes cryptoki log every
+        // vendor mechanism it does not know as an error.
+        let offers = |m: MechanismType| ctx.get_mechanism_info(slot, m).is_ok();
         let (algorithm, spki) = match kind {
             token::KeyKind::Ec { curve, spki } if curve == encoding::SECP256R1 => {
                 (KeyAlgorithm::EcdsaP256Sha256, spki)
@@ -109,12 +109,12 @@ impl Pkcs11Key {
             KeyAlgorithm::RsaPkcs1Sha256 => MechanismType::RSA_PKCS,
             KeyAlgorithm::RsaPssSha256 => MechanismType::SHA256_RSA_PKCS_PSS,
         };
-        if !mechanisms.contains(&needed) {
+        if !offers(needed) {
             return Err(Error::Config(format!(
                 "the token does not offer {needed} for this key"
             )));
         }
-        let rsa_combined = mechanisms.contains(&MechanismType::SHA256_RSA_PKCS);
+        let rsa_combined = offers(MechanismType::SHA256_RSA_PKCS);
         let pool = pool::Pool::new(config.pool_size);
         pool.checkin(0, session);
         Ok(Self {
@@ -210,6 +210,7 @@ impl Pkcs11Key {
                             let relogged = token::login(&session, &self.pin);
                             self.pool.checkin(live.generation, session);
                             relogged?;
+                            self.refind_key(&live)?;
                         }
                         Failure::SessionGone => {
                             tracing::warn!(error = %e, "HSM session closed; replacing it");
@@ -251,7 +252,12 @@ impl Pkcs11Key {
             }
             *last = Some(Instant::now());
         }
-        let generation = self.current().generation + 1;
+        let old = self.current();
+        let generation = old.generation + 1;
+        // Only a fresh C_Initialize makes the module look for tokens again
+        // (SoftHSM does not rescan), and the old sessions are dead anyway.
+        let _ = old.ctx.clone().finalize();
+        self.pool.clear();
         let (ctx, slot) = token::connect(&self.config)?;
         let session = pool::open(&ctx, slot, &self.pin)?;
         let key = token::find_key(&session, &self.config)?;
@@ -305,18 +311,33 @@ impl Pkcs11Key {
         self.pool.clear();
     }
 
-    /// After a session vanished, object handles may be stale too.
+    /// After a session vanished or the login was lost, object handles are
+    /// stale too (SoftHSM invalidates them on logout). If the key cannot be
+    /// found again the token itself is in trouble: recover in the background.
     fn refind_key(&self, live: &Live) -> Result<(), Error> {
-        let session = self
+        let found = self
             .pool
-            .checkout(live.generation, &live.ctx, live.slot, &self.pin)?;
-        let found = token::find_key(&session, &self.config);
-        self.pool.checkin(live.generation, session);
-        *live
-            .key
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = found?;
-        Ok(())
+            .checkout(live.generation, &live.ctx, live.slot, &self.pin)
+            .and_then(|session| {
+                let found = token::login(&session, &self.pin)
+                    .and_then(|()| token::find_key(&session, &self.config));
+                self.pool.checkin(live.generation, session);
+                found
+            });
+        match found {
+            Ok(key) => {
+                *live
+                    .key
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = key;
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("the key is gone from the token: {e}");
+                self.mark_unhealthy(&why);
+                Err(Error::Unavailable(why))
+            }
+        }
     }
 
     fn prepare(&self, tbs: &[u8]) -> (Mechanism<'static>, Vec<u8>) {

@@ -1,0 +1,272 @@
+//! The PKCS#11 signer against a real SoftHSM2 token: each key type end to
+//! end, load across the session pool, and the faults an HSM has in life —
+//! lost login, closed sessions, a token that goes away and comes back —
+//! survived without a restart. Start-up mistakes are named.
+
+use std::{sync::Arc, time::Duration};
+
+use castellan::{config::Config, server};
+use rustls_pki_types::{CertificateDer, UnixTime, pem::PemObject};
+use tonic::Code;
+
+use crate::support::{
+    Setup, TestCa, csr, eventually, hsm, http_get, id,
+    pki::{Ca, KeyAlg},
+};
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A castellan signing with a fresh SoftHSM key of `key_type`.
+async fn hsm_ca(key_type: &str, extra: &str) -> (TestCa, String, tempfile::TempDir) {
+    let label = unique("ca");
+    hsm::token_with_key(&label, key_type);
+    let files = tempfile::tempdir().unwrap();
+    let root = Ca::root("HSM Test Root", KeyAlg::EcP256);
+    let signer = hsm::signer_files(files.path(), &label, &root, extra);
+    let ca = TestCa::start_with(Setup {
+        signer: Some(signer),
+        root: Some(root),
+        ..Setup::default()
+    })
+    .await;
+    (ca, label, files)
+}
+
+fn verify(chain: &[String], root: &Ca) {
+    let leaf = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+    let int = CertificateDer::from_pem_slice(chain[1].as_bytes()).unwrap();
+    let root = CertificateDer::from(root.der.clone());
+    let anchor = webpki::anchor_from_trusted_cert(&root).unwrap();
+    webpki::EndEntityCert::try_from(&leaf)
+        .unwrap()
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[int],
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issues_with_p256_p384_and_rsa_keys_in_the_hsm() {
+    let _hsm = hsm::exclusive().await;
+    for (key_type, extra) in [
+        ("EC:prime256v1", ""),
+        ("EC:secp384r1", ""),
+        ("rsa:2048", ""),
+        ("rsa:2048", "rsa_padding = \"pss\""),
+    ] {
+        let (ca, _, _files) = hsm_ca(key_type, extra).await;
+        let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+        let chain = ca
+            .send(&csr, "ns", "sa", 600)
+            .await
+            .unwrap_or_else(|s| panic!("{key_type} {extra}: {s:?}"));
+        verify(&chain.cert_chain, &ca.root);
+        ca.running.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_load_is_spread_over_the_session_pool() {
+    let _hsm = hsm::exclusive().await;
+    let (ca, _, _files) = hsm_ca("EC:prime256v1", "pool_size = 3").await;
+    let ca = Arc::new(ca);
+    let mut tasks = Vec::new();
+    for w in 0..12 {
+        let ca = ca.clone();
+        tasks.push(tokio::spawn(async move {
+            let (_, csr) = csr::ztunnel(&id("load", &format!("w{w}")));
+            let mut client = ca.client().await;
+            let token = ca.token("load", &format!("w{w}"));
+            for _ in 0..25 {
+                let req =
+                    castellan::cli::request::request_for(&csr, 600, &token, "Kubernetes").unwrap();
+                client.create_certificate(req).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (_, m) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
+    assert!(
+        m.contains("citadel_server_success_cert_issuance_count 300"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_login_and_closed_sessions_are_repaired_in_place() {
+    let _hsm = hsm::exclusive().await;
+    let (ca, label, _files) = hsm_ca("EC:prime256v1", "").await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    ca.send(&csr, "ns", "sa", 600).await.unwrap();
+
+    // Another client of the same module logs the application out.
+    {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        let ctx = Pkcs11::new(hsm::module()).unwrap();
+        let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+        let slot = ctx
+            .get_slots_with_token()
+            .unwrap()
+            .into_iter()
+            .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == label)
+            .unwrap();
+        let session = ctx.open_ro_session(slot).unwrap();
+        session.logout().unwrap();
+    }
+    for _ in 0..3 {
+        ca.send(&csr, "ns", "sa", 600)
+            .await
+            .expect("after a logout behind castellan's back");
+    }
+
+    // …and then closes every session, by finalizing and re-initialising the module.
+    {
+        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+        let ctx = Pkcs11::new(hsm::module()).unwrap();
+        ctx.clone().finalize().unwrap();
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .unwrap();
+    }
+    for _ in 0..3 {
+        ca.send(&csr, "ns", "sa", 600)
+            .await
+            .expect("after every session was closed");
+    }
+    assert_eq!(
+        http_get(&format!("{}/readyz", ca.metrics_url())).await.0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_disappears_is_unavailable_then_recovers_without_restart() {
+    let _hsm = hsm::exclusive().await;
+    let (ca, _, _files) = hsm_ca("EC:prime256v1", "").await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    ca.send(&csr, "ns", "sa", 600).await.unwrap();
+
+    let tokens = hsm::token_dir();
+    let away = tokens.with_extension("away");
+    std::fs::rename(&tokens, &away).unwrap();
+    // Put the tokens back even if an assertion fails, for the other tests.
+    struct Restore(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::rename(&self.0, &self.1);
+        }
+    }
+    let _restore = Restore(away.clone(), tokens.clone());
+    let s = ca.send(&csr, "ns", "sa", 600).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    let unready = eventually(Duration::from_secs(5), async || {
+        http_get(&format!("{}/readyz", ca.metrics_url())).await.0 == 503
+    })
+    .await;
+    assert!(unready, "/readyz reports the signer down");
+    assert_eq!(
+        ca.send(&csr, "ns", "sa", 600).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+
+    std::fs::rename(&away, &tokens).unwrap();
+    let back = eventually(Duration::from_secs(10), async || {
+        ca.send(&csr, "ns", "sa", 600).await.is_ok()
+    })
+    .await;
+    assert!(back, "recovered without a restart");
+    assert_eq!(
+        http_get(&format!("{}/readyz", ca.metrics_url())).await.0,
+        200
+    );
+    let (_, m) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
+    assert!(
+        m.contains("citadel_server_csr_sign_err_count{error=\"signer_unavailable\"}"),
+        "{m}"
+    );
+}
+
+async fn start_error(signer: String, root: Ca) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+    drop(root);
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ndns_names = [\"localhost\"]\n{signer}\n[[authn]]\ntype = \"jwt\"\nissuers = [\"x\"]\njwks_file = \"{}\"\n",
+        dir.path().join("jwks.json").display()
+    );
+    let config = Config::parse(&text, &dir.path().join("c.toml")).unwrap();
+    server::start(&config)
+        .await
+        .expect_err("must not start")
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_mistakes_name_what_to_fix() {
+    let _hsm = hsm::exclusive().await;
+    let label = unique("mistakes");
+    hsm::token_with_key(&label, "EC:prime256v1");
+    let files = tempfile::tempdir().unwrap();
+    let root = Ca::root("Root", KeyAlg::EcP256);
+    let good = hsm::signer_files(files.path(), &label, &root, "");
+
+    std::fs::write(files.path().join("wrong-pin"), "0000\n").unwrap();
+    let wrong_pin = good.replace(
+        &files.path().join("pin").display().to_string(),
+        &files.path().join("wrong-pin").display().to_string(),
+    );
+    let msg = start_error(wrong_pin, Ca::root("r", KeyAlg::EcP256)).await;
+    assert!(msg.contains("PIN"), "{msg}");
+
+    let msg = start_error(
+        good.replace("key_label = \"ca-key\"", "key_label = \"missing\""),
+        Ca::root("r", KeyAlg::EcP256),
+    )
+    .await;
+    assert!(
+        msg.contains("no private key") && msg.contains("missing"),
+        "{msg}"
+    );
+
+    let msg = start_error(
+        good.replace(
+            &format!("token_label = \"{label}\""),
+            "token_label = \"nope\"",
+        ),
+        Ca::root("r", KeyAlg::EcP256),
+    )
+    .await;
+    assert!(
+        msg.contains("no token labelled") && msg.contains(&label),
+        "{msg}"
+    );
+
+    // A certificate for another key: the probe signature does not verify.
+    let other =
+        Ca::root("Other Root", KeyAlg::EcP256).intermediate("Other", KeyAlg::EcP256, |_| {});
+    std::fs::write(files.path().join("other.pem"), &other.pem).unwrap();
+    let msg = start_error(
+        good.replace(
+            &files.path().join("int.pem").display().to_string(),
+            &files.path().join("other.pem").display().to_string(),
+        ),
+        root,
+    )
+    .await;
+    assert!(msg.contains("does not belong"), "{msg}");
+}

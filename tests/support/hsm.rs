@@ -1,0 +1,250 @@
+//! A real SoftHSM2 token per test: created with `softhsm2-util`, keys made
+//! with `pkcs11-tool`, the intermediate certificate issued by a test root for
+//! the key the token holds. `scripts/test.sh` installs SoftHSM and exports
+//! `SOFTHSM2_CONF` (a token directory of its own) before the tests run.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+};
+
+use cryptoki::{
+    context::{CInitializeArgs, CInitializeFlags, Pkcs11},
+    object::{Attribute, AttributeType, ObjectClass},
+    session::UserType,
+    types::AuthPin,
+};
+use der::{
+    Decode, Encode,
+    asn1::{BitString, Null, ObjectIdentifier, OctetString, UintRef},
+};
+use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+
+use super::pki::Ca;
+
+pub const PIN: &str = "4711";
+const SO_PIN: &str = "12345678";
+
+/// SoftHSM keeps one state per process: tests that use it take turns.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
+/// The PKCS#11 module, as `scripts/test.sh` found it.
+pub fn module() -> PathBuf {
+    let from_env = std::env::var_os("CASTELLAN_TEST_PKCS11_MODULE").map(PathBuf::from);
+    let path = from_env.unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+    assert!(
+        path.exists() && std::env::var_os("SOFTHSM2_CONF").is_some(),
+        "SoftHSM is not set up: run the tests with scripts/test.sh (it installs softhsm2 and exports SOFTHSM2_CONF)"
+    );
+    path
+}
+
+/// The token directory of `SOFTHSM2_CONF`.
+pub fn token_dir() -> PathBuf {
+    let conf = std::fs::read_to_string(std::env::var_os("SOFTHSM2_CONF").unwrap()).unwrap();
+    let line = conf
+        .lines()
+        .find(|l| l.trim_start().starts_with("directories.tokendir"))
+        .unwrap();
+    PathBuf::from(line.split_once('=').unwrap().1.trim())
+}
+
+/// Makes the module in this process forget what it knew, so tokens created
+/// since are seen (SoftHSM scans its directory only at C_Initialize).
+pub fn rescan() {
+    if let Ok(ctx) = Pkcs11::new(module()) {
+        let _ = ctx.finalize();
+    }
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .expect("softhsm2-util and pkcs11-tool are installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A new token with one key pair; `key_type` as pkcs11-tool spells it
+/// (`EC:prime256v1`, `EC:secp384r1`, `rsa:2048`).
+pub fn token_with_key(label: &str, key_type: &str) {
+    run(Command::new("softhsm2-util").args([
+        "--init-token",
+        "--free",
+        "--label",
+        label,
+        "--so-pin",
+        SO_PIN,
+        "--pin",
+        PIN,
+    ]));
+    run(Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(module())
+        .args([
+            "--token-label",
+            label,
+            "--login",
+            "--pin",
+            PIN,
+            "--keypairgen",
+            "--key-type",
+            key_type,
+        ])
+        .args(["--label", "ca-key", "--id", "01", "--usage-sign"]));
+    rescan();
+}
+
+/// The SubjectPublicKeyInfo of the token's key, read through PKCS#11.
+pub fn public_key(label: &str) -> Vec<u8> {
+    let ctx = Pkcs11::new(module()).unwrap();
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == label)
+        .unwrap();
+    let session = ctx.open_ro_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(PIN.into())))
+        .unwrap();
+    let key = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Label(b"ca-key".to_vec()),
+        ])
+        .unwrap()[0];
+    let attrs = session
+        .get_attributes(
+            key,
+            &[
+                AttributeType::EcParams,
+                AttributeType::EcPoint,
+                AttributeType::Modulus,
+                AttributeType::PublicExponent,
+            ],
+        )
+        .unwrap();
+    let (mut params, mut point, mut n, mut e) = (None, None, None, None);
+    for a in attrs {
+        match a {
+            Attribute::EcParams(p) => params = Some(p),
+            Attribute::EcPoint(p) => point = Some(p),
+            Attribute::Modulus(m) => n = Some(m),
+            Attribute::PublicExponent(x) => e = Some(x),
+            _ => {}
+        }
+    }
+    let spki = match (params, point, n, e) {
+        (Some(params), Some(point), ..) => SubjectPublicKeyInfoOwned {
+            algorithm: AlgorithmIdentifierOwned {
+                oid: ObjectIdentifier::new_unwrap("1.2.840.10045.2.1"),
+                parameters: Some(der::asn1::Any::from_der(&params).unwrap()),
+            },
+            subject_public_key: BitString::from_bytes(
+                OctetString::from_der(&point).unwrap().as_bytes(),
+            )
+            .unwrap(),
+        },
+        (_, _, Some(n), Some(e)) => {
+            #[derive(der::Sequence)]
+            struct Rsa<'a> {
+                n: UintRef<'a>,
+                e: UintRef<'a>,
+            }
+            let key = Rsa {
+                n: UintRef::new(&n).unwrap(),
+                e: UintRef::new(&e).unwrap(),
+            }
+            .to_der()
+            .unwrap();
+            SubjectPublicKeyInfoOwned {
+                algorithm: AlgorithmIdentifierOwned {
+                    oid: ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1"),
+                    parameters: Some(Null.into()),
+                },
+                subject_public_key: BitString::from_bytes(&key).unwrap(),
+            }
+        }
+        _ => panic!("no public key on token {label}"),
+    };
+    // Leave no login behind: castellan must log in with its own PIN.
+    session.logout().unwrap();
+    drop(session);
+    ctx.finalize().unwrap();
+    spki.to_der().unwrap()
+}
+
+/// Files for a PKCS#11 signer: the intermediate for the token's key, issued
+/// by `root`; the PIN file. Returns the `[signer]` TOML.
+pub fn signer_files(dir: &Path, label: &str, root: &Ca, extra: &str) -> String {
+    let spki = public_key(label);
+    let mut params = super::pki::ca_params(&format!("HSM Intermediate {label}"), Some(0));
+    params.use_authority_key_identifier_extension = true;
+    let issuer = rcgen::Issuer::from_params(&root.params, &root.key);
+    let cert = params.signed_by(&HsmPublicKey::new(spki), &issuer).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("int.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("root.pem"), &root.pem).unwrap();
+    std::fs::write(dir.join("pin"), format!("{PIN}\n")).unwrap();
+    format!(
+        "[signer]\ntype = \"pkcs11\"\nmodule = \"{module}\"\ntoken_label = \"{label}\"\nkey_label = \"ca-key\"\npin_file = \"{pin}\"\ncert_file = \"{cert}\"\nroot_file = \"{root}\"\n{extra}\n",
+        module = module().display(),
+        pin = dir.join("pin").display(),
+        cert = dir.join("int.pem").display(),
+        root = dir.join("root.pem").display(),
+    )
+}
+
+/// The token's public key, as rcgen needs it to certify it.
+struct HsmPublicKey {
+    spki: Vec<u8>,
+    bits: Vec<u8>,
+    alg: &'static rcgen::SignatureAlgorithm,
+}
+
+impl HsmPublicKey {
+    fn new(spki: Vec<u8>) -> Self {
+        let parsed = SubjectPublicKeyInfoOwned::from_der(&spki).unwrap();
+        let bits = parsed.subject_public_key.raw_bytes().to_vec();
+        let alg = match parsed
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+        {
+            Some(c) if c == ObjectIdentifier::new_unwrap("1.3.132.0.34") => {
+                &rcgen::PKCS_ECDSA_P384_SHA384
+            }
+            Some(_) => &rcgen::PKCS_ECDSA_P256_SHA256,
+            None => &rcgen::PKCS_RSA_SHA256,
+        };
+        Self { spki, bits, alg }
+    }
+}
+
+impl rcgen::PublicKeyData for HsmPublicKey {
+    fn subject_public_key_info(&self) -> Vec<u8> {
+        self.spki.clone()
+    }
+
+    fn der_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
+    }
+}
