@@ -16,10 +16,17 @@ const PSS_SHA256_PARAMS: [u8; 54] = [
 ];
 
 /// A signing key in one of the supported back ends.
+///
+/// Made with [`Signer::file`] or [`Signer::pkcs11`].
 #[derive(Debug)]
 pub enum Signer {
     File(castellan_file::FileKey),
-    Pkcs11(Box<castellan_pkcs11::Pkcs11Key>),
+    Pkcs11 {
+        key: Box<castellan_pkcs11::Pkcs11Key>,
+        /// One permit per pooled session: callers beyond the pool wait here,
+        /// asynchronously, instead of parking blocking threads on the pool.
+        sessions: tokio::sync::Semaphore,
+    },
 }
 
 /// The signature a back end produces over a TBSCertificate.
@@ -46,12 +53,24 @@ pub enum SignError {
 // === impl Signer ===
 
 impl Signer {
+    pub fn file(key: castellan_file::FileKey) -> Self {
+        Self::File(key)
+    }
+
+    pub fn pkcs11(key: castellan_pkcs11::Pkcs11Key) -> Self {
+        let sessions = tokio::sync::Semaphore::new(2 * key.pool_size());
+        Self::Pkcs11 {
+            key: Box::new(key),
+            sessions,
+        }
+    }
+
     /// DER SubjectPublicKeyInfo of the signing key, when the back end can
     /// tell (an HSM EC key without a public object cannot).
     pub fn public_key_der(&self) -> Option<&[u8]> {
         match self {
             Self::File(key) => Some(key.public_key_der()),
-            Self::Pkcs11(key) => key.public_key_der(),
+            Self::Pkcs11 { key, .. } => key.public_key_der(),
         }
     }
 
@@ -59,7 +78,7 @@ impl Signer {
     pub fn healthy(&self) -> bool {
         match self {
             Self::File(_) => true,
-            Self::Pkcs11(key) => key.healthy(),
+            Self::Pkcs11 { key, .. } => key.healthy(),
         }
     }
 
@@ -67,7 +86,7 @@ impl Signer {
     pub fn recover(&self) {
         match self {
             Self::File(_) => {}
-            Self::Pkcs11(key) => {
+            Self::Pkcs11 { key, .. } => {
                 if let Err(e) = key.recover() {
                     tracing::debug!(error = %e, "HSM not back yet");
                 }
@@ -82,7 +101,7 @@ impl Signer {
                 castellan_file::KeyAlgorithm::EcdsaP384Sha384 => Algorithm::EcdsaP384Sha384,
                 castellan_file::KeyAlgorithm::RsaPkcs1Sha256 => Algorithm::RsaPkcs1Sha256,
             },
-            Self::Pkcs11(key) => match key.algorithm() {
+            Self::Pkcs11 { key, .. } => match key.algorithm() {
                 castellan_pkcs11::KeyAlgorithm::EcdsaP256Sha256 => Algorithm::EcdsaP256Sha256,
                 castellan_pkcs11::KeyAlgorithm::EcdsaP384Sha384 => Algorithm::EcdsaP384Sha384,
                 castellan_pkcs11::KeyAlgorithm::RsaPkcs1Sha256 => Algorithm::RsaPkcs1Sha256,
@@ -106,6 +125,15 @@ impl Signer {
         {
             return key.sign(&tbs).map_err(|e| SignError::Failed(e.to_string()));
         }
+        let _session = match self.as_ref() {
+            Self::Pkcs11 { sessions, .. } => Some(
+                sessions
+                    .acquire()
+                    .await
+                    .map_err(|_| SignError::Failed("signer closed".into()))?,
+            ),
+            Self::File(_) => None,
+        };
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || this.sign_blocking(&tbs))
             .await
@@ -115,7 +143,7 @@ impl Signer {
     fn sign_blocking(&self, tbs: &[u8]) -> Result<Vec<u8>, SignError> {
         match self {
             Self::File(key) => key.sign(tbs).map_err(|e| SignError::Failed(e.to_string())),
-            Self::Pkcs11(key) => key.sign(tbs).map_err(|e| match e {
+            Self::Pkcs11 { key, .. } => key.sign(tbs).map_err(|e| match e {
                 castellan_pkcs11::Error::Unavailable(m) => SignError::Unavailable(m),
                 other => SignError::Failed(other.to_string()),
             }),

@@ -70,7 +70,7 @@ impl Source {
                     cert_source: format!("the signing certificate {}", self.describe()),
                     fingerprint: Some(m.fingerprint),
                 };
-                Ok((Signer::File(m.key), material))
+                Ok((Signer::file(m.key), material))
             }
             Self::Pkcs11(config) => {
                 let config = config.clone();
@@ -169,7 +169,7 @@ fn pkcs11_material(
         cert_source: format!("the signing certificate {describe}"),
         fingerprint,
     };
-    Ok((Signer::Pkcs11(Box::new(key)), material))
+    Ok((Signer::pkcs11(key), material))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {

@@ -139,6 +139,11 @@ impl Pkcs11Key {
         self.algorithm
     }
 
+    /// How many signatures the session pool serves at once.
+    pub fn pool_size(&self) -> usize {
+        self.config.pool_size.max(1)
+    }
+
     /// The key's SubjectPublicKeyInfo, when the token publishes it (an EC key
     /// without a public object does not; its certificate then says, and
     /// castellan proves the pair with a probe signature).
