@@ -125,6 +125,7 @@ pub struct Ca {
 pub enum Signer {
     File(castellan_file::Config),
     Pkcs11(castellan_pkcs11::Config),
+    Vault(castellan_vault::Config),
 }
 
 /// One authenticator of the chain.
@@ -309,6 +310,24 @@ impl Config {
         }
         if tls.ttl_secs < 600 {
             return invalid("server.tls.ttl_secs", "must be at least 600");
+        }
+        if let Signer::Vault(v) = &self.signer {
+            if v.pki.is_some() == v.transit.is_some() {
+                return invalid("signer.pki", "or [signer.transit]: set exactly one");
+            }
+            if v.pki.is_some() && tls.cert_file.is_none() {
+                return invalid(
+                    "server.tls.cert_file",
+                    "is required with [signer.pki]: the Vault role issues SPIFFE certificates only, \
+                     so castellan cannot issue its own serving certificate there",
+                );
+            }
+            if v.pki.is_some() && self.ca.roots_file.is_none() {
+                return invalid(
+                    "ca.roots_file",
+                    "is required with [signer.pki]: the enterprise root(s) Vault's issuer must chain to",
+                );
+            }
         }
         if self.authn.is_empty() {
             return invalid(

@@ -36,6 +36,8 @@ pub enum KeyKind {
 pub struct VerifiedCsr {
     /// DER SubjectPublicKeyInfo, copied verbatim into the certificate.
     pub spki_der: Vec<u8>,
+    /// The PEM as received, for signers that issue from a CSR (Vault PKI).
+    pub pem: String,
     pub key: KeyKind,
     /// The one URI SAN the CSR asked for, if it named any.
     pub uri: Option<String>,
@@ -99,7 +101,12 @@ pub fn verify(pem: &str) -> Result<VerifiedCsr, Error> {
     check_signature(&req, key, key_bytes)?;
     check_subject(&req)?;
     let uri = requested_uri(&req)?;
-    Ok(VerifiedCsr { spki_der, key, uri })
+    Ok(VerifiedCsr {
+        spki_der,
+        pem: pem.to_owned(),
+        key,
+        uri,
+    })
 }
 
 fn key_kind(req: &CertReq, key_bytes: &[u8]) -> Result<KeyKind, Error> {

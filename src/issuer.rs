@@ -9,11 +9,11 @@ use std::{
 use rustls_pki_types::CertificateDer;
 
 use crate::{
-    ca::{self, CaHandle, SigningCa},
+    ca::{self, CaHandle, LeafRequest, SigningCa},
     csr::KeyKind,
     pem,
     policy::Approved,
-    profile::{Serial, Subject, Template},
+    profile::Subject,
 };
 
 /// Issues certificates with whatever signing CA is current.
@@ -31,8 +31,11 @@ pub struct Issued {
     /// per element (the root element may hold several roots), each ending in
     /// a newline: the shape istio-agent and ztunnel parse.
     pub chain: Vec<String>,
-    pub serial: Serial,
+    /// Lower-case hex.
+    pub serial: String,
     pub not_after: SystemTime,
+    /// What the signer reported that an operator should know.
+    pub warnings: Vec<String>,
 }
 
 /// A server certificate for castellan itself.
@@ -74,24 +77,25 @@ impl Issuer {
     pub async fn issue(&self, approved: &Approved) -> Result<Issued, Error> {
         let ca = self.ca.current();
         let (not_before, not_after) = self.validity(&ca, approved.ttl())?;
-        let serial = ca.serial()?;
-        let template = Template {
-            subject: Subject::Workload(approved.identity()),
-            spki_der: approved.spki_der(),
-            rsa: matches!(approved.key(), KeyKind::Rsa { .. }),
-            serial,
-            not_before,
-            not_after,
-        };
-        let leaf = ca.certify(&template).await?;
+        let leaf = ca
+            .issue_leaf(&LeafRequest {
+                subject: Subject::Workload(approved.identity()),
+                spki_der: approved.spki_der(),
+                csr_pem: Some(approved.csr_pem()),
+                rsa: matches!(approved.key(), KeyKind::Rsa { .. }),
+                not_before,
+                not_after,
+            })
+            .await?;
         let mut chain = Vec::with_capacity(ca.chain_pem().len() + 2);
-        chain.push(pem::certificate(&leaf)?);
+        chain.push(pem::certificate(&leaf.der)?);
         chain.extend(ca.chain_pem().iter().cloned());
         chain.push(ca.roots_pem().to_owned());
         Ok(Issued {
             chain,
-            serial,
-            not_after,
+            serial: leaf.serial,
+            not_after: leaf.not_after,
+            warnings: leaf.warnings,
         })
     }
 
@@ -108,19 +112,20 @@ impl Issuer {
     ) -> Result<ServerCert, Error> {
         let ca = self.ca.current();
         let (not_before, not_after) = self.validity(&ca, ttl)?;
-        let template = Template {
-            subject: Subject::Server {
-                dns_names,
-                ip_addresses,
-            },
-            spki_der,
-            rsa: false,
-            serial: ca.serial()?,
-            not_before,
-            not_after,
-        };
-        let leaf = ca.certify(&template).await?;
-        let mut chain = vec![CertificateDer::from(leaf)];
+        let leaf = ca
+            .issue_leaf(&LeafRequest {
+                subject: Subject::Server {
+                    dns_names,
+                    ip_addresses,
+                },
+                spki_der,
+                csr_pem: None,
+                rsa: false,
+                not_before,
+                not_after,
+            })
+            .await?;
+        let mut chain = vec![CertificateDer::from(leaf.der)];
         chain.extend(ca.chain().iter().cloned());
         Ok(ServerCert { chain, not_after })
     }

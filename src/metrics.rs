@@ -26,6 +26,7 @@ pub struct Metrics {
     pub reload_refused: IntCounter,
     pub authn_cache_hits: IntCounter,
     pub authn_cache_misses: IntCounter,
+    pub signer_warnings: IntCounter,
 }
 
 // === impl Metrics ===
@@ -102,6 +103,10 @@ impl Metrics {
             reload_refused: counter(
                 "castellan_signer_reload_refused_count",
                 "Changed signing material refused by the checks.",
+            )?,
+            signer_warnings: counter(
+                "castellan_signer_warnings_count",
+                "Warnings from the signer (a Vault TTL clamp, a lifetime cut below the request).",
             )?,
             authn_cache_hits: counter(
                 "castellan_authn_cache_hits_count",

@@ -15,6 +15,7 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct Approved {
     spki_der: Vec<u8>,
+    csr_pem: String,
     key: KeyKind,
     identity: SpiffeId,
     ttl: Duration,
@@ -46,6 +47,11 @@ pub enum Error {
 impl Approved {
     pub fn spki_der(&self) -> &[u8] {
         &self.spki_der
+    }
+
+    /// The CSR as received, for signers that issue from it.
+    pub fn csr_pem(&self) -> &str {
+        &self.csr_pem
     }
 
     pub fn key(&self) -> KeyKind {
@@ -123,6 +129,7 @@ pub fn check(
     let (ttl, clamped_from) = rules.decide(requested_ttl_secs)?;
     Ok(Approved {
         spki_der: csr.spki_der,
+        csr_pem: csr.pem,
         key: csr.key,
         identity,
         ttl,
@@ -141,6 +148,7 @@ mod tests {
     fn csr(uri: Option<&str>) -> VerifiedCsr {
         VerifiedCsr {
             spki_der: vec![1, 2, 3],
+            pem: String::new(),
             key: KeyKind::EcdsaP256,
             uri: uri.map(str::to_owned),
         }

@@ -3,11 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_lc_rs::{
-    digest,
-    encoding::AsDer,
-    signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair},
-};
+use aws_lc_rs::digest;
 use der::{Decode, Encode};
 use rustls_pki_types::CertificateDer;
 use spiffe::SpiffeId;
@@ -16,11 +12,9 @@ use x509_cert::{
     ext::pkix::{BasicConstraints, KeyUsage, KeyUsages},
 };
 
+use super::LeafRequest;
 use super::{Error, Rules, SigningCa, chain::is_self_issued};
-use crate::{
-    profile::{Subject, Template},
-    verify,
-};
+use crate::{profile::Subject, verify};
 
 /// The ceiling of NIST SP 800-204A SM-DR13 ("on the order of hours").
 const SM_DR13_MAX: Duration = Duration::from_secs(24 * 3600);
@@ -104,9 +98,14 @@ pub(super) async fn run(
 
     // A signature the certificate's key verifies is the proof that holds for
     // every back end, including HSMs that publish no public key.
-    let probe = probe(ca, rules).await?;
-    let signed_by_cert_key =
-        verify::signed_by(&probe, tbs.subject_public_key_info(), ca.algorithm());
+    let probe = match probe(ca, rules).await {
+        Ok(p) => Ok(p),
+        Err(Error::Sign(e)) => return Err(Error::Sign(e)),
+        Err(e) => Err(e.to_string()),
+    };
+    let signed_by_cert_key = probe
+        .as_ref()
+        .is_ok_and(|p| verify::signed_by(p, tbs.subject_public_key_info(), ca.algorithm()));
     let cert_key = tbs.subject_public_key_info().to_der()?;
     let published_matches = ca.signer.public_key_der().is_none_or(|k| k == cert_key);
     let key_matches = signed_by_cert_key && published_matches;
@@ -132,13 +131,16 @@ pub(super) async fn run(
         validity(ca, source, rules),
     );
 
-    let probe = key_matches.then_some(probe);
+    let probe_failure = probe.as_ref().err().cloned();
+    let probe = probe.ok().filter(|_| key_matches);
     a.record(
         "rooted in the configured enterprise root(s)",
         true,
         match &probe {
             Some(leaf) => rooted(ca, leaf, source),
-            None => Err("not verified: the key does not match the certificate".into()),
+            None => Err(probe_failure
+                .clone()
+                .unwrap_or_else(|| "not verified: the key does not match the certificate".into())),
         },
     );
 
@@ -164,7 +166,8 @@ pub(super) async fn run(
         true,
         match &probe {
             Some(leaf) => leaf_not_ca(leaf),
-            None => Err("not verified: no probe certificate could be issued".into()),
+            None => Err(probe_failure
+                .unwrap_or_else(|| "not verified: no probe certificate could be issued".into())),
         },
     );
     Ok(a)
@@ -215,27 +218,39 @@ fn validity(ca: &SigningCa, source: &str, rules: &Rules) -> Result<String, Strin
 /// Issues a throwaway workload certificate for a fresh key, exactly as a real
 /// request would be, so the whole issuing path is proven before serving.
 async fn probe(ca: &SigningCa, rules: &Rules) -> Result<CertificateDer<'static>, Error> {
-    let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_ASN1_SIGNING)
-        .map_err(|_| Error::Unfit("cannot generate a probe key".into()))?;
-    let spki = key
-        .public_key()
-        .as_der()
-        .map_err(|_| Error::Unfit("cannot encode a probe key".into()))?;
+    let unfit = |what: &str, e: &dyn std::fmt::Display| Error::Unfit(format!("probe {what}: {e}"));
     let id = SpiffeId::from_segments(
         rules.trust_domain.clone(),
         &["ns", "castellan-system", "sa", "castellan-probe"],
     )
-    .map_err(|e| Error::Unfit(format!("probe identity: {e}")))?;
+    .map_err(|e| unfit("identity", &e))?;
+    // A real key and CSR, so back ends that issue from CSRs (Vault PKI) are
+    // proven the same way as those that sign what castellan builds.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| unfit("key", &e))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        id.to_string()
+            .try_into()
+            .map_err(|e| unfit("identity", &e))?,
+    )];
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .map_err(|e| unfit("CSR", &e))?;
     let now = SystemTime::now();
-    let template = Template {
-        subject: Subject::Workload(&id),
-        spki_der: spki.as_ref(),
-        rsa: false,
-        serial: ca.serial()?,
-        not_before: now.max(ca.facts.not_before),
-        not_after: (now + PROBE_TTL).min(ca.facts.not_after),
-    };
-    Ok(CertificateDer::from(ca.certify(&template).await?))
+    let leaf = ca
+        .issue_leaf(&LeafRequest {
+            subject: Subject::Workload(&id),
+            spki_der: &rcgen::PublicKeyData::subject_public_key_info(&key),
+            csr_pem: Some(&csr),
+            rsa: false,
+            not_before: now.max(ca.facts.not_before),
+            not_after: (now + PROBE_TTL).min(ca.facts.not_after),
+        })
+        .await?;
+    Ok(CertificateDer::from(leaf.der))
 }
 
 fn rooted(ca: &SigningCa, leaf: &CertificateDer<'_>, source: &str) -> Result<String, String> {

@@ -4,6 +4,7 @@
 
 mod assess;
 mod chain;
+mod leaf;
 mod reload;
 mod signer;
 mod source;
@@ -20,6 +21,7 @@ use spiffe::TrustDomain;
 use x509_cert::Certificate;
 
 pub use assess::{Assessment, Practice, date};
+pub use leaf::{Leaf, LeafRequest};
 pub use reload::{CaHandle, spawn_recovery, spawn_reloader};
 pub use signer::{Algorithm, SignError, Signer};
 pub use source::{Material, Source};
@@ -202,9 +204,9 @@ impl SigningCa {
         self.signer.healthy()
     }
 
-    /// Lets an unhealthy signer reconnect. Blocking.
-    pub fn recover(&self) {
-        self.signer.recover();
+    /// Lets an unhealthy signer reconnect.
+    pub async fn recover(&self) {
+        self.signer.recover().await;
     }
 }
 

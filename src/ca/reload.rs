@@ -75,7 +75,7 @@ pub fn spawn_recovery(handle: Arc<CaHandle>, every: Duration) -> tokio::task::Jo
             tick.tick().await;
             let ca = handle.current();
             if !ca.healthy() {
-                let _ = tokio::task::spawn_blocking(move || ca.recover()).await;
+                ca.recover().await;
             }
         }
     })

@@ -27,6 +27,18 @@ pub enum Signer {
         /// asynchronously, instead of parking blocking threads on the pool.
         sessions: tokio::sync::Semaphore,
     },
+    /// Vault Transit: Vault signs the digest of what castellan built.
+    Transit {
+        vault: Arc<castellan_vault::Vault>,
+        key: castellan_vault::TransitKey,
+    },
+    /// Vault PKI: Vault issues from the CSR; see `SigningCa::issue_leaf`.
+    VaultPki {
+        vault: Arc<castellan_vault::Vault>,
+        pki: castellan_vault::Pki,
+        /// What Vault signs with, from the issuer certificate's key.
+        algorithm: Algorithm,
+    },
 }
 
 /// The signature a back end produces over a TBSCertificate.
@@ -71,6 +83,7 @@ impl Signer {
         match self {
             Self::File(key) => Some(key.public_key_der()),
             Self::Pkcs11 { key, .. } => key.public_key_der(),
+            Self::Transit { .. } | Self::VaultPki { .. } => None,
         }
     }
 
@@ -79,17 +92,27 @@ impl Signer {
         match self {
             Self::File(_) => true,
             Self::Pkcs11 { key, .. } => key.healthy(),
+            Self::Transit { vault, .. } | Self::VaultPki { vault, .. } => vault.healthy(),
         }
     }
 
-    /// Lets an unhealthy back end reconnect; blocking.
-    pub fn recover(&self) {
-        match self {
+    /// Lets an unhealthy back end reconnect.
+    pub async fn recover(self: &Arc<Self>) {
+        match self.as_ref() {
             Self::File(_) => {}
-            Self::Pkcs11 { key, .. } => {
-                if let Err(e) = key.recover() {
-                    tracing::debug!(error = %e, "HSM not back yet");
-                }
+            Self::Pkcs11 { .. } => {
+                let this = Arc::clone(self);
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Self::Pkcs11 { key, .. } = this.as_ref()
+                        && let Err(e) = key.recover()
+                    {
+                        tracing::debug!(error = %e, "HSM not back yet");
+                    }
+                })
+                .await;
+            }
+            Self::Transit { vault, .. } | Self::VaultPki { vault, .. } => {
+                vault.check().await;
             }
         }
     }
@@ -107,6 +130,13 @@ impl Signer {
                 castellan_pkcs11::KeyAlgorithm::RsaPkcs1Sha256 => Algorithm::RsaPkcs1Sha256,
                 castellan_pkcs11::KeyAlgorithm::RsaPssSha256 => Algorithm::RsaPssSha256,
             },
+            Self::Transit { key, .. } => match key.algorithm() {
+                castellan_vault::TransitAlgorithm::EcdsaP256Sha256 => Algorithm::EcdsaP256Sha256,
+                castellan_vault::TransitAlgorithm::EcdsaP384Sha384 => Algorithm::EcdsaP384Sha384,
+                castellan_vault::TransitAlgorithm::RsaPkcs1Sha256 => Algorithm::RsaPkcs1Sha256,
+                castellan_vault::TransitAlgorithm::RsaPssSha256 => Algorithm::RsaPssSha256,
+            },
+            Self::VaultPki { algorithm, .. } => *algorithm,
         }
     }
 
@@ -120,10 +150,20 @@ impl Signer {
     /// # Errors
     /// [`SignError`] from the back end.
     pub async fn sign(self: &Arc<Self>, tbs: Vec<u8>) -> Result<Vec<u8>, SignError> {
-        if let Self::File(key) = self.as_ref()
-            && self.algorithm() != Algorithm::RsaPkcs1Sha256
-        {
-            return key.sign(&tbs).map_err(|e| SignError::Failed(e.to_string()));
+        match self.as_ref() {
+            Self::File(key) if self.algorithm() != Algorithm::RsaPkcs1Sha256 => {
+                return key.sign(&tbs).map_err(|e| SignError::Failed(e.to_string()));
+            }
+            Self::Transit { vault, key } => {
+                return key.sign(vault, &tbs).await.map_err(vault_error);
+            }
+            Self::VaultPki { .. } => {
+                return Err(SignError::Failed(
+                    "Vault PKI mode issues from CSRs; it signs no certificate castellan built"
+                        .into(),
+                ));
+            }
+            Self::File(_) | Self::Pkcs11 { .. } => {}
         }
         let _session = match self.as_ref() {
             Self::Pkcs11 { sessions, .. } => Some(
@@ -132,7 +172,7 @@ impl Signer {
                     .await
                     .map_err(|_| SignError::Failed("signer closed".into()))?,
             ),
-            Self::File(_) => None,
+            Self::File(_) | Self::Transit { .. } | Self::VaultPki { .. } => None,
         };
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || this.sign_blocking(&tbs))
@@ -142,12 +182,23 @@ impl Signer {
 
     fn sign_blocking(&self, tbs: &[u8]) -> Result<Vec<u8>, SignError> {
         match self {
+            Self::Transit { .. } | Self::VaultPki { .. } => {
+                Err(SignError::Failed("Vault signers do not block".into()))
+            }
             Self::File(key) => key.sign(tbs).map_err(|e| SignError::Failed(e.to_string())),
             Self::Pkcs11 { key, .. } => key.sign(tbs).map_err(|e| match e {
                 castellan_pkcs11::Error::Unavailable(m) => SignError::Unavailable(m),
                 other => SignError::Failed(other.to_string()),
             }),
         }
+    }
+}
+
+/// Vault's unavailability is the caller's to retry; everything else is not.
+pub(super) fn vault_error(e: castellan_vault::Error) -> SignError {
+    match e {
+        castellan_vault::Error::Unavailable(m) => SignError::Unavailable(m),
+        other => SignError::Failed(other.to_string()),
     }
 }
 

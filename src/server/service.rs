@@ -192,6 +192,10 @@ impl Inner {
         match result {
             Ok(issued) => {
                 self.metrics.issued.inc();
+                for warning in &issued.warnings {
+                    self.metrics.signer_warnings.inc();
+                    tracing::warn!(caller, %warning, "signer warning");
+                }
                 self.metrics.observe_latency(tonic::Code::Ok, elapsed);
                 if let Some(asked) = trace.clamped_from {
                     self.metrics.ttl_clamped.inc();

@@ -1,0 +1,384 @@
+//! The one authenticated Vault client of the process: HTTP with connection
+//! pooling and keep-alive, the namespace header, TLS as configured, retries
+//! with jittered back-off for what may succeed later, and a health flag.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use tokio::{sync::RwLock, time::Instant};
+
+use crate::{
+    Config, Error,
+    auth::{Login, Token},
+    setting,
+};
+
+/// One attempt may take at most this long, whatever the overall deadline.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// An authenticated Vault client.
+pub struct Vault {
+    http: reqwest::Client,
+    base: String,
+    namespace: Option<String>,
+    login: Login,
+    token: RwLock<Option<Token>>,
+    /// Serialises logins so concurrent 403s make one login.
+    logging_in: tokio::sync::Mutex<()>,
+    healthy: AtomicBool,
+    timeout: Duration,
+}
+
+/// How a failed attempt is handled.
+enum Outcome {
+    Done(Value),
+    Retry(String),
+    Relogin(String),
+    Fail(Error),
+}
+
+// === impl Vault ===
+
+impl Vault {
+    /// Builds the client and logs in once, so bad credentials stop start-up,
+    /// then keeps the token fresh in the background.
+    ///
+    /// # Errors
+    /// A message naming the setting at fault, or Vault's refusal.
+    pub async fn connect(config: &Config) -> Result<Arc<Self>, Error> {
+        let address = setting(config.address.as_deref(), &["VAULT_ADDR", "BAO_ADDR"])
+            .ok_or_else(|| Error::Config("set address (or VAULT_ADDR)".into()))?;
+        let (http, base) = http_client(config, &address)?;
+        let vault = Arc::new(Self {
+            http,
+            base,
+            namespace: setting(
+                config.namespace.as_deref(),
+                &["VAULT_NAMESPACE", "BAO_NAMESPACE"],
+            ),
+            login: Login::from_config(&config.auth)?,
+            token: RwLock::new(None),
+            logging_in: tokio::sync::Mutex::new(()),
+            healthy: AtomicBool::new(true),
+            timeout: Duration::from_secs(config.timeout_secs.max(1)),
+        });
+        vault.relogin(None).await?;
+        crate::auth::spawn_renewal(Arc::downgrade(&vault));
+        Ok(vault)
+    }
+
+    /// False after a call ran out of retries, until one succeeds again.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Asks Vault whether it can serve (unsealed, active or standby) and
+    /// updates the health flag.
+    pub async fn check(&self) -> bool {
+        // sys/health lives outside namespaces; no token needed.
+        let url = format!("{}sys/health?standbyok=true&perfstandbyok=true", self.base);
+        let ok = self
+            .http
+            .get(url)
+            .timeout(ATTEMPT_TIMEOUT)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok && !self.healthy.swap(true, Ordering::SeqCst) {
+            tracing::info!("Vault is reachable again");
+        }
+        ok
+    }
+
+    /// Calls `path` (relative to `/v1/`) with the current token, retrying
+    /// connection errors, 412, 429, 500, 502, 503 and 504 until the
+    /// configured timeout, and logging in again once on 403.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when retries run out; [`Error::Refused`] for
+    /// a final refusal.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = FIRST_BACKOFF;
+        let mut relogged = false;
+        loop {
+            let token = self.current_token().await?;
+            let outcome = self
+                .attempt(method.clone(), path, body, Some(&token), deadline)
+                .await;
+            let reason = match outcome {
+                Outcome::Done(v) => {
+                    if !self.healthy.swap(true, Ordering::SeqCst) {
+                        tracing::info!("Vault is reachable again");
+                    }
+                    return Ok(v);
+                }
+                Outcome::Fail(e) => return Err(e),
+                Outcome::Relogin(_) if !relogged => {
+                    relogged = true;
+                    tracing::warn!(%path, "Vault refused the token (403); logging in again");
+                    self.relogin(Some(&token)).await?;
+                    continue;
+                }
+                Outcome::Relogin(reason) => {
+                    return Err(Error::Refused {
+                        path: path.to_owned(),
+                        status: 403,
+                        message: reason,
+                    });
+                }
+                Outcome::Retry(reason) => reason,
+            };
+            let pause = jitter(backoff);
+            if Instant::now() + pause >= deadline {
+                if self.healthy.swap(false, Ordering::SeqCst) {
+                    tracing::error!(%path, error = %reason, "Vault unavailable; callers get UNAVAILABLE");
+                }
+                return Err(Error::Unavailable(format!("{path}: {reason}")));
+            }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// One HTTP exchange, classified.
+    async fn attempt(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        token: Option<&Token>,
+        deadline: Instant,
+    ) -> Outcome {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(left.min(ATTEMPT_TIMEOUT));
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(t) = token {
+            req = req.header("X-Vault-Token", t.secret());
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            if text.trim().is_empty() {
+                return Outcome::Done(Value::Null);
+            }
+            return match serde_json::from_str(&text) {
+                Ok(v) => Outcome::Done(v),
+                Err(e) => Outcome::Fail(Error::Invalid(format!("{path}: not JSON: {e}"))),
+            };
+        }
+        let message = errors(&text);
+        match status {
+            StatusCode::FORBIDDEN => Outcome::Relogin(message),
+            StatusCode::PRECONDITION_FAILED
+            | StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::INTERNAL_SERVER_ERROR
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => {
+                Outcome::Retry(format!("HTTP {}: {message}", status.as_u16()))
+            }
+            _ => Outcome::Fail(Error::Refused {
+                path: path.to_owned(),
+                status: status.as_u16(),
+                message,
+            }),
+        }
+    }
+
+    /// A call made without a token (logins), with the same retries.
+    pub(crate) async fn call_anonymous(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        self.call_as(None, Method::POST, path, Some(body)).await
+    }
+
+    /// A call with a given token or none, retried but never followed by a
+    /// login (it is used while logging in).
+    pub(crate) async fn call_as(
+        &self,
+        token: Option<&Token>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, Error> {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self
+                .attempt(method.clone(), path, body, token, deadline)
+                .await
+            {
+                Outcome::Done(v) => return Ok(v),
+                Outcome::Fail(e) => return Err(e),
+                Outcome::Relogin(m) => {
+                    return Err(Error::Refused {
+                        path: path.to_owned(),
+                        status: 403,
+                        message: m,
+                    });
+                }
+                Outcome::Retry(reason) => {
+                    let pause = jitter(backoff);
+                    if Instant::now() + pause >= deadline {
+                        return Err(Error::Unavailable(format!("{path}: {reason}")));
+                    }
+                    tokio::time::sleep(pause).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    async fn current_token(&self) -> Result<Token, Error> {
+        if let Some(t) = self.token.read().await.clone() {
+            return Ok(t);
+        }
+        self.relogin(None).await
+    }
+
+    /// Logs in (or re-reads the token file) unless another task already
+    /// replaced `stale` meanwhile.
+    pub(crate) async fn relogin(&self, stale: Option<&Token>) -> Result<Token, Error> {
+        let _one = self.logging_in.lock().await;
+        if let (Some(current), Some(stale)) = (self.token.read().await.clone(), stale)
+            && !current.same(stale)
+        {
+            return Ok(current);
+        }
+        let token = self.login.login(self).await?;
+        *self.token.write().await = Some(token.clone());
+        Ok(token)
+    }
+
+    pub(crate) async fn token(&self) -> Option<Token> {
+        self.token.read().await.clone()
+    }
+
+    pub(crate) async fn set_token(&self, token: Token) {
+        *self.token.write().await = Some(token);
+    }
+
+    pub(crate) fn login_method(&self) -> &Login {
+        &self.login
+    }
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("base", &self.base)
+            .field("namespace", &self.namespace)
+            .field("login", &self.login)
+            .field("healthy", &self.healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Vault's `{"errors": [...]}`, joined; never the request.
+fn errors(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("errors").cloned())
+        .and_then(|e| e.as_array().cloned())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+/// `d` ± 20%, so many clients do not retry in step.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    let f = 0.8 + 0.4 * f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX);
+    d.mul_f64(f)
+}
+
+/// The HTTP client and the base URL. With `tls_server_name`, requests go to
+/// the configured address but TLS checks that name: the URL carries the name
+/// and the client resolves it to the address.
+fn http_client(config: &Config, address: &str) -> Result<(reqwest::Client, String), Error> {
+    let mut b = reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_keepalive(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(3));
+    if let Some(path) = setting(
+        config.ca_file.as_ref().and_then(|p| p.to_str()),
+        &["VAULT_CACERT", "BAO_CACERT"],
+    ) {
+        let pem =
+            std::fs::read(&path).map_err(|e| Error::Config(format!("ca_file {path}: {e}")))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| Error::Config(format!("ca_file {path}: {e}")))?;
+        b = b.tls_certs_only(certs);
+    }
+    let cert = setting(
+        config.client_cert_file.as_ref().and_then(|p| p.to_str()),
+        &["VAULT_CLIENT_CERT", "BAO_CLIENT_CERT"],
+    );
+    let key = setting(
+        config.client_key_file.as_ref().and_then(|p| p.to_str()),
+        &["VAULT_CLIENT_KEY", "BAO_CLIENT_KEY"],
+    );
+    if let (Some(cert), Some(key)) = (cert, key) {
+        let mut pem = std::fs::read(&cert)
+            .map_err(|e| Error::Config(format!("client_cert_file {cert}: {e}")))?;
+        let key_pem = zeroize::Zeroizing::new(
+            std::fs::read(&key)
+                .map_err(|e| Error::Config(format!("client_key_file {key}: {e}")))?,
+        );
+        pem.extend_from_slice(&key_pem);
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|e| Error::Config(format!("client certificate: {e}")))?;
+        b = b.identity(identity);
+    }
+    let mut url = reqwest::Url::parse(address)
+        .map_err(|e| Error::Config(format!("address {address}: {e}")))?;
+    if let Some(name) = setting(
+        config.tls_server_name.as_deref(),
+        &["VAULT_TLS_SERVER_NAME", "BAO_TLS_SERVER_NAME"],
+    ) {
+        let addrs = url
+            .socket_addrs(|| Some(8200))
+            .map_err(|e| Error::Config(format!("address {address}: {e}")))?;
+        b = b.resolve_to_addrs(&name, &addrs);
+        url.set_host(Some(&name))
+            .map_err(|e| Error::Config(format!("tls_server_name {name}: {e}")))?;
+    }
+    let client = b
+        .build()
+        .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+    Ok((
+        client,
+        format!("{}/v1/", url.as_str().trim_end_matches('/')),
+    ))
+}

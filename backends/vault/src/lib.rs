@@ -1,0 +1,154 @@
+//! castellan's Vault / OpenBao signer, in two modes:
+//!
+//! - **PKI**: Vault holds the intermediate and issues (`<mount>/sign/<role>`);
+//!   castellan still decides the identity and re-checks every leaf;
+//! - **Transit**: Vault holds the key and signs a digest; castellan builds the
+//!   certificate exactly as for the file and HSM signers.
+//!
+//! One authenticated client per process: token, Kubernetes or AppRole login,
+//! renewal at two thirds of the TTL, re-login when renewal stops helping,
+//! retries with jittered back-off for what is worth retrying.
+
+mod auth;
+mod client;
+mod pki;
+mod transit;
+
+use std::path::PathBuf;
+
+pub use client::Vault;
+pub use pki::{Pki, Signed};
+pub use transit::{TransitAlgorithm, TransitKey};
+
+/// Where Vault is and how to reach it. Unset fields fall back to the
+/// standard environment variables (`VAULT_ADDR`, `VAULT_CACERT`,
+/// `VAULT_NAMESPACE`, `VAULT_CLIENT_CERT`, `VAULT_CLIENT_KEY`,
+/// `VAULT_TLS_SERVER_NAME`, `VAULT_TOKEN`) and their `BAO_` twins.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub address: Option<String>,
+    /// Vault Enterprise / OpenBao namespace (`X-Vault-Namespace`).
+    pub namespace: Option<String>,
+    /// PEM CA bundle for Vault's certificate; unset: the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
+    /// How long one signing call may take, retries included.
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: u64,
+    pub auth: Auth,
+    /// PKI mode: Vault issues.
+    pub pki: Option<PkiConfig>,
+    /// Transit mode: Vault signs what castellan builds.
+    pub transit: Option<TransitConfig>,
+}
+
+/// How castellan logs in to Vault.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Auth {
+    /// A token from a file (re-read when it changes), or `VAULT_TOKEN`.
+    Token { token_file: Option<PathBuf> },
+    /// `auth/<mount>/login` with the pod's service-account token.
+    Kubernetes {
+        role: String,
+        #[serde(default = "default_jwt_file")]
+        jwt_file: PathBuf,
+        #[serde(default = "default_kubernetes_mount")]
+        mount: String,
+    },
+    /// `auth/<mount>/login` with a role id and a secret id from a file.
+    Approle {
+        role_id: Option<String>,
+        role_id_file: Option<PathBuf>,
+        secret_id_file: PathBuf,
+        #[serde(default = "default_approle_mount")]
+        mount: String,
+    },
+}
+
+/// PKI mode settings.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PkiConfig {
+    pub mount: String,
+    pub role: String,
+    /// Pin an issuer (`<mount>/issuer/<issuer>/sign/<role>`); unset: the
+    /// mount's default issuer.
+    pub issuer: Option<String>,
+}
+
+/// Transit mode settings.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TransitConfig {
+    #[serde(default = "default_transit_mount")]
+    pub mount: String,
+    pub key: String,
+    /// RSA keys: `pkcs1` (default) or `pss`.
+    #[serde(default)]
+    pub rsa_padding: RsaPadding,
+    /// The intermediate certificate for the transit key.
+    pub cert_file: PathBuf,
+    pub chain_file: Option<PathBuf>,
+    pub root_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RsaPadding {
+    #[default]
+    Pkcs1,
+    Pss,
+}
+
+/// What went wrong, and whether waiting can fix it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("signer.vault: {0}")]
+    Config(String),
+    /// Vault cannot be reached, is sealed or overloaded; retry later.
+    #[error("Vault unavailable: {0}")]
+    Unavailable(String),
+    /// Vault said no (4xx other than retryable ones).
+    #[error("Vault refused {path}: HTTP {status}: {message}")]
+    Refused {
+        path: String,
+        status: u16,
+        message: String,
+    },
+    /// Vault answered something castellan will not use.
+    #[error("Vault answer unusable: {0}")]
+    Invalid(String),
+}
+
+fn default_timeout() -> u64 {
+    10
+}
+
+fn default_jwt_file() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+
+fn default_kubernetes_mount() -> String {
+    "kubernetes".into()
+}
+
+fn default_approle_mount() -> String {
+    "approle".into()
+}
+
+fn default_transit_mount() -> String {
+    "transit".into()
+}
+
+/// A configuration value, else the first set environment variable.
+fn setting(value: Option<&str>, vars: &[&str]) -> Option<String> {
+    value.map(str::to_owned).or_else(|| {
+        vars.iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+    })
+}
