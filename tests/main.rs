@@ -18,3 +18,4 @@ mod refusals;
 mod reload;
 mod server;
 mod startup;
+mod vault;

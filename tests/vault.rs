@@ -1,0 +1,451 @@
+//! The Vault signer against a real OpenBao (`bao server -dev`): PKI and
+//! Transit modes end to end with every login method, token renewal and
+//! re-login under load, sealing and restarting the server, a clamping role
+//! and a role whose certificates break the profile.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use rustls_pki_types::{CertificateDer, UnixTime, pem::PemObject};
+use serde_json::json;
+use tonic::Code;
+
+use crate::support::{
+    KeyAlg, Setup, TestCa,
+    bao::Bao,
+    csr, eventually, http_get, id,
+    pki::{Ca, KeyAlg as Alg},
+};
+
+fn verify(chain: &[String], root: &Ca) {
+    let leaf = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+    let ints: Vec<_> = chain[1..chain.len() - 1]
+        .iter()
+        .map(|p| CertificateDer::from_pem_slice(p.as_bytes()).unwrap())
+        .collect();
+    let root = CertificateDer::from(root.der.clone());
+    let anchor = webpki::anchor_from_trusted_cert(&root).unwrap();
+    webpki::EndEntityCert::try_from(&leaf)
+        .unwrap()
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &ints,
+            UnixTime::now(),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .unwrap();
+}
+
+/// Serving certificate files issued by `root` (PKI mode needs them: the
+/// Vault role only issues SPIFFE certificates).
+fn serving_files(root: &Ca, dir: &std::path::Path) -> String {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let leaf = root.sign(params, crate::support::pki::key(KeyAlg::EcP256));
+    std::fs::write(dir.join("serving.pem"), &leaf.pem).unwrap();
+    std::fs::write(dir.join("serving-key.pem"), leaf.key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("roots.pem"), &root.pem).unwrap();
+    format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+        dir.join("serving.pem").display(),
+        dir.join("serving-key.pem").display()
+    )
+}
+
+/// castellan in PKI mode against `bao`, logging in with `auth` (TOML).
+async fn pki_ca(bao: &Bao, root: Ca, dir: &std::path::Path, auth: &str) -> TestCa {
+    let tls = serving_files(&root, dir);
+    TestCa::start_with(Setup {
+        tls: Some(tls),
+        ca: format!("reload_interval_secs = 1\nroots_file = \"{}\"\n", dir.join("roots.pem").display()),
+        signer: Some(format!(
+            "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = 3\n[signer.auth]\n{auth}\n[signer.pki]\nmount = \"pki_int\"\nrole = \"spiffe\"\n",
+            bao.addr()
+        )),
+        root: Some(root),
+        ..Setup::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_mode_issues_for_the_decided_identity_with_approle() {
+    let bao = Bao::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Ca::root("Offline Root", Alg::EcP256);
+    bao.policy().await;
+    bao.pki(&root, json!({})).await;
+    let (role_id, secret_id) = bao.approle(dir.path(), "1h", "24h").await;
+    let auth = format!(
+        "method = \"approle\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"",
+        role_id.display(),
+        secret_id.display()
+    );
+    let ca = pki_ca(&bao, root, dir.path(), &auth).await;
+
+    for (name, (_, csr)) in [
+        ("P-256", csr::ztunnel(&id("shop", "cart"))),
+        ("RSA", csr::istio_agent(&id("shop", "cart"))),
+    ] {
+        let resp = ca
+            .send(&csr, "shop", "cart", 3600)
+            .await
+            .unwrap_or_else(|s| panic!("{name}: {s:?}"));
+        assert_eq!(
+            resp.cert_chain.len(),
+            3,
+            "{name}: leaf, OpenBao's intermediate, the offline root"
+        );
+        verify(&resp.cert_chain, &ca.root);
+        let leaf = CertificateDer::from_pem_slice(resp.cert_chain[0].as_bytes()).unwrap();
+        let text = openssl_text(&leaf);
+        assert!(
+            text.contains("URI:spiffe://cluster.local/ns/shop/sa/cart"),
+            "{text}"
+        );
+        assert!(!text.contains("DNS:"), "{text}");
+    }
+    // castellan still decides the identity: a CSR for someone else never reaches Vault.
+    let (_, other) = csr::ztunnel(&id("shop", "admin"));
+    assert_eq!(
+        ca.send(&other, "shop", "cart", 600)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+}
+
+fn openssl_text(der: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["x509", "-inform", "DER", "-noout", "-text"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(der).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+}
+
+/// castellan in Transit mode with a key of `kind`.
+async fn transit_ca(
+    bao: &Bao,
+    kind: &str,
+    auth: &str,
+    dir: &std::path::Path,
+    extra: &str,
+) -> TestCa {
+    let root = Ca::root("Offline Root", Alg::EcP256);
+    let cert = bao.transit(&root, kind, dir).await;
+    TestCa::start_with(Setup {
+        signer: Some(format!(
+            "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = 3\n[signer.auth]\n{auth}\n[signer.transit]\nkey = \"castellan\"\ncert_file = \"{}\"\nroot_file = \"{}\"\n{extra}\n",
+            bao.addr(),
+            cert.display(),
+            dir.join("root.pem").display()
+        )),
+        root: Some(root),
+        ..Setup::default()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transit_mode_signs_what_castellan_builds() {
+    for (kind, extra) in [
+        ("ecdsa-p256", ""),
+        ("rsa-2048", ""),
+        ("rsa-2048", "rsa_padding = \"pss\""),
+    ] {
+        let bao = Bao::start().await;
+        bao.policy().await;
+        let dir = tempfile::tempdir().unwrap();
+        let token = bao.token_file(dir.path(), "1h").await;
+        let auth = format!("method = \"token\"\ntoken_file = \"{}\"", token.display());
+        let ca = transit_ca(&bao, kind, &auth, dir.path(), extra).await;
+        for (_, csr) in [
+            csr::ztunnel(&id("ns", "sa")),
+            csr::istio_agent(&id("ns", "sa")),
+        ] {
+            let resp = ca
+                .send(&csr, "ns", "sa", 600)
+                .await
+                .unwrap_or_else(|s| panic!("{kind} {extra}: {s:?}"));
+            verify(&resp.cert_chain, &ca.root);
+        }
+        ca.running.shutdown();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_login_through_tokenreview() {
+    let kube = crate::support::kube::FakeKube::start().await;
+    let bao = Bao::start().await;
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    // OpenBao's kubernetes auth asks the (fake) API server about castellan's token.
+    let _ = bao
+        .try_api(
+            reqwest::Method::POST,
+            "sys/auth/kubernetes",
+            Some(json!({"type": "kubernetes"})),
+        )
+        .await;
+    let kubeconfig = std::fs::read_to_string(kube.kubeconfig(dir.path(), "k")).unwrap();
+    let ca_b64 = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .unwrap();
+    use base64::Engine;
+    let ca_pem = String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(ca_b64)
+            .unwrap(),
+    )
+    .unwrap();
+    bao.post(
+        "auth/kubernetes/config",
+        json!({
+            "kubernetes_host": format!("https://127.0.0.1:{}", kube.addr.port()),
+            "kubernetes_ca_cert": ca_pem,
+            "token_reviewer_jwt": crate::support::kube::CASTELLAN_TOKEN,
+            "disable_local_ca_jwt": true,
+            "issuer": "https://kubernetes.default.svc",
+        }),
+    )
+    .await;
+    bao.post(
+        "auth/kubernetes/role/castellan",
+        json!({"bound_service_account_names": ["castellan"], "bound_service_account_namespaces": ["istio-system"], "token_policies": ["castellan"], "token_ttl": "1h", "audience": "vault"}),
+    )
+    .await;
+    let (issuer, _) =
+        castellan::cli::token::TokenIssuer::generate("https://kubernetes.default.svc").unwrap();
+    let jwt = issuer
+        .mint("istio-system", "castellan", "vault", 3600)
+        .unwrap();
+    kube.add_token_info(
+        &jwt,
+        crate::support::kube::TokenInfo {
+            username: "system:serviceaccount:istio-system:castellan".into(),
+            groups: vec!["system:serviceaccounts".into()],
+            audiences: vec!["vault".into()],
+            pod: None,
+        },
+    );
+    std::fs::write(dir.path().join("sa-token"), &jwt).unwrap();
+    let auth = format!(
+        "method = \"kubernetes\"\nrole = \"castellan\"\njwt_file = \"{}\"",
+        dir.path().join("sa-token").display()
+    );
+    let ca = transit_ca(&bao, "ecdsa-p256", &auth, dir.path(), "").await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    let resp = ca.send(&csr, "ns", "sa", 600).await.unwrap();
+    verify(&resp.cert_chain, &ca.root);
+    assert!(
+        kube.reviews() >= 1,
+        "OpenBao checked castellan's token with TokenReview"
+    );
+}
+
+/// Requests in a loop until told to stop; counts successes and failures.
+fn load(
+    ca: Arc<TestCa>,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+        while !stop.load(Ordering::SeqCst) {
+            match ca.send(&csr, "ns", "sa", 600).await {
+                Ok(_) => ok.fetch_add(1, Ordering::SeqCst),
+                Err(s) => {
+                    eprintln!("failed: {s:?}");
+                    failed.fetch_add(1, Ordering::SeqCst)
+                }
+            };
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_tokens_are_renewed_then_replaced_by_a_new_login_without_a_failed_request() {
+    let bao = Bao::start().await;
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Ca::root("Offline Root", Alg::EcP256);
+    bao.pki(&root, json!({})).await;
+    // Tokens live 3 s, and at most 8 s: renewals, then re-logins.
+    let (role_id, secret_id) = bao.approle(dir.path(), "3s", "8s").await;
+    let auth = format!(
+        "method = \"approle\"\nrole_id_file = \"{}\"\nsecret_id_file = \"{}\"",
+        role_id.display(),
+        secret_id.display()
+    );
+    let ca = Arc::new(pki_ca(&bao, root, dir.path(), &auth).await);
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let task = load(ca.clone(), stop.clone(), ok.clone(), failed.clone());
+    // Every token that ever existed during the run (expired ones vanish from the list).
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..28 {
+        let list = bao
+            .api(
+                reqwest::Method::from_bytes(b"LIST").unwrap(),
+                "auth/token/accessors",
+                None,
+            )
+            .await;
+        for a in list["data"]["keys"].as_array().unwrap() {
+            seen.insert(a.as_str().unwrap().to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    task.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed while tokens came and went"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 100);
+    // The root token plus at least two castellan logins (8 s max TTL in 14 s).
+    assert!(
+        seen.len() >= 3,
+        "castellan logged in again at max TTL: {} tokens seen",
+        seen.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_vault_is_unavailable_and_unsealing_recovers() {
+    let bao = Bao::start().await;
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Ca::root("Offline Root", Alg::EcP256);
+    bao.pki(&root, json!({})).await;
+    let token = bao.token_file(dir.path(), "1h").await;
+    let ca = pki_ca(
+        &bao,
+        root,
+        dir.path(),
+        &format!("method = \"token\"\ntoken_file = \"{}\"", token.display()),
+    )
+    .await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    ca.send(&csr, "ns", "sa", 600).await.unwrap();
+
+    bao.seal().await;
+    let s = ca.send(&csr, "ns", "sa", 600).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    let unready = eventually(Duration::from_secs(5), async || {
+        http_get(&format!("{}/readyz", ca.metrics_url())).await.0 == 503
+    })
+    .await;
+    assert!(unready, "/readyz follows Vault");
+
+    bao.unseal().await;
+    let back = eventually(Duration::from_secs(10), async || {
+        ca.send(&csr, "ns", "sa", 600).await.is_ok()
+    })
+    .await;
+    assert!(back, "recovers by itself once unsealed");
+    let ready = eventually(Duration::from_secs(5), async || {
+        http_get(&format!("{}/readyz", ca.metrics_url())).await.0 == 200
+    })
+    .await;
+    assert!(ready);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_vault_is_picked_up_once_set_up_again() {
+    let mut bao = Bao::start().await;
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Ca::root("Offline Root", Alg::EcP256);
+    let root_again = Ca {
+        params: root.params.clone(),
+        key: rcgen::KeyPair::from_pem(&root.key.serialize_pem()).unwrap(),
+        pem: root.pem.clone(),
+        der: root.der.clone(),
+    };
+    bao.pki(&root, json!({})).await;
+    let token = bao.token_file(dir.path(), "1h").await;
+    let ca = pki_ca(
+        &bao,
+        root,
+        dir.path(),
+        &format!("method = \"token\"\ntoken_file = \"{}\"", token.display()),
+    )
+    .await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    ca.send(&csr, "ns", "sa", 600).await.unwrap();
+
+    bao.kill();
+    assert_eq!(
+        ca.send(&csr, "ns", "sa", 600).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+
+    // Dev mode loses everything: the fixture runs again (a new intermediate
+    // from the same offline root, a new token in the same file).
+    bao.restart().await;
+    bao.policy().await;
+    bao.pki(&root_again, json!({})).await;
+    bao.token_file(dir.path(), "1h").await;
+    let back = eventually(Duration::from_secs(15), async || {
+        ca.send(&csr, "ns", "sa", 600).await.is_ok()
+    })
+    .await;
+    assert!(back, "recovers without a restart of castellan");
+    let resp = ca.send(&csr, "ns", "sa", 600).await.unwrap();
+    verify(&resp.cert_chain, &ca.root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clamping_role_is_reported_and_a_role_breaking_the_profile_is_refused() {
+    let bao = Bao::start().await;
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Ca::root("Offline Root", Alg::EcP256);
+    bao.pki(&root, json!({"max_ttl": "2h"})).await;
+    let token = bao.token_file(dir.path(), "1h").await;
+    let ca = pki_ca(
+        &bao,
+        root,
+        dir.path(),
+        &format!("method = \"token\"\ntoken_file = \"{}\"", token.display()),
+    )
+    .await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    // castellan allows 24 h; the role clamps to 2 h and only says so in a warning.
+    ca.send(&csr, "ns", "sa", 86400).await.unwrap();
+    let (_, m) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
+    assert!(
+        m.contains("castellan_signer_warnings_count 2"),
+        "Vault's warning and the cut lifetime: {m}"
+    );
+
+    // The role is changed to issue certificates without serverAuth: refused.
+    bao.patch("pki_int/roles/spiffe", json!({"server_flag": false}))
+        .await;
+    let s = ca.send(&csr, "ns", "sa", 600).await.unwrap_err();
+    assert_eq!(s.code(), Code::Internal, "{s:?}");
+}
