@@ -449,3 +449,72 @@ async fn a_clamping_role_is_reported_and_a_role_breaking_the_profile_is_refused(
     let s = ca.send(&csr, "ns", "sa", 600).await.unwrap_err();
     assert_eq!(s.code(), Code::Internal, "{s:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_name_and_namespace_and_the_standard_environment() {
+    let mut bao = Bao::start_tls().await;
+    bao.post("sys/namespaces/team", json!({})).await;
+    bao.namespace = Some("team".into());
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Ca::root("Offline Root", Alg::EcP256);
+    bao.pki(&root, json!({})).await;
+    let token = bao.token_file(dir.path(), "1h").await;
+    let vault_ca = bao.tls_dir.as_ref().unwrap().join("vault-ca.pem");
+    let tls = serving_files(&root, dir.path());
+
+    // Everything in the configuration.
+    let signer = format!(
+        "[signer]\ntype = \"vault\"\naddress = \"{}\"\nca_file = \"{}\"\ntls_server_name = \"localhost\"\nnamespace = \"team\"\n[signer.auth]\nmethod = \"token\"\ntoken_file = \"{}\"\n[signer.pki]\nmount = \"pki_int\"\nrole = \"spiffe\"\n",
+        bao.addr(),
+        vault_ca.display(),
+        token.display()
+    );
+    let ca = TestCa::start_with(Setup {
+        tls: Some(tls.clone()),
+        ca: format!(
+            "roots_file = \"{}\"\n",
+            dir.path().join("roots.pem").display()
+        ),
+        signer: Some(signer),
+        root: Some(root),
+        ..Setup::default()
+    })
+    .await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    let resp = ca.send(&csr, "ns", "sa", 600).await.unwrap();
+    verify(&resp.cert_chain, &ca.root);
+
+    // The same from VAULT_ADDR, VAULT_CACERT and VAULT_NAMESPACE, through `castellan check`.
+    std::fs::write(dir.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+    let config = dir.path().join("env.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server.tls]\n{tls}\n[ca]\nroots_file = \"{}\"\n[signer]\ntype = \"vault\"\n[signer.auth]\nmethod = \"token\"\ntoken_file = \"{}\"\n[signer.pki]\nmount = \"pki_int\"\nrole = \"spiffe\"\n[[authn]]\ntype = \"jwt\"\nissuers = [\"x\"]\njwks_file = \"{}\"\n",
+            dir.path().join("roots.pem").display(),
+            token.display(),
+            dir.path().join("jwks.json").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("VAULT_ADDR", format!("https://localhost:{}", bao.port))
+        .env("VAULT_CACERT", &vault_ca)
+        .env("VAULT_NAMESPACE", "team")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("PASS  rooted in the configured enterprise root(s)"),
+        "{report}"
+    );
+    assert!(report.contains("PASS  SM-DR12"), "{report}");
+}

