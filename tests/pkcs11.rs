@@ -117,15 +117,7 @@ async fn lost_login_and_closed_sessions_are_repaired_in_place() {
 
     // Another client of the same module logs the application out.
     {
-        use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-        let ctx = Pkcs11::new(hsm::module()).unwrap();
-        let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
-        let slot = ctx
-            .get_slots_with_token()
-            .unwrap()
-            .into_iter()
-            .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == label)
-            .unwrap();
+        let (ctx, slot) = hsm::slot(&label);
         let session = ctx.open_ro_session(slot).unwrap();
         session.logout().unwrap();
     }

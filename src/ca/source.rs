@@ -3,7 +3,7 @@
 use der::{Decode, Encode};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
 use tokio::sync::OnceCell;
 
@@ -118,15 +118,11 @@ impl Source {
                     }
                 }
                 (None, Some(t)) => {
-                    let files: Vec<_> = [
+                    let files = cert_files(
                         Some(&t.cert_file),
                         t.chain_file.as_ref(),
                         t.root_file.as_ref(),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .cloned()
-                    .collect();
+                    );
                     Ok(Some(
                         blocking(move || castellan_file::fingerprint_files(&files)).await??,
                     ))
@@ -134,11 +130,11 @@ impl Source {
                 (None, None) => Ok(None),
             },
             Self::Pkcs11(config) => {
-                let files = [&config.cert_file, &config.chain_file, &config.root_file]
-                    .into_iter()
-                    .flatten()
-                    .cloned()
-                    .collect::<Vec<_>>();
+                let files = cert_files(
+                    config.cert_file.as_ref(),
+                    config.chain_file.as_ref(),
+                    config.root_file.as_ref(),
+                );
                 if config.cert_label.is_some() {
                     // The certificate lives on the token: not polled.
                     return Ok(None);
@@ -251,15 +247,11 @@ async fn vault_material(
             let key = castellan_vault::TransitKey::open(&vault, t, &spki)
                 .await
                 .map_err(unfit)?;
-            let files: Vec<_> = [
+            let files = cert_files(
                 Some(&t.cert_file),
                 t.chain_file.as_ref(),
                 t.root_file.as_ref(),
-            ]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+            );
             let material = Material {
                 cert,
                 chain: certs,
@@ -331,11 +323,11 @@ fn pkcs11_material(
         None => Vec::new(),
     };
     let fingerprint = if config.cert_label.is_none() {
-        let files: Vec<_> = [&config.cert_file, &config.chain_file, &config.root_file]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let files = cert_files(
+            config.cert_file.as_ref(),
+            config.chain_file.as_ref(),
+            config.root_file.as_ref(),
+        );
         Some(castellan_file::fingerprint_files(&files)?)
     } else {
         None
@@ -348,6 +340,15 @@ fn pkcs11_material(
         fingerprint,
     };
     Ok((Signer::pkcs11(key), material))
+}
+
+/// The certificate files a signer reads, to notice when they change.
+fn cert_files(
+    cert: Option<&PathBuf>,
+    chain: Option<&PathBuf>,
+    root: Option<&PathBuf>,
+) -> Vec<PathBuf> {
+    [cert, chain, root].into_iter().flatten().cloned().collect()
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {

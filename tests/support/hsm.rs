@@ -106,8 +106,9 @@ pub fn token_with_key(label: &str, key_type: &str) {
     rescan();
 }
 
-/// The SubjectPublicKeyInfo of the token's key, read through PKCS#11.
-pub fn public_key(label: &str) -> Vec<u8> {
+/// This process's handle on the module (initialised if nobody has) and the
+/// slot of the token labelled `label`.
+pub fn slot(label: &str) -> (Pkcs11, cryptoki::slot::Slot) {
     let ctx = Pkcs11::new(module()).unwrap();
     let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
     let slot = ctx
@@ -116,6 +117,12 @@ pub fn public_key(label: &str) -> Vec<u8> {
         .into_iter()
         .find(|s| ctx.get_token_info(*s).unwrap().label().trim() == label)
         .unwrap();
+    (ctx, slot)
+}
+
+/// The SubjectPublicKeyInfo of the token's key, read through PKCS#11.
+pub fn public_key(label: &str) -> Vec<u8> {
+    let (ctx, slot) = slot(label);
     let session = ctx.open_ro_session(slot).unwrap();
     session
         .login(UserType::User, Some(&AuthPin::new(PIN.into())))

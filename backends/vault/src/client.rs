@@ -42,7 +42,8 @@ pub struct Vault {
 enum Outcome {
     Done(Value),
     Retry(String),
-    Relogin(String),
+    /// 403: the token is not (or no longer) good.
+    Refused(String),
     Fail(Error),
 }
 
@@ -112,46 +113,14 @@ impl Vault {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, Error> {
-        let deadline = Instant::now() + self.timeout;
-        let mut backoff = FIRST_BACKOFF;
-        let mut relogged = false;
-        loop {
-            let token = self.current_token().await?;
-            let outcome = self
-                .attempt(method.clone(), path, body, Some(&token), deadline)
-                .await;
-            let reason = match outcome {
-                Outcome::Done(v) => {
-                    if !self.healthy.swap(true, Ordering::SeqCst) {
-                        tracing::info!("Vault is reachable again");
-                    }
-                    return Ok(v);
-                }
-                Outcome::Fail(e) => return Err(e),
-                Outcome::Relogin(_) if !relogged => {
-                    relogged = true;
-                    tracing::warn!(%path, "Vault refused the token (403); logging in again");
-                    self.relogin(Some(&token)).await?;
-                    continue;
-                }
-                Outcome::Relogin(reason) => {
-                    return Err(Error::Refused {
-                        path: path.to_owned(),
-                        status: 403,
-                        message: reason,
-                    });
-                }
-                Outcome::Retry(reason) => reason,
-            };
-            let pause = jitter(backoff);
-            if Instant::now() + pause >= deadline {
-                if self.healthy.swap(false, Ordering::SeqCst) {
-                    tracing::error!(%path, error = %reason, "Vault unavailable; callers get UNAVAILABLE");
-                }
-                return Err(Error::Unavailable(format!("{path}: {reason}")));
+        let token = self.current_token().await?;
+        match self.call_as(Some(&token), method.clone(), path, body).await {
+            Err(Error::Refused { status: 403, .. }) => {
+                tracing::warn!(%path, "Vault refused the token (403); logging in again");
+                let fresh = self.relogin(Some(&token)).await?;
+                self.call_as(Some(&fresh), method, path, body).await
             }
-            tokio::time::sleep(pause).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            other => other,
         }
     }
 
@@ -195,7 +164,7 @@ impl Vault {
         }
         let message = errors(&text);
         match status {
-            StatusCode::FORBIDDEN => Outcome::Relogin(message),
+            StatusCode::FORBIDDEN => Outcome::Refused(message),
             StatusCode::PRECONDITION_FAILED
             | StatusCode::TOO_MANY_REQUESTS
             | StatusCode::INTERNAL_SERVER_ERROR
@@ -229,28 +198,35 @@ impl Vault {
         let deadline = Instant::now() + self.timeout;
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match self
+            let reason = match self
                 .attempt(method.clone(), path, body, token, deadline)
                 .await
             {
-                Outcome::Done(v) => return Ok(v),
+                Outcome::Done(v) => {
+                    if !self.healthy.swap(true, Ordering::SeqCst) {
+                        tracing::info!("Vault is reachable again");
+                    }
+                    return Ok(v);
+                }
                 Outcome::Fail(e) => return Err(e),
-                Outcome::Relogin(m) => {
+                Outcome::Refused(message) => {
                     return Err(Error::Refused {
                         path: path.to_owned(),
                         status: 403,
-                        message: m,
+                        message,
                     });
                 }
-                Outcome::Retry(reason) => {
-                    let pause = jitter(backoff);
-                    if Instant::now() + pause >= deadline {
-                        return Err(Error::Unavailable(format!("{path}: {reason}")));
-                    }
-                    tokio::time::sleep(pause).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                Outcome::Retry(reason) => reason,
+            };
+            let pause = jitter(backoff);
+            if Instant::now() + pause >= deadline {
+                if self.healthy.swap(false, Ordering::SeqCst) {
+                    tracing::error!(%path, error = %reason, "Vault unavailable; callers get UNAVAILABLE");
                 }
+                return Err(Error::Unavailable(format!("{path}: {reason}")));
             }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
