@@ -8,6 +8,7 @@
 
 mod support;
 
+mod ambient;
 mod authn;
 mod config;
 mod demo;

@@ -1,6 +1,9 @@
 //! The configuration file: one TOML document, unknown keys refused, every
 //! default a named constant, every error naming the key and the fix.
 
+mod defaults;
+mod validate;
+
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
@@ -37,7 +40,10 @@ pub const DEFAULT_API_TIMEOUT_SECS: u64 = 5;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The SPIFFE trust domain of issued identities.
-    #[serde(default = "default_trust_domain", deserialize_with = "trust_domain")]
+    #[serde(
+        default = "defaults::default_trust_domain",
+        deserialize_with = "defaults::trust_domain"
+    )]
     pub trust_domain: TrustDomain,
     #[serde(default)]
     pub server: Server,
@@ -148,15 +154,15 @@ pub struct TokenReview {
     /// The kubeconfig context; unset: the current one.
     pub context: Option<String>,
     /// The `clusterid` header value that selects this cluster.
-    #[serde(default = "default_cluster_id")]
+    #[serde(default = "defaults::default_cluster_id")]
     pub cluster_id: String,
     /// Other names of this cluster (istiod's cluster aliases).
     #[serde(default)]
     pub cluster_aliases: Vec<String>,
-    #[serde(default = "default_audiences")]
+    #[serde(default = "defaults::default_audiences")]
     pub audiences: Vec<String>,
     /// A TokenReview that takes longer fails as UNAVAILABLE.
-    #[serde(default = "default_api_timeout")]
+    #[serde(default = "defaults::default_api_timeout")]
     pub timeout_secs: u64,
 }
 
@@ -182,7 +188,7 @@ pub struct Impersonation {
 pub struct Jwt {
     /// Accepted `iss` values; a token with another issuer is left to the next authenticator.
     pub issuers: Vec<String>,
-    #[serde(default = "default_audiences")]
+    #[serde(default = "defaults::default_audiences")]
     pub audiences: Vec<String>,
     /// A JWKS document on disk (re-read when it changes)…
     pub jwks_file: Option<PathBuf>,
@@ -190,10 +196,10 @@ pub struct Jwt {
     pub jwks_url: Option<String>,
     /// PEM CA bundle for `jwks_url`; unset: the system roots.
     pub jwks_ca_file: Option<PathBuf>,
-    #[serde(default = "default_jwks_refresh")]
+    #[serde(default = "defaults::default_jwks_refresh")]
     pub jwks_refresh_secs: u64,
     /// Allowance for clock differences on `exp`, `nbf` and `iat`.
-    #[serde(default = "default_jwt_skew")]
+    #[serde(default = "defaults::default_jwt_skew")]
     pub clock_skew_secs: u64,
     /// `clusterid` header values this issuer serves; empty: any cluster.
     #[serde(default)]
@@ -271,252 +277,7 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), Error> {
-        let invalid = |key, problem: &str| {
-            Err(Error::Invalid {
-                key,
-                problem: problem.to_owned(),
-            })
-        };
-        let i = &self.issuance;
-        if i.max_ttl_secs == 0 {
-            return invalid("issuance.max_ttl_secs", "must be above 0");
-        }
-        if i.default_ttl_secs == 0 || i.default_ttl_secs > i.max_ttl_secs {
-            return invalid(
-                "issuance.default_ttl_secs",
-                "must be above 0 and at most issuance.max_ttl_secs",
-            );
-        }
-        if self.server.max_in_flight == 0 {
-            return invalid("server.max_in_flight", "must be above 0");
-        }
-        if self.server.request_timeout_secs == 0 {
-            return invalid("server.request_timeout_secs", "must be above 0");
-        }
-        let tls = &self.server.tls;
-        if tls.cert_file.is_some() != tls.key_file.is_some() {
-            return invalid(
-                "server.tls.cert_file",
-                "and server.tls.key_file must be set together (or neither, to have castellan issue its own)",
-            );
-        }
-        if tls.cert_file.is_none() && tls.dns_names.is_empty() && tls.ip_addresses.is_empty() {
-            return invalid(
-                "server.tls.dns_names",
-                "is empty: list the host names clients dial (the host of Istio's caAddress), \
-                 or set server.tls.cert_file and key_file",
-            );
-        }
-        if tls.ttl_secs < 600 {
-            return invalid("server.tls.ttl_secs", "must be at least 600");
-        }
-        if let Signer::Vault(v) = &self.signer {
-            if v.pki.is_some() == v.transit.is_some() {
-                return invalid("signer.pki", "or [signer.transit]: set exactly one");
-            }
-            if v.pki.is_some() && tls.cert_file.is_none() {
-                return invalid(
-                    "server.tls.cert_file",
-                    "is required with [signer.pki]: the Vault role issues SPIFFE certificates only, \
-                     so castellan cannot issue its own serving certificate there",
-                );
-            }
-            if v.pki.is_some() && self.ca.roots_file.is_none() {
-                return invalid(
-                    "ca.roots_file",
-                    "is required with [signer.pki]: the enterprise root(s) Vault's issuer must chain to",
-                );
-            }
-        }
-        if self.authn.is_empty() {
-            return invalid(
-                "authn",
-                "is empty: add at least one [[authn]] section (type = \"jwt\")",
-            );
-        }
-        for a in &self.authn {
-            match a {
-                Authn::Jwt(jwt) => jwt.validate()?,
-                Authn::TokenReview(tr) => tr.validate()?,
-                Authn::ClientCert(_) => {}
-            }
-        }
-        for account in &self.impersonation.trusted_node_accounts {
-            if account.split('/').filter(|p| !p.is_empty()).count() != 2 {
-                return invalid(
-                    "impersonation.trusted_node_accounts",
-                    "entries are `namespace/serviceaccount`, e.g. \"istio-system/ztunnel\"",
-                );
-            }
-        }
-        if !self.impersonation.trusted_node_accounts.is_empty()
-            && !self
-                .authn
-                .iter()
-                .any(|a| matches!(a, Authn::TokenReview(_)))
-        {
-            return invalid(
-                "impersonation.trusted_node_accounts",
-                "needs a [[authn]] type = \"tokenreview\" section: node authorization reads pods from that cluster",
-            );
-        }
-        Ok(())
-    }
-
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.server.request_timeout_secs)
     }
-}
-
-impl TokenReview {
-    fn validate(&self) -> Result<(), Error> {
-        let invalid = |key, problem: &str| {
-            Err(Error::Invalid {
-                key,
-                problem: problem.to_owned(),
-            })
-        };
-        if self.cluster_id.is_empty() {
-            return invalid("authn.cluster_id", "must not be empty");
-        }
-        if self.audiences.is_empty() {
-            return invalid(
-                "authn.audiences",
-                "is empty: Istio clients use \"istio-ca\"",
-            );
-        }
-        if self.timeout_secs == 0 {
-            return invalid("authn.timeout_secs", "must be above 0");
-        }
-        Ok(())
-    }
-}
-
-impl Jwt {
-    fn validate(&self) -> Result<(), Error> {
-        let invalid = |key, problem: &str| {
-            Err(Error::Invalid {
-                key,
-                problem: problem.to_owned(),
-            })
-        };
-        if self.issuers.is_empty() {
-            return invalid(
-                "authn.issuers",
-                "is empty: list the accepted token issuers (`iss`)",
-            );
-        }
-        if self.audiences.is_empty() {
-            return invalid(
-                "authn.audiences",
-                "is empty: Istio clients use \"istio-ca\"",
-            );
-        }
-        match (&self.jwks_file, &self.jwks_url) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => return invalid("authn.jwks_file", "or authn.jwks_url: set exactly one"),
-        }
-        if let Some(url) = &self.jwks_url
-            && !url.starts_with("https://")
-            && !url.starts_with("http://127.0.0.1")
-            && !url.starts_with("http://localhost")
-        {
-            return invalid(
-                "authn.jwks_url",
-                "must be https:// (plain http only on loopback)",
-            );
-        }
-        if self.jwks_refresh_secs == 0 {
-            return invalid("authn.jwks_refresh_secs", "must be above 0");
-        }
-        Ok(())
-    }
-}
-
-// === defaults ===
-
-impl Default for Server {
-    fn default() -> Self {
-        Self {
-            listen: DEFAULT_LISTEN,
-            metrics_listen: Some(DEFAULT_METRICS_LISTEN),
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
-            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
-            tls: ServerTls::default(),
-        }
-    }
-}
-
-impl Default for ServerTls {
-    fn default() -> Self {
-        Self {
-            cert_file: None,
-            key_file: None,
-            dns_names: Vec::new(),
-            ip_addresses: Vec::new(),
-            ttl_secs: DEFAULT_SERVING_TTL_SECS,
-        }
-    }
-}
-
-impl Default for Issuance {
-    fn default() -> Self {
-        Self {
-            default_ttl_secs: DEFAULT_TTL_SECS,
-            max_ttl_secs: DEFAULT_MAX_TTL_SECS,
-            over_max_ttl: OverMaxTtl::Clamp,
-            not_before_skew_secs: DEFAULT_NOT_BEFORE_SKEW_SECS,
-        }
-    }
-}
-
-impl Default for AuthnCache {
-    fn default() -> Self {
-        Self {
-            capacity: DEFAULT_AUTHN_CACHE_CAPACITY,
-            max_age_secs: DEFAULT_AUTHN_CACHE_MAX_AGE_SECS,
-            negative_max_age_secs: DEFAULT_AUTHN_CACHE_NEGATIVE_SECS,
-        }
-    }
-}
-
-impl Default for Ca {
-    fn default() -> Self {
-        Self {
-            roots_file: None,
-            reload_interval_secs: DEFAULT_RELOAD_INTERVAL_SECS,
-        }
-    }
-}
-
-#[expect(clippy::expect_used, reason = "a constant known to be valid")]
-fn default_trust_domain() -> TrustDomain {
-    TrustDomain::new(DEFAULT_TRUST_DOMAIN).expect("DEFAULT_TRUST_DOMAIN is a valid trust domain")
-}
-
-fn trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
-    let s = String::deserialize(d)?;
-    TrustDomain::new(&s).map_err(|e| serde::de::Error::custom(format!("trust domain `{s}`: {e}")))
-}
-
-fn default_audiences() -> Vec<String> {
-    vec![DEFAULT_AUDIENCE.to_owned()]
-}
-
-fn default_cluster_id() -> String {
-    DEFAULT_CLUSTER_ID.to_owned()
-}
-
-fn default_api_timeout() -> u64 {
-    DEFAULT_API_TIMEOUT_SECS
-}
-
-fn default_jwks_refresh() -> u64 {
-    DEFAULT_JWKS_REFRESH_SECS
-}
-
-fn default_jwt_skew() -> u64 {
-    DEFAULT_JWT_SKEW_SECS
 }

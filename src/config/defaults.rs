@@ -1,0 +1,90 @@
+//! The values of everything left unset, from the named constants.
+
+use spiffe::TrustDomain;
+
+use super::*;
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN,
+            metrics_listen: Some(DEFAULT_METRICS_LISTEN),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            request_timeout_secs: DEFAULT_REQUEST_TIMEOUT_SECS,
+            shutdown_grace_secs: DEFAULT_SHUTDOWN_GRACE_SECS,
+            tls: ServerTls::default(),
+        }
+    }
+}
+
+impl Default for ServerTls {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
+            ttl_secs: DEFAULT_SERVING_TTL_SECS,
+        }
+    }
+}
+
+impl Default for Issuance {
+    fn default() -> Self {
+        Self {
+            default_ttl_secs: DEFAULT_TTL_SECS,
+            max_ttl_secs: DEFAULT_MAX_TTL_SECS,
+            over_max_ttl: OverMaxTtl::Clamp,
+            not_before_skew_secs: DEFAULT_NOT_BEFORE_SKEW_SECS,
+        }
+    }
+}
+
+impl Default for AuthnCache {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_AUTHN_CACHE_CAPACITY,
+            max_age_secs: DEFAULT_AUTHN_CACHE_MAX_AGE_SECS,
+            negative_max_age_secs: DEFAULT_AUTHN_CACHE_NEGATIVE_SECS,
+        }
+    }
+}
+
+impl Default for Ca {
+    fn default() -> Self {
+        Self {
+            roots_file: None,
+            reload_interval_secs: DEFAULT_RELOAD_INTERVAL_SECS,
+        }
+    }
+}
+
+#[expect(clippy::expect_used, reason = "a constant known to be valid")]
+pub(super) fn default_trust_domain() -> TrustDomain {
+    TrustDomain::new(DEFAULT_TRUST_DOMAIN).expect("DEFAULT_TRUST_DOMAIN is a valid trust domain")
+}
+
+pub(super) fn trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<TrustDomain, D::Error> {
+    let s = String::deserialize(d)?;
+    TrustDomain::new(&s).map_err(|e| serde::de::Error::custom(format!("trust domain `{s}`: {e}")))
+}
+
+pub(super) fn default_audiences() -> Vec<String> {
+    vec![DEFAULT_AUDIENCE.to_owned()]
+}
+
+pub(super) fn default_cluster_id() -> String {
+    DEFAULT_CLUSTER_ID.to_owned()
+}
+
+pub(super) fn default_api_timeout() -> u64 {
+    DEFAULT_API_TIMEOUT_SECS
+}
+
+pub(super) fn default_jwks_refresh() -> u64 {
+    DEFAULT_JWKS_REFRESH_SECS
+}
+
+pub(super) fn default_jwt_skew() -> u64 {
+    DEFAULT_JWT_SKEW_SECS
+}

@@ -1,0 +1,153 @@
+//! The rules a parsed configuration must meet, each failure naming the key
+//! and what to change.
+
+use super::{Authn, Config, Error, Jwt, Signer, TokenReview};
+
+fn invalid(key: &'static str, problem: &str) -> Result<(), Error> {
+    Err(Error::Invalid {
+        key,
+        problem: problem.to_owned(),
+    })
+}
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        let i = &self.issuance;
+        if i.max_ttl_secs == 0 {
+            return invalid("issuance.max_ttl_secs", "must be above 0");
+        }
+        if i.default_ttl_secs == 0 || i.default_ttl_secs > i.max_ttl_secs {
+            return invalid(
+                "issuance.default_ttl_secs",
+                "must be above 0 and at most issuance.max_ttl_secs",
+            );
+        }
+        if self.server.max_in_flight == 0 {
+            return invalid("server.max_in_flight", "must be above 0");
+        }
+        if self.server.request_timeout_secs == 0 {
+            return invalid("server.request_timeout_secs", "must be above 0");
+        }
+        let tls = &self.server.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return invalid(
+                "server.tls.cert_file",
+                "and server.tls.key_file must be set together (or neither, to have castellan issue its own)",
+            );
+        }
+        if tls.cert_file.is_none() && tls.dns_names.is_empty() && tls.ip_addresses.is_empty() {
+            return invalid(
+                "server.tls.dns_names",
+                "is empty: list the host names clients dial (the host of Istio's caAddress), \
+                 or set server.tls.cert_file and key_file",
+            );
+        }
+        if tls.ttl_secs < 600 {
+            return invalid("server.tls.ttl_secs", "must be at least 600");
+        }
+        if let Signer::Vault(v) = &self.signer {
+            if v.pki.is_some() == v.transit.is_some() {
+                return invalid("signer.pki", "or [signer.transit]: set exactly one");
+            }
+            if v.pki.is_some() && tls.cert_file.is_none() {
+                return invalid(
+                    "server.tls.cert_file",
+                    "is required with [signer.pki]: the Vault role issues SPIFFE certificates only, \
+                     so castellan cannot issue its own serving certificate there",
+                );
+            }
+            if v.pki.is_some() && self.ca.roots_file.is_none() {
+                return invalid(
+                    "ca.roots_file",
+                    "is required with [signer.pki]: the enterprise root(s) Vault's issuer must chain to",
+                );
+            }
+        }
+        if self.authn.is_empty() {
+            return invalid(
+                "authn",
+                "is empty: add at least one [[authn]] section (type = \"jwt\")",
+            );
+        }
+        for a in &self.authn {
+            match a {
+                Authn::Jwt(jwt) => jwt.validate()?,
+                Authn::TokenReview(tr) => tr.validate()?,
+                Authn::ClientCert(_) => {}
+            }
+        }
+        for account in &self.impersonation.trusted_node_accounts {
+            if account.split('/').filter(|p| !p.is_empty()).count() != 2 {
+                return invalid(
+                    "impersonation.trusted_node_accounts",
+                    "entries are `namespace/serviceaccount`, e.g. \"istio-system/ztunnel\"",
+                );
+            }
+        }
+        if !self.impersonation.trusted_node_accounts.is_empty()
+            && !self
+                .authn
+                .iter()
+                .any(|a| matches!(a, Authn::TokenReview(_)))
+        {
+            return invalid(
+                "impersonation.trusted_node_accounts",
+                "needs a [[authn]] type = \"tokenreview\" section: node authorization reads pods from that cluster",
+            );
+        }
+        Ok(())
+    }
+}
+
+impl TokenReview {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if self.cluster_id.is_empty() {
+            return invalid("authn.cluster_id", "must not be empty");
+        }
+        if self.audiences.is_empty() {
+            return invalid(
+                "authn.audiences",
+                "is empty: Istio clients use \"istio-ca\"",
+            );
+        }
+        if self.timeout_secs == 0 {
+            return invalid("authn.timeout_secs", "must be above 0");
+        }
+        Ok(())
+    }
+}
+
+impl Jwt {
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        if self.issuers.is_empty() {
+            return invalid(
+                "authn.issuers",
+                "is empty: list the accepted token issuers (`iss`)",
+            );
+        }
+        if self.audiences.is_empty() {
+            return invalid(
+                "authn.audiences",
+                "is empty: Istio clients use \"istio-ca\"",
+            );
+        }
+        match (&self.jwks_file, &self.jwks_url) {
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => return invalid("authn.jwks_file", "or authn.jwks_url: set exactly one"),
+        }
+        if let Some(url) = &self.jwks_url
+            && !url.starts_with("https://")
+            && !url.starts_with("http://127.0.0.1")
+            && !url.starts_with("http://localhost")
+        {
+            return invalid(
+                "authn.jwks_url",
+                "must be https:// (plain http only on loopback)",
+            );
+        }
+        if self.jwks_refresh_secs == 0 {
+            return invalid("authn.jwks_refresh_secs", "must be above 0");
+        }
+        Ok(())
+    }
+}
