@@ -22,10 +22,9 @@ const PSS_SHA256_PARAMS: [u8; 54] = [
 pub enum Signer {
     File(castellan_file::FileKey),
     Pkcs11 {
-        key: Box<castellan_pkcs11::Pkcs11Key>,
-        /// One permit per pooled session: callers beyond the pool wait here,
-        /// asynchronously, instead of parking blocking threads on the pool.
-        sessions: tokio::sync::Semaphore,
+        key: Arc<castellan_pkcs11::Pkcs11Key>,
+        /// One thread per pooled session; signing never runs on the runtime.
+        workers: castellan_pkcs11::Workers,
     },
     /// Vault Transit: Vault signs the digest of what castellan built.
     Transit {
@@ -69,12 +68,12 @@ impl Signer {
         Self::File(key)
     }
 
-    pub fn pkcs11(key: castellan_pkcs11::Pkcs11Key) -> Self {
-        let sessions = tokio::sync::Semaphore::new(2 * key.pool_size());
-        Self::Pkcs11 {
-            key: Box::new(key),
-            sessions,
-        }
+    /// # Errors
+    /// When the signing threads cannot be started.
+    pub fn pkcs11(key: castellan_pkcs11::Pkcs11Key) -> Result<Self, castellan_pkcs11::Error> {
+        let key = Arc::new(key);
+        let workers = castellan_pkcs11::Workers::start(Arc::clone(&key))?;
+        Ok(Self::Pkcs11 { key, workers })
     }
 
     /// DER SubjectPublicKeyInfo of the signing key, when the back end can
@@ -143,53 +142,34 @@ impl Signer {
     /// Signs a DER TBSCertificate.
     ///
     /// ECDSA with a file key costs about 20 µs, less than handing the work to
-    /// another thread, so it runs in place; RSA (0.3–5 ms) and every PKCS#11
-    /// call (a device round trip) go to the blocking pool so they cannot
-    /// stall other requests on this worker.
+    /// another thread, so it runs in place; RSA (0.3–5 ms) goes to the
+    /// blocking pool, and PKCS#11 to the key's own signing threads, so they
+    /// cannot stall other requests on this worker.
     ///
     /// # Errors
     /// [`SignError`] from the back end.
     pub async fn sign(self: &Arc<Self>, tbs: Vec<u8>) -> Result<Vec<u8>, SignError> {
         match self.as_ref() {
             Self::File(key) if self.algorithm() != Algorithm::RsaPkcs1Sha256 => {
-                return key.sign(&tbs).map_err(|e| SignError::Failed(e.to_string()));
+                key.sign(&tbs).map_err(|e| SignError::Failed(e.to_string()))
             }
-            Self::Transit { vault, key } => {
-                return key.sign(vault, &tbs).await.map_err(vault_error);
+            Self::File(_) => {
+                let this = Arc::clone(self);
+                tokio::task::spawn_blocking(move || match this.as_ref() {
+                    Self::File(key) => key.sign(&tbs).map_err(|e| SignError::Failed(e.to_string())),
+                    _ => Err(SignError::Failed("not a file key".into())),
+                })
+                .await
+                .map_err(|e| SignError::Failed(format!("signing task: {e}")))?
             }
-            Self::VaultPki { .. } => {
-                return Err(SignError::Failed(
-                    "Vault PKI mode issues from CSRs; it signs no certificate castellan built"
-                        .into(),
-                ));
-            }
-            Self::File(_) | Self::Pkcs11 { .. } => {}
-        }
-        let _session = match self.as_ref() {
-            Self::Pkcs11 { sessions, .. } => Some(
-                sessions
-                    .acquire()
-                    .await
-                    .map_err(|_| SignError::Failed("signer closed".into()))?,
-            ),
-            Self::File(_) | Self::Transit { .. } | Self::VaultPki { .. } => None,
-        };
-        let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.sign_blocking(&tbs))
-            .await
-            .map_err(|e| SignError::Failed(format!("signing task: {e}")))?
-    }
-
-    fn sign_blocking(&self, tbs: &[u8]) -> Result<Vec<u8>, SignError> {
-        match self {
-            Self::Transit { .. } | Self::VaultPki { .. } => {
-                Err(SignError::Failed("Vault signers do not block".into()))
-            }
-            Self::File(key) => key.sign(tbs).map_err(|e| SignError::Failed(e.to_string())),
-            Self::Pkcs11 { key, .. } => key.sign(tbs).map_err(|e| match e {
+            Self::Pkcs11 { workers, .. } => workers.sign(tbs).await.map_err(|e| match e {
                 castellan_pkcs11::Error::Unavailable(m) => SignError::Unavailable(m),
                 other => SignError::Failed(other.to_string()),
             }),
+            Self::Transit { vault, key } => key.sign(vault, &tbs).await.map_err(vault_error),
+            Self::VaultPki { .. } => Err(SignError::Failed(
+                "Vault PKI mode issues from CSRs; it signs no certificate castellan built".into(),
+            )),
         }
     }
 }

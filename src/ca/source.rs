@@ -339,7 +339,8 @@ fn pkcs11_material(
         cert_source: format!("the signing certificate {describe}"),
         fingerprint,
     };
-    Ok((Signer::pkcs11(key), material))
+    let signer = Signer::pkcs11(key).map_err(|e| Error::Unfit(e.to_string()))?;
+    Ok((signer, material))
 }
 
 /// The certificate files a signer reads, to notice when they change.

@@ -7,10 +7,12 @@ mod encoding;
 mod key;
 mod pool;
 mod token;
+mod workers;
 
 use std::path::PathBuf;
 
 pub use key::{KeyAlgorithm, Pkcs11Key};
+pub use workers::Workers;
 
 /// The default number of sessions signing at once.
 pub const DEFAULT_POOL_SIZE: usize = 4;
