@@ -106,51 +106,45 @@ async fn tokenreview_authenticates_service_accounts_and_refuses_the_rest() {
         .await
         .unwrap();
 
+    // Tokens the API server vouches for, but not as castellan needs.
+    let cases = [
+        (
+            "wrong audience",
+            "system:serviceaccount:shop:cart",
+            "system:serviceaccounts",
+            "vault",
+        ),
+        (
+            "a user, not a service account",
+            "alice@example.com",
+            "system:authenticated",
+            "istio-ca",
+        ),
+        (
+            "not in system:serviceaccounts",
+            "system:serviceaccount:shop:cart",
+            "system:authenticated",
+            "istio-ca",
+        ),
+        (
+            "five-part username",
+            "system:serviceaccount:shop:cart:extra",
+            "system:serviceaccounts",
+            "istio-ca",
+        ),
+    ];
     let mut refused = vec![("unknown token", "never-issued".to_owned())];
-    let wrong_aud = ca.token("shop", "cart2");
-    kube.add_token_info(
-        &wrong_aud,
-        TokenInfo {
-            username: "system:serviceaccount:shop:cart".into(),
-            groups: vec!["system:serviceaccounts".into()],
-            audiences: vec!["vault".into()],
+    for (n, (case, username, group, audience)) in cases.into_iter().enumerate() {
+        let t = ca.token("shop", &format!("case{n}"));
+        let info = TokenInfo {
+            username: username.into(),
+            groups: vec![group.into()],
+            audiences: vec![audience.into()],
             pod: None,
-        },
-    );
-    refused.push(("wrong audience", wrong_aud));
-    let user = ca.token("shop", "cart3");
-    kube.add_token_info(
-        &user,
-        TokenInfo {
-            username: "alice@example.com".into(),
-            groups: vec!["system:authenticated".into()],
-            audiences: vec!["istio-ca".into()],
-            pod: None,
-        },
-    );
-    refused.push(("a user, not a service account", user));
-    let no_group = ca.token("shop", "cart4");
-    kube.add_token_info(
-        &no_group,
-        TokenInfo {
-            username: "system:serviceaccount:shop:cart".into(),
-            groups: vec!["system:authenticated".into()],
-            audiences: vec!["istio-ca".into()],
-            pod: None,
-        },
-    );
-    refused.push(("not in system:serviceaccounts", no_group));
-    let five = ca.token("shop", "cart5");
-    kube.add_token_info(
-        &five,
-        TokenInfo {
-            username: "system:serviceaccount:shop:cart:extra".into(),
-            groups: vec!["system:serviceaccounts".into()],
-            audiences: vec!["istio-ca".into()],
-            pod: None,
-        },
-    );
-    refused.push(("five-part username", five));
+        };
+        kube.add_token_info(&t, info);
+        refused.push((case, t));
+    }
     for (case, t) in refused {
         let s = send_with(&ca, &csr, &t, Some("Kubernetes"))
             .await
