@@ -95,6 +95,17 @@ async fn castellan(ca: &TestCa, seconds: u64) -> load::Outcome {
     load::run(&plan, &work).await.unwrap()
 }
 
+/// Binds every thread of `pid` to `cpus` (threads made later inherit it), so
+/// OpenBao and castellan stop taking CPU from each other, as on two machines.
+fn pin(pid: u32, cpus: &str) {
+    let status = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("taskset (util-linux)");
+    assert!(status.success(), "taskset -c {cpus} {pid}");
+}
+
 fn main() {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
@@ -106,6 +117,11 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let bao = Bao::start().await;
+        let pinned = std::env::var("BENCH_PIN").is_ok_and(|v| v == "1");
+        if pinned {
+            pin(bao.pid().unwrap(), "1");
+            pin(std::process::id(), "0");
+        }
         bao.policy().await;
         let dir = tempfile::tempdir().unwrap();
         let root = Ca::root("Offline Root", support::KeyAlg::EcP256);
@@ -113,6 +129,9 @@ fn main() {
         let transit_cert = bao.transit(&root, "ecdsa-p256", dir.path()).await;
         let token = bao.token_file(dir.path(), "24h").await;
         println!("castellan and OpenBao: P-256 everywhere, {CALLERS} concurrent callers, {seconds} s each");
+        if pinned {
+            println!("pinned: OpenBao on CPU 1; this process (load, castellan, raw callers) on CPU 0");
+        }
 
         let csrs: Vec<_> = (0..64)
             .map(|i| {

@@ -130,6 +130,11 @@ impl Bao {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server (dev mode: everything in it is lost).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
