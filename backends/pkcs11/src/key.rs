@@ -9,45 +9,29 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aws_lc_rs::digest;
 use cryptoki::{
     context::Pkcs11,
     error::{Error as CkError, RvError},
-    mechanism::{
-        Mechanism, MechanismType,
-        rsa::{PkcsMgfType, PkcsPssParams},
-    },
+    mechanism::MechanismType,
     object::ObjectHandle,
     slot::Slot,
     types::AuthPin,
 };
 
-use crate::{Config, Error, RsaPadding, encoding, pool, token};
+use crate::{
+    Config, Error, RsaPadding, encoding,
+    mechanism::{KeyAlgorithm, Signing},
+    pool, token,
+};
 
 /// Recovery is attempted at most this often.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The signature the key makes, which fixes the certificate's `signatureAlgorithm`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyAlgorithm {
-    /// `CKM_ECDSA` over a SHA-256 digest made here (SoftHSM has no
-    /// `CKM_ECDSA_SHA256`), returned as DER.
-    EcdsaP256Sha256,
-    EcdsaP384Sha384,
-    /// PKCS#1 v1.5 with SHA-256.
-    RsaPkcs1Sha256,
-    /// RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length 32.
-    RsaPssSha256,
-}
 
 /// A private key in an HSM.
 pub struct Pkcs11Key {
     config: Config,
     pin: AuthPin,
-    algorithm: KeyAlgorithm,
-    /// `CKM_SHA256_RSA_PKCS` is missing on some tokens; then `CKM_RSA_PKCS`
-    /// over a DigestInfo made here.
-    rsa_combined: bool,
+    signing: Signing,
     spki: Option<Vec<u8>>,
     live: RwLock<Arc<Live>>,
     pool: pool::Pool,
@@ -79,7 +63,7 @@ impl Pkcs11Key {
     /// # Errors
     /// A message naming what to fix: module, token, PIN, key, key type.
     pub fn open(config: &Config) -> Result<Self, Error> {
-        let pin = read_pin(config)?;
+        let pin = token::read_pin(config)?;
         let (ctx, slot) = token::connect(config)?;
         let session = pool::open(&ctx, slot, &pin)?;
         let key = token::find_key(&session, config)?;
@@ -104,11 +88,7 @@ impl Pkcs11Key {
                 RsaPadding::Pss => (KeyAlgorithm::RsaPssSha256, Some(spki)),
             },
         };
-        let needed = match algorithm {
-            KeyAlgorithm::EcdsaP256Sha256 | KeyAlgorithm::EcdsaP384Sha384 => MechanismType::ECDSA,
-            KeyAlgorithm::RsaPkcs1Sha256 => MechanismType::RSA_PKCS,
-            KeyAlgorithm::RsaPssSha256 => MechanismType::SHA256_RSA_PKCS_PSS,
-        };
+        let needed = algorithm.required_mechanism();
         if !offers(needed) {
             return Err(Error::Config(format!(
                 "the token does not offer {needed} for this key"
@@ -120,8 +100,10 @@ impl Pkcs11Key {
         Ok(Self {
             config: config.clone(),
             pin,
-            algorithm,
-            rsa_combined,
+            signing: Signing {
+                algorithm,
+                rsa_combined,
+            },
             spki,
             live: RwLock::new(Arc::new(Live {
                 ctx,
@@ -136,7 +118,7 @@ impl Pkcs11Key {
     }
 
     pub fn algorithm(&self) -> KeyAlgorithm {
-        self.algorithm
+        self.signing.algorithm
     }
 
     /// How many signatures the session pool serves at once.
@@ -183,7 +165,7 @@ impl Pkcs11Key {
         if !self.healthy() {
             self.recover()?;
         }
-        let (mechanism, data) = self.prepare(tbs);
+        let (mechanism, data) = self.signing.prepare(tbs);
         let mut last = String::new();
         for _attempt in 0..2 {
             let live = self.current();
@@ -205,7 +187,7 @@ impl Pkcs11Key {
             match session.sign(&mechanism, key, &data) {
                 Ok(raw) => {
                     self.pool.checkin(live.generation, session);
-                    return self.finish(raw);
+                    return self.signing.finish(raw);
                 }
                 Err(e) => {
                     last = e.to_string();
@@ -344,45 +326,6 @@ impl Pkcs11Key {
             }
         }
     }
-
-    fn prepare(&self, tbs: &[u8]) -> (Mechanism<'static>, Vec<u8>) {
-        match self.algorithm {
-            KeyAlgorithm::EcdsaP256Sha256 => (
-                Mechanism::Ecdsa,
-                digest::digest(&digest::SHA256, tbs).as_ref().to_vec(),
-            ),
-            KeyAlgorithm::EcdsaP384Sha384 => (
-                Mechanism::Ecdsa,
-                digest::digest(&digest::SHA384, tbs).as_ref().to_vec(),
-            ),
-            KeyAlgorithm::RsaPkcs1Sha256 if self.rsa_combined => {
-                (Mechanism::Sha256RsaPkcs, tbs.to_vec())
-            }
-            KeyAlgorithm::RsaPkcs1Sha256 => {
-                let mut info = encoding::SHA256_DIGEST_INFO.to_vec();
-                info.extend_from_slice(digest::digest(&digest::SHA256, tbs).as_ref());
-                (Mechanism::RsaPkcs, info)
-            }
-            KeyAlgorithm::RsaPssSha256 => (
-                Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
-                    hash_alg: MechanismType::SHA256,
-                    mgf: PkcsMgfType::MGF1_SHA256,
-                    s_len: 32.into(),
-                }),
-                tbs.to_vec(),
-            ),
-        }
-    }
-
-    fn finish(&self, raw: Vec<u8>) -> Result<Vec<u8>, Error> {
-        match self.algorithm {
-            KeyAlgorithm::EcdsaP256Sha256 | KeyAlgorithm::EcdsaP384Sha384 => {
-                encoding::ecdsa_der(&raw)
-                    .map_err(|e| Error::Failed(format!("ECDSA signature: {e}")))
-            }
-            KeyAlgorithm::RsaPkcs1Sha256 | KeyAlgorithm::RsaPssSha256 => Ok(raw),
-        }
-    }
 }
 
 impl std::fmt::Debug for Pkcs11Key {
@@ -391,7 +334,7 @@ impl std::fmt::Debug for Pkcs11Key {
             .field("module", &self.config.module)
             .field("token_label", &self.config.token_label)
             .field("key_label", &self.config.key_label)
-            .field("algorithm", &self.algorithm)
+            .field("algorithm", &self.signing.algorithm)
             .field("pin", &"[redacted]")
             .field("healthy", &self.healthy())
             .finish()
@@ -417,25 +360,4 @@ fn classify(e: &CkError) -> Failure {
         },
         _ => Failure::Other,
     }
-}
-
-fn read_pin(config: &Config) -> Result<AuthPin, Error> {
-    let pin = match (&config.pin_file, &config.pin_env) {
-        (Some(path), None) => {
-            let text = zeroize::Zeroizing::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| Error::Config(format!("pin_file {}: {e}", path.display())))?,
-            );
-            text.trim_end_matches(['\n', '\r']).to_owned()
-        }
-        (None, Some(var)) => {
-            std::env::var(var).map_err(|_| Error::Config(format!("pin_env: ${var} is not set")))?
-        }
-        _ => {
-            return Err(Error::Config(
-                "set exactly one of pin_file and pin_env".into(),
-            ));
-        }
-    };
-    Ok(AuthPin::new(pin.into()))
 }

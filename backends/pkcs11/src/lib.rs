@@ -1,17 +1,19 @@
 //! castellan's PKCS#11 signer: the intermediate's private key never leaves
 //! the HSM. One PKCS#11 context, a bounded pool of logged-in sessions,
-//! signing on the caller's (blocking) thread, and recovery without a restart
+//! signing on one dedicated thread per session, and recovery without a restart
 //! when sessions are closed, the login is lost or the token goes away.
 
 mod encoding;
 mod key;
+mod mechanism;
 mod pool;
 mod token;
 mod workers;
 
 use std::path::PathBuf;
 
-pub use key::{KeyAlgorithm, Pkcs11Key};
+pub use key::Pkcs11Key;
+pub use mechanism::KeyAlgorithm;
 pub use workers::Workers;
 
 /// The default number of sessions signing at once.

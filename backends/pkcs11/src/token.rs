@@ -214,3 +214,25 @@ fn hex(s: &str) -> Result<Vec<u8>, Error> {
         .collect::<Result<_, _>>()
         .map_err(|_| Error::Config(format!("key_id `{s}` is not hex")))
 }
+
+/// The user PIN from `pin_file` or `pin_env`, held as a secret.
+pub(crate) fn read_pin(config: &Config) -> Result<AuthPin, Error> {
+    let pin = match (&config.pin_file, &config.pin_env) {
+        (Some(path), None) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("pin_file {}: {e}", path.display())))?,
+            );
+            text.trim_end_matches(['\n', '\r']).to_owned()
+        }
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| Error::Config(format!("pin_env: ${var} is not set")))?
+        }
+        _ => {
+            return Err(Error::Config(
+                "set exactly one of pin_file and pin_env".into(),
+            ));
+        }
+    };
+    Ok(AuthPin::new(pin.into()))
+}
