@@ -8,7 +8,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    convert::Infallible,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
@@ -20,8 +19,6 @@ use std::{
 
 use axum::{
     Json, Router,
-    body::{Body, Bytes},
-    extract::{Path as UrlPath, Query, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -32,6 +29,9 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::pki::{Ca, KeyAlg};
+
+mod pods;
+mod tokenreview;
 
 /// The bearer token castellan's kubeconfig carries.
 pub const CASTELLAN_TOKEN: &str = "castellan-sa-token";
@@ -291,10 +291,10 @@ fn router(inner: Arc<Inner>) -> Router {
     Router::new()
         .route(
             "/apis/authentication.k8s.io/v1/tokenreviews",
-            post(token_review),
+            post(tokenreview::create),
         )
-        .route("/api/v1/pods", get(list_or_watch))
-        .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
+        .route("/api/v1/pods", get(pods::list_or_watch))
+        .route("/api/v1/namespaces/{ns}/pods/{name}", get(pods::get))
         .with_state(inner)
 }
 
@@ -334,252 +334,4 @@ async fn gate(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
         ));
     }
     None
-}
-
-async fn token_review(
-    State(inner): State<Arc<Inner>>,
-    headers: HeaderMap,
-    Json(review): Json<Value>,
-) -> Response {
-    if let Some(r) = gate(&inner, &headers).await {
-        return r;
-    }
-    let delay = *inner.review_delay.lock().unwrap();
-    tokio::time::sleep(delay).await;
-    inner.reviews.fetch_add(1, Ordering::SeqCst);
-    // Like the API server, default an absent kind/apiVersion from the URL.
-    let wrong = |field: &str, want: &str| review.get(field).is_some_and(|v| v != want);
-    if wrong("kind", "TokenReview") || wrong("apiVersion", "authentication.k8s.io/v1") {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "expected an authentication.k8s.io/v1 TokenReview",
-        );
-    }
-    let token = review["spec"]["token"].as_str().unwrap_or_default();
-    let wanted: Vec<String> = review["spec"]["audiences"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    let info = inner.tokens.lock().unwrap().get(token).cloned();
-    let status_body = match info {
-        None => {
-            json!({"authenticated": false, "error": "[invalid bearer token, token lookup failed]", "user": {}})
-        }
-        Some(info) => {
-            let granted: Vec<&String> = info
-                .audiences
-                .iter()
-                .filter(|a| wanted.is_empty() || wanted.contains(a))
-                .collect();
-            if granted.is_empty() {
-                json!({"authenticated": false, "user": {}, "error": format!(
-                    "[invalid bearer token, token audiences {:?} is invalid for the target audiences {:?}]",
-                    info.audiences, wanted
-                )})
-            } else {
-                let mut extra =
-                    json!({"authentication.kubernetes.io/credential-id": ["JTI=0a1b2c"]});
-                if let Some((name, uid)) = &info.pod {
-                    extra["authentication.kubernetes.io/pod-name"] = json!([name]);
-                    extra["authentication.kubernetes.io/pod-uid"] = json!([uid]);
-                }
-                // The service account's uid, which a real API server puts in
-                // both the token and the review.
-                let uid = jsonwebtoken::dangerous::insecure_decode_claims::<Value>(token)
-                    .ok()
-                    .and_then(|c| {
-                        c["kubernetes.io"]["serviceaccount"]["uid"]
-                            .as_str()
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_else(|| "9f1e-sa-uid".to_owned());
-                json!({
-                    "authenticated": true,
-                    "user": {"username": info.username, "uid": uid, "groups": info.groups, "extra": extra},
-                    "audiences": granted,
-                })
-            }
-        }
-    };
-    let mut answer = review.clone();
-    answer["kind"] = json!("TokenReview");
-    answer["apiVersion"] = json!("authentication.k8s.io/v1");
-    answer["metadata"] = json!({"creationTimestamp": null});
-    answer["status"] = status_body;
-    (StatusCode::CREATED, Json(answer)).into_response()
-}
-
-async fn get_pod(
-    State(inner): State<Arc<Inner>>,
-    headers: HeaderMap,
-    UrlPath((ns, name)): UrlPath<(String, String)>,
-) -> Response {
-    if let Some(r) = gate(&inner, &headers).await {
-        return r;
-    }
-    match inner.pods.lock().unwrap().by_key.get(&(ns, name.clone())) {
-        Some(p) => Json(p.clone()).into_response(),
-        None => status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("pods \"{name}\" not found"),
-        ),
-    }
-}
-
-/// A parsed `fieldSelector`.
-#[derive(Clone, Debug, Default)]
-struct Selector(Vec<(String, bool, String)>);
-
-impl Selector {
-    fn parse(s: Option<&String>) -> Result<Self, String> {
-        let mut terms = Vec::new();
-        for term in s
-            .map(String::as_str)
-            .unwrap_or("")
-            .split(',')
-            .filter(|t| !t.is_empty())
-        {
-            let (field, eq, value) = if let Some((f, v)) = term.split_once("!=") {
-                (f, false, v)
-            } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
-                (f, true, v)
-            } else {
-                return Err(format!("invalid selector: '{term}'"));
-            };
-            if ![
-                "status.phase",
-                "spec.nodeName",
-                "metadata.name",
-                "metadata.namespace",
-                "spec.serviceAccountName",
-            ]
-            .contains(&field)
-            {
-                return Err(format!("field label not supported: {field}"));
-            }
-            terms.push((field.to_owned(), eq, value.to_owned()));
-        }
-        Ok(Self(terms))
-    }
-
-    fn matches(&self, pod: &Value) -> bool {
-        self.0.iter().all(|(field, eq, value)| {
-            let actual = field
-                .split('.')
-                .fold(pod, |v, k| &v[k])
-                .as_str()
-                .unwrap_or("");
-            (actual == value) == *eq
-        })
-    }
-
-    /// The watch event an object change is, seen through this selector.
-    fn event(&self, e: &Event) -> Option<Value> {
-        let was = e.old.as_ref().filter(|p| self.matches(p));
-        let is = e.new.as_ref().filter(|p| self.matches(p));
-        match (was, is) {
-            (None, Some(p)) => Some(json!({"type": "ADDED", "object": p})),
-            (Some(_), Some(p)) => Some(json!({"type": "MODIFIED", "object": p})),
-            (Some(p), None) => {
-                let mut p = p.clone();
-                p["metadata"]["resourceVersion"] = json!(e.rv.to_string());
-                Some(json!({"type": "DELETED", "object": p}))
-            }
-            (None, None) => None,
-        }
-    }
-}
-
-async fn list_or_watch(
-    State(inner): State<Arc<Inner>>,
-    headers: HeaderMap,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Some(r) = gate(&inner, &headers).await {
-        return r;
-    }
-    let selector = match Selector::parse(q.get("fieldSelector")) {
-        Ok(s) => s,
-        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
-    };
-    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
-        return watch(inner, selector, &q);
-    }
-    let pods = inner.pods.lock().unwrap();
-    let items: Vec<&Value> = pods
-        .by_key
-        .values()
-        .filter(|p| selector.matches(p))
-        .collect();
-    Json(json!({
-        "apiVersion": "v1", "kind": "PodList",
-        "metadata": {"resourceVersion": pods.rv.to_string()},
-        "items": items,
-    }))
-    .into_response()
-}
-
-fn watch(inner: Arc<Inner>, selector: Selector, q: &HashMap<String, String>) -> Response {
-    let from: u64 = q
-        .get("resourceVersion")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let timeout = Duration::from_secs(
-        q.get("timeoutSeconds")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(290),
-    );
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
-    let mut live = inner.events.subscribe();
-    let backlog: Vec<Event> = inner
-        .pods
-        .lock()
-        .unwrap()
-        .log
-        .iter()
-        .filter(|e| e.rv > from)
-        .cloned()
-        .collect();
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut held: Vec<Event> = backlog;
-        let mut sent_up_to = from;
-        loop {
-            if !*inner.watch_paused.lock().unwrap() {
-                for e in held.drain(..) {
-                    if e.rv <= sent_up_to {
-                        continue;
-                    }
-                    sent_up_to = e.rv;
-                    if let Some(ev) = selector.event(&e) {
-                        let line = format!("{ev}\n");
-                        if tx.send(Ok(Bytes::from(line))).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            tokio::select! {
-                e = live.recv() => match e {
-                    Ok(e) if e.rv > 0 => held.push(e),
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                () = tokio::time::sleep_until(deadline) => return,
-            }
-        }
-    });
-    Response::builder()
-        .header("content-type", "application/json")
-        .body(Body::from_stream(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
-        .unwrap()
 }
