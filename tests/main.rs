@@ -20,3 +20,4 @@ mod reload;
 mod server;
 mod startup;
 mod vault;
+mod vault_faults;
