@@ -9,9 +9,12 @@ use castellan::{config::Config, server};
 use rustls_pki_types::{CertificateDer, UnixTime, pem::PemObject};
 use tonic::Code;
 
-use crate::support::{
-    Setup, TestCa, csr, eventually, hsm, http_get, id,
-    pki::{Ca, KeyAlg},
+use crate::{
+    kubernetes::san,
+    support::{
+        Setup, TestCa, csr, eventually, hsm, http_get, id,
+        pki::{Ca, KeyAlg},
+    },
 };
 
 fn unique(prefix: &str) -> String {
@@ -94,7 +97,16 @@ async fn concurrent_load_is_spread_over_the_session_pool() {
             for _ in 0..25 {
                 let req =
                     castellan::cli::request::request_for(&csr, 600, &token, "Kubernetes").unwrap();
-                client.create_certificate(req).await.unwrap();
+                // Answers from the pool's threads must each reach their own
+                // caller, with a signature over that caller's certificate.
+                let chain = client
+                    .create_certificate(req)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .cert_chain;
+                verify(&chain, &ca.root);
+                assert_eq!(san(&chain), [id("load", &format!("w{w}"))]);
             }
         }));
     }
