@@ -22,7 +22,7 @@ use std::{
 };
 
 use castellan::{
-    ca::{CaHandle, Rules, Source},
+    ca::{self, CaHandle, Rules},
     cli::{
         KeyType,
         bench::load::{self, Plan, Work},
@@ -137,8 +137,9 @@ fn main() {
             default_ttl: Duration::from_secs(3600),
             max_ttl: Duration::from_secs(86400),
             roots: None,
+            counters: castellan::metrics::Metrics::new().unwrap().ca_counters(),
         };
-        let handle = Arc::new(CaHandle::load(Source::from_config(&config.signer).unwrap(), rules).await.unwrap());
+        let handle = Arc::new(CaHandle::load(ca::source(&config.signer), rules).await.unwrap());
         let issuer = Issuer::new(handle, Duration::from_secs(120));
         let (_, csr_pem) = support::csr::ztunnel(&support::id("bench", "w"));
         let verified = csr::verify(&csr_pem).unwrap();

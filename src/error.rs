@@ -4,7 +4,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{authn, csr, impersonation, issuer, policy};
+use crate::{authn, ca, csr, impersonation, issuer, policy};
 
 /// A failed CreateCertificate.
 #[derive(Debug, thiserror::Error)]
@@ -50,24 +50,54 @@ impl From<&Error> for Status {
             Error::Policy(e @ policy::Error::IdentityMismatch { .. }) => {
                 Self::permission_denied(e.to_string())
             }
+            Error::Policy(
+                e @ (policy::Error::NegativeTtl(_) | policy::Error::TtlTooLong { .. }),
+            ) => Self::invalid_argument(e.to_string()),
             Error::Impersonation(impersonation::Error::Unavailable(..)) => {
                 Self::unavailable("node authorization unavailable")
             }
             // The reason is logged; it may describe other pods.
-            Error::Impersonation(_) => Self::permission_denied("impersonation not allowed"),
-            Error::Policy(
-                e @ (policy::Error::NegativeTtl(_) | policy::Error::TtlTooLong { .. }),
-            ) => Self::invalid_argument(e.to_string()),
-            Error::Issue(issuer::Error::CaExpired(_)) => Self::unavailable("signer unavailable"),
-            Error::Issue(issuer::Error::Ca(crate::ca::Error::Sign(
-                crate::ca::SignError::Unavailable(_),
-            ))) => Self::unavailable("signer unavailable"),
-            Error::Issue(
-                issuer::Error::Ca(_) | issuer::Error::Encode(_) | issuer::Error::Profile(_),
-            ) => Self::internal("internal error"),
+            Error::Impersonation(
+                impersonation::Error::NotConfigured
+                | impersonation::Error::NotTrusted(_)
+                | impersonation::Error::BadIdentity(_)
+                | impersonation::Error::NoPodBinding
+                | impersonation::Error::NoCluster
+                | impersonation::Error::CallerPodMissing(_)
+                | impersonation::Error::CallerPodUid { .. }
+                | impersonation::Error::CallerPodAccount { .. }
+                | impersonation::Error::NotScheduled(_)
+                | impersonation::Error::NotOnNode { .. },
+            ) => Self::permission_denied("impersonation not allowed"),
+            Error::Issue(e) => issue_status(e),
             Error::Overloaded(_) => Self::resource_exhausted("too many requests in flight; retry"),
             Error::Timeout(_) => Self::deadline_exceeded("request deadline exceeded"),
         }
+    }
+}
+
+/// Issuance failures: what a retry can fix is UNAVAILABLE (Istio clients
+/// retry it), the rest INTERNAL; details stay in the log.
+fn issue_status(e: &issuer::Error) -> Status {
+    match e {
+        issuer::Error::CaExpired(_) => Status::unavailable("signer unavailable"),
+        issuer::Error::Ca(e) => match e {
+            ca::Error::Backend(castellan_signer::Error::Unavailable(_))
+            | ca::Error::KeyMismatch { .. }
+            | ca::Error::Unhealthy(_) => Status::unavailable("signer unavailable"),
+            ca::Error::Backend(
+                castellan_signer::Error::Config(_) | castellan_signer::Error::Failed(_),
+            )
+            | ca::Error::Refused(_)
+            | ca::Error::Parse { .. }
+            | ca::Error::NoRoots
+            | ca::Error::UnsupportedKey { .. }
+            | ca::Error::Practice(_)
+            | ca::Error::Profile(_)
+            | ca::Error::Probe(_)
+            | ca::Error::WorkloadOnly => Status::internal("internal error"),
+        },
+        issuer::Error::Encode(_) | issuer::Error::Profile(_) => Status::internal("internal error"),
     }
 }
 

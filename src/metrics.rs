@@ -27,6 +27,9 @@ pub struct Metrics {
     pub authn_cache_hits: IntCounter,
     pub authn_cache_misses: IntCounter,
     pub signer_warnings: IntCounter,
+    pub key_mismatches: IntCounter,
+    pub refused_leaves: IntCounter,
+    pub signer_healthy: IntGauge,
 }
 
 // === impl Metrics ===
@@ -70,6 +73,11 @@ impl Metrics {
             "Requests being handled now.",
         )?;
         registry.register(Box::new(in_flight.clone()))?;
+        let signer_healthy = IntGauge::new(
+            "castellan_signer_healthy",
+            "1 while the signing CA can issue (back end working, key proven), else 0.",
+        )?;
+        registry.register(Box::new(signer_healthy.clone()))?;
         Ok(Self {
             csr_count: counter("citadel_server_csr_count", "CSRs received.")?,
             authentication_failures: counter(
@@ -116,11 +124,28 @@ impl Metrics {
                 "castellan_authn_cache_misses_count",
                 "Credential verifications performed.",
             )?,
+            key_mismatches: counter(
+                "castellan_signer_key_mismatch_count",
+                "Signatures or issued leaves that did not verify under the signing certificate's key.",
+            )?,
+            refused_leaves: counter(
+                "castellan_signer_leaf_refused_count",
+                "Leaves an issuing back end returned outside castellan's profile, refused.",
+            )?,
+            signer_healthy,
             sign_errors,
             latency,
             in_flight,
             registry,
         })
+    }
+
+    /// The counters the signing CA's integrity checks update.
+    pub fn ca_counters(&self) -> crate::ca::Counters {
+        crate::ca::Counters {
+            key_mismatches: self.key_mismatches.clone(),
+            refused_leaves: self.refused_leaves.clone(),
+        }
     }
 
     /// Sets the expiry gauges from the current CA.

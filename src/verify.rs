@@ -44,12 +44,9 @@ pub fn chain(
 
 /// Whether `cert` carries a signature by `issuer_spki`'s key, whatever the
 /// validity dates (for proving a key pair, not for trusting a certificate).
-pub fn signed_by(
-    cert: &[u8],
-    issuer_spki: &spki::SubjectPublicKeyInfoOwned,
-    algorithm: crate::ca::Algorithm,
-) -> bool {
-    use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+/// The algorithm is the one the certificate names, with the issuer key's curve.
+pub fn signed_by(cert: &[u8], issuer_spki: &spki::SubjectPublicKeyInfoOwned) -> bool {
+    use aws_lc_rs::signature::UnparsedPublicKey;
     use der::{Decode, Encode};
     let Ok(cert) = x509_cert::Certificate::from_der(cert) else {
         return false;
@@ -58,13 +55,40 @@ pub fn signed_by(
     else {
         return false;
     };
-    let alg: &'static dyn VerificationAlgorithm = match algorithm {
-        crate::ca::Algorithm::EcdsaP256Sha256 => &signature::ECDSA_P256_SHA256_ASN1,
-        crate::ca::Algorithm::EcdsaP384Sha384 => &signature::ECDSA_P384_SHA384_ASN1,
-        crate::ca::Algorithm::RsaPkcs1Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-        crate::ca::Algorithm::RsaPssSha256 => &signature::RSA_PSS_2048_8192_SHA256,
+    let Some(alg) = verification(cert.signature_algorithm().oid, issuer_spki) else {
+        return false;
     };
     UnparsedPublicKey::new(alg, issuer_spki.subject_public_key.raw_bytes())
         .verify(&tbs, sig)
         .is_ok()
+}
+
+/// The verification algorithm for a signature named `oid` by the key `spki`.
+fn verification(
+    oid: const_oid::ObjectIdentifier,
+    spki: &spki::SubjectPublicKeyInfoOwned,
+) -> Option<&'static dyn aws_lc_rs::signature::VerificationAlgorithm> {
+    use aws_lc_rs::signature as s;
+    use const_oid::db::rfc5912 as o;
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.decode_as::<const_oid::ObjectIdentifier>().ok());
+    let ec = spki.algorithm.oid == o::ID_EC_PUBLIC_KEY;
+    let rsa = spki.algorithm.oid == o::RSA_ENCRYPTION;
+    let p256 = ec && curve == Some(o::SECP_256_R_1);
+    let p384 = ec && curve == Some(o::SECP_384_R_1);
+    Some(match oid {
+        o::ECDSA_WITH_SHA_256 if p256 => &s::ECDSA_P256_SHA256_ASN1,
+        o::ECDSA_WITH_SHA_256 if p384 => &s::ECDSA_P384_SHA256_ASN1,
+        o::ECDSA_WITH_SHA_384 if p256 => &s::ECDSA_P256_SHA384_ASN1,
+        o::ECDSA_WITH_SHA_384 if p384 => &s::ECDSA_P384_SHA384_ASN1,
+        o::SHA_256_WITH_RSA_ENCRYPTION if rsa => &s::RSA_PKCS1_2048_8192_SHA256,
+        o::SHA_384_WITH_RSA_ENCRYPTION if rsa => &s::RSA_PKCS1_2048_8192_SHA384,
+        o::SHA_512_WITH_RSA_ENCRYPTION if rsa => &s::RSA_PKCS1_2048_8192_SHA512,
+        // castellan's own PSS certificates use SHA-256 (RFC 4055 parameters).
+        o::ID_RSASSA_PSS if rsa => &s::RSA_PSS_2048_8192_SHA256,
+        _ => return None,
+    })
 }

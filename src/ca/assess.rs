@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use aws_lc_rs::digest;
 use der::{Decode, Encode};
 use rustls_pki_types::CertificateDer;
-use spiffe::SpiffeId;
+use spiffe::{SpiffeId, SpiffeIdError};
 use x509_cert::{
     Certificate,
     ext::pkix::{BasicConstraints, KeyUsage, KeyUsages},
@@ -41,11 +41,8 @@ pub struct Practice {
 
 impl Assessment {
     /// The first enforced practice that failed, as a message for the operator.
-    pub fn first_failure(&self) -> Option<String> {
-        self.practices
-            .iter()
-            .find(|p| p.enforced && !p.passed)
-            .map(|p| format!("{}: {}", p.name, p.evidence))
+    pub fn first_failure(&self) -> Option<&Practice> {
+        self.practices.iter().find(|p| p.enforced && !p.passed)
     }
 
     pub fn all_passed(&self) -> bool {
@@ -98,30 +95,36 @@ pub(super) async fn run(
 
     // A signature the certificate's key verifies is the proof that holds for
     // every back end, including HSMs that publish no public key.
-    let probe = match probe(ca, rules).await {
+    let probe = match probe(ca, &rules.trust_domain, true).await {
         Ok(p) => Ok(p),
-        Err(Error::Sign(e)) => return Err(Error::Sign(e)),
-        Err(e) => Err(e.to_string()),
+        Err(Error::Backend(e)) => return Err(Error::Backend(e)),
+        Err(e) => Err(e),
     };
     let signed_by_cert_key = probe
         .as_ref()
-        .is_ok_and(|p| verify::signed_by(p, tbs.subject_public_key_info(), ca.algorithm()));
+        .is_ok_and(|p| verify::signed_by(p, tbs.subject_public_key_info()));
     let cert_key = tbs.subject_public_key_info().to_der()?;
-    let published_matches = ca.signer.public_key_der().is_none_or(|k| k == cert_key);
+    let published = match &ca.backend {
+        castellan_signer::Backend::Signs(s) => s.public_key_der(),
+        castellan_signer::Backend::Issues(_) => None,
+    };
+    let published_matches = published.is_none_or(|k| k == cert_key);
     let key_matches = signed_by_cert_key && published_matches;
     a.record(
         "private key matches the signing certificate",
         true,
-        if key_matches {
-            Ok(format!(
+        match (&probe, key_matches) {
+            (_, true) => Ok(format!(
                 "a {} probe signature verified under the certificate's key",
                 ca.algorithm().name()
-            ))
-        } else {
-            Err(format!(
+            )),
+            (Err(e), false) if !matches!(e, Error::KeyMismatch { .. }) => {
+                Err(format!("no probe certificate could be issued: {e}"))
+            }
+            (_, false) => Err(format!(
                 "the signing key does not belong to {source}: a probe signature does not verify \
                  under the certificate's key; configure the key that was certified"
-            ))
+            )),
         },
     );
 
@@ -131,7 +134,7 @@ pub(super) async fn run(
         validity(ca, source, rules),
     );
 
-    let probe_failure = probe.as_ref().err().cloned();
+    let probe_failure = probe.as_ref().err().map(ToString::to_string);
     let probe = probe.ok().filter(|_| key_matches);
     a.record(
         "rooted in the configured enterprise root(s)",
@@ -216,39 +219,50 @@ fn validity(ca: &SigningCa, source: &str, rules: &Rules) -> Result<String, Strin
 }
 
 /// Issues a throwaway workload certificate for a fresh key, exactly as a real
-/// request would be, so the whole issuing path is proven before serving.
-async fn probe(ca: &SigningCa, rules: &Rules) -> Result<CertificateDer<'static>, Error> {
-    let unfit = |what: &str, e: &dyn std::fmt::Display| Error::Unfit(format!("probe {what}: {e}"));
+/// request would be, so the whole issuing path is proven: before serving,
+/// and in the background while serving.
+pub(super) async fn probe(
+    ca: &SigningCa,
+    trust_domain: &spiffe::TrustDomain,
+    always_verify: bool,
+) -> Result<CertificateDer<'static>, Error> {
+    let unfit = |e: ProbeError| Error::Probe(e);
     let id = SpiffeId::from_segments(
-        rules.trust_domain.clone(),
+        trust_domain.clone(),
         &["ns", "castellan-system", "sa", "castellan-probe"],
     )
-    .map_err(|e| unfit("identity", &e))?;
+    .map_err(|e| unfit(ProbeError::Identity(e)))?;
     // A real key and CSR, so back ends that issue from CSRs (Vault PKI) are
     // proven the same way as those that sign what castellan builds.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| unfit("key", &e))?;
+        .map_err(|e| unfit(ProbeError::Rcgen(e)))?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.subject_alt_names = vec![rcgen::SanType::URI(
         id.to_string()
             .try_into()
-            .map_err(|e| unfit("identity", &e))?,
+            .map_err(|e| unfit(ProbeError::Rcgen(e)))?,
     )];
     let csr = params
         .serialize_request(&key)
         .and_then(|r| r.pem())
-        .map_err(|e| unfit("CSR", &e))?;
+        .map_err(|e| unfit(ProbeError::Rcgen(e)))?;
     let now = SystemTime::now();
     let leaf = ca
-        .issue_leaf(&LeafRequest {
-            subject: Subject::Workload(&id),
-            spki_der: &rcgen::PublicKeyData::subject_public_key_info(&key),
-            csr_pem: Some(&csr),
-            rsa: false,
-            not_before: now.max(ca.facts.not_before),
-            not_after: (now + PROBE_TTL).min(ca.facts.not_after),
-        })
+        .issue_checked(
+            &LeafRequest {
+                subject: Subject::Workload(&id),
+                spki_der: &rcgen::PublicKeyData::subject_public_key_info(&key),
+                csr_pem: Some(&csr),
+                rsa: false,
+                not_before: now.max(ca.facts.not_before),
+                not_after: now
+                    .checked_add(PROBE_TTL)
+                    .unwrap_or(ca.facts.not_after)
+                    .min(ca.facts.not_after),
+            },
+            always_verify,
+        )
         .await?;
     Ok(CertificateDer::from(leaf.der))
 }
@@ -305,6 +319,15 @@ fn leaf_not_ca(leaf: &CertificateDer<'_>) -> Result<String, String> {
         }
         _ => Err("the workload profile produced a certificate that could act as a CA".into()),
     }
+}
+
+/// Why a probe certificate could not even be asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("probe identity: {0}")]
+    Identity(SpiffeIdError),
+    #[error("probe key or CSR: {0}")]
+    Rcgen(rcgen::Error),
 }
 
 /// `2026-11-28T12:00:00Z`.

@@ -6,11 +6,14 @@ use der::Decode;
 use rustls_pki_types::CertificateDer;
 use x509_cert::{Certificate, ext::pkix::SubjectKeyIdentifier};
 
-use super::{Algorithm, Error};
+use super::{Error, KeyAlgorithm};
 use crate::profile::{self, IssuerFacts};
 
 /// What leaves take from the signing certificate.
-pub(super) fn issuer_facts(cert: &Certificate, algorithm: Algorithm) -> Result<IssuerFacts, Error> {
+pub(super) fn issuer_facts(
+    cert: &Certificate,
+    algorithm: KeyAlgorithm,
+) -> Result<IssuerFacts, Error> {
     let tbs = cert.tbs_certificate();
     let key_id = match tbs.get_extension::<SubjectKeyIdentifier>()? {
         Some((_, ski)) => ski.0.as_bytes().to_vec(),

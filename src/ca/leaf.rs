@@ -1,23 +1,16 @@
-//! One certificate from the signing CA. Built here and signed by the back
-//! end — or, in Vault PKI mode, issued by Vault from the CSR and then checked
-//! as strictly as castellan's own: Vault roles cannot enforce the SPIFFE
-//! profile, so nothing Vault returns is handed out unchecked.
+//! One certificate from the signing CA: built here and signed by the back
+//! end, or issued by the back end from the CSR; either way checked against
+//! the signing certificate before it is handed out.
 
 use std::time::{Duration, SystemTime};
 
-use const_oid::db::rfc5280;
-use der::{Decode, Encode};
-use rustls_pki_types::{CertificateDer, pem::PemObject};
-use x509_cert::{
-    Certificate,
-    ext::pkix::{BasicConstraints, ExtendedKeyUsage, SubjectAltName, name::GeneralName},
-};
+use castellan_signer::{Backend, LeafOrder};
+use der::Decode;
+use rustls_pki_types::CertificateDer;
+use x509_cert::Certificate;
 
-use super::{Error, Signer, SigningCa, signer::vault_error};
-use crate::{
-    profile::{Subject, Template},
-    verify,
-};
+use super::{Error, SigningCa};
+use crate::profile::{self, Subject, Template};
 
 /// A NotAfter this much shorter than asked for is reported as cut.
 const CUT_TOLERANCE: Duration = Duration::from_secs(60);
@@ -27,7 +20,7 @@ const CUT_TOLERANCE: Duration = Duration::from_secs(60);
 pub struct LeafRequest<'a> {
     pub subject: Subject<'a>,
     pub spki_der: &'a [u8],
-    /// The requester's CSR, for signers that issue from it.
+    /// The requester's CSR, for back ends that issue from it.
     pub csr_pem: Option<&'a str>,
     pub rsa: bool,
     pub not_before: SystemTime,
@@ -49,134 +42,101 @@ pub struct Leaf {
 // === impl SigningCa ===
 
 impl SigningCa {
-    /// Certifies `req` with this CA.
+    /// Certifies `req` with this CA, at once refused while the CA is known
+    /// not to work.
     ///
     /// # Errors
-    /// Signer errors; [`Error::Unfit`] when Vault's certificate breaks the
-    /// profile or a request cannot be served in this mode.
+    /// [`Error::Unhealthy`], back-end errors, [`Error::KeyMismatch`] when
+    /// what the back end made is not the certified key's, [`Error::Refused`]
+    /// for an issued leaf outside the profile.
     pub async fn issue_leaf(&self, req: &LeafRequest<'_>) -> Result<Leaf, Error> {
-        if let Signer::VaultPki { vault, pki, .. } = self.signer.as_ref() {
-            return self.issue_by_vault(vault, pki, req).await;
+        if let Some(reason) = self.why_unhealthy() {
+            return Err(Error::Unhealthy(reason));
         }
-        let serial = self.serial()?;
-        let template = Template {
-            subject: req.subject,
-            spki_der: req.spki_der,
-            rsa: req.rsa,
-            serial,
-            not_before: req.not_before,
-            not_after: req.not_after,
-        };
-        Ok(Leaf {
-            der: self.certify(&template).await?,
-            serial: serial.to_hex(),
-            not_after: req.not_after,
-            warnings: Vec::new(),
-        })
+        self.issue_checked(req, false).await
     }
 
-    async fn issue_by_vault(
+    /// Certifies `req` whatever the CA's health; with `always_verify`, the
+    /// signature is verified even from a key already proven (probes).
+    pub(super) async fn issue_checked(
         &self,
-        vault: &castellan_vault::Vault,
-        pki: &castellan_vault::Pki,
         req: &LeafRequest<'_>,
+        always_verify: bool,
     ) -> Result<Leaf, Error> {
-        let Subject::Workload(identity) = req.subject else {
-            return Err(Error::Unfit(
-                "Vault PKI mode issues workload certificates only; give castellan's listener \
-                 server.tls.cert_file"
-                    .into(),
-            ));
-        };
-        let csr = req
-            .csr_pem
-            .ok_or_else(|| Error::Unfit("Vault PKI mode needs the CSR".into()))?;
-        let ttl = req
-            .not_after
-            .duration_since(SystemTime::now())
-            .unwrap_or_default()
-            .as_secs()
-            .max(1);
-        let signed = pki
-            .sign(vault, csr, &identity.to_string(), ttl)
-            .await
-            .map_err(vault_error)?;
-        let der = CertificateDer::from_pem_slice(signed.certificate.as_bytes())
-            .map_err(|e| Error::Unfit(format!("Vault's certificate is not PEM: {e}")))?;
-        let cert = Certificate::from_der(&der)?;
-        self.recheck(&der, &cert, &identity.to_string(), req.spki_der)?;
-
-        let tbs = cert.tbs_certificate();
-        let not_after = tbs.validity().not_after.to_system_time();
-        let mut warnings = signed.warnings;
-        if not_after + CUT_TOLERANCE < req.not_after {
-            warnings.push(format!(
-                "Vault cut the lifetime to {} (asked until {}); check the role's max_ttl",
-                super::date(not_after),
-                super::date(req.not_after)
-            ));
-        }
-        let serial = tbs
-            .serial_number()
-            .as_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok(Leaf {
-            der: der.to_vec(),
-            serial,
-            not_after,
-            warnings,
-        })
-    }
-
-    /// The SPIFFE profile, enforced on what Vault issued.
-    fn recheck(
-        &self,
-        der: &CertificateDer<'_>,
-        cert: &Certificate,
-        identity: &str,
-        spki: &[u8],
-    ) -> Result<(), Error> {
-        let refuse =
-            |why: String| Err(Error::Unfit(format!("refusing Vault's certificate: {why}")));
-        let tbs = cert.tbs_certificate();
-        let names = tbs
-            .get_extension::<SubjectAltName>()?
-            .map(|(_, s)| s.0)
-            .unwrap_or_default();
-        match names.as_slice() {
-            [GeneralName::UniformResourceIdentifier(u)] if u.as_str() == identity => {}
-            other => {
-                return refuse(format!(
-                    "it names {other:?}, not exactly `{identity}` (check the role's \
-                     allowed_uri_sans and use_csr_sans=false)"
-                ));
+        match &self.backend {
+            Backend::Signs(signer) => {
+                let serial = self.serial()?;
+                let template = Template {
+                    subject: req.subject,
+                    spki_der: req.spki_der,
+                    rsa: req.rsa,
+                    serial,
+                    not_before: req.not_before,
+                    not_after: req.not_after,
+                };
+                let tbs = profile::tbs(&self.facts, &template)?;
+                let signature = signer.sign(&tbs).await?;
+                self.proof
+                    .check(&tbs, &signature, always_verify, &self.cert_source)
+                    .map_err(|_| Error::KeyMismatch {
+                        cert_source: self.cert_source.clone(),
+                        what: "a signature from the back end",
+                    })?;
+                Ok(Leaf {
+                    der: profile::assemble(
+                        &tbs,
+                        &self.facts.signature_algorithm,
+                        &signature.value,
+                    )?,
+                    serial: serial.to_hex(),
+                    not_after: req.not_after,
+                    warnings: Vec::new(),
+                })
+            }
+            Backend::Issues(issuer) => {
+                let Subject::Workload(identity) = req.subject else {
+                    return Err(Error::WorkloadOnly);
+                };
+                let csr_pem = req.csr_pem.ok_or(Error::WorkloadOnly)?;
+                let identity = identity.to_string();
+                let ttl = req
+                    .not_after
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                let issued = issuer
+                    .issue(&LeafOrder {
+                        csr_pem,
+                        uri_san: &identity,
+                        ttl,
+                    })
+                    .await?;
+                let der = CertificateDer::from(issued.der);
+                self.recheck(&der, &identity, req.spki_der)?;
+                let cert = Certificate::from_der(&der)?;
+                let tbs = cert.tbs_certificate();
+                let not_after = tbs.validity().not_after.to_system_time();
+                let mut warnings = issued.warnings;
+                if not_after + CUT_TOLERANCE < req.not_after {
+                    warnings.push(format!(
+                        "the back end cut the lifetime to {} (asked until {}); check the role's \
+                         max_ttl",
+                        super::date(not_after),
+                        super::date(req.not_after)
+                    ));
+                }
+                let serial = tbs
+                    .serial_number()
+                    .as_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                Ok(Leaf {
+                    der: der.to_vec(),
+                    serial,
+                    not_after,
+                    warnings,
+                })
             }
         }
-        if tbs
-            .get_extension::<BasicConstraints>()?
-            .is_some_and(|(_, bc)| bc.ca)
-        {
-            return refuse("it is a CA certificate".into());
-        }
-        let eku = tbs
-            .get_extension::<ExtendedKeyUsage>()?
-            .map(|(_, e)| e.0)
-            .unwrap_or_default();
-        if !eku.contains(&rfc5280::ID_KP_SERVER_AUTH) || !eku.contains(&rfc5280::ID_KP_CLIENT_AUTH)
-        {
-            return refuse(
-                "it lacks serverAuth and clientAuth (the role's server_flag/client_flag)".into(),
-            );
-        }
-        if tbs.subject_public_key_info().to_der()? != spki {
-            return refuse("its public key is not the CSR's".into());
-        }
-        verify::chain(der, self.chain(), self.roots(), verify::Usage::Client).or_else(|e| {
-            refuse(format!(
-                "it does not verify to the configured roots through the validated issuer ({e:?})"
-            ))
-        })
     }
 }

@@ -1,30 +1,32 @@
 //! The signing CA: a key in some back end, its certificate, the chain up to
 //! the enterprise root — loaded, judged fit (never self-signed, rooted in the
-//! configured roots, valid long enough) and swapped atomically on change.
+//! configured roots, valid long enough), checked on every certificate it
+//! makes, and swapped atomically on change.
 
 mod assess;
+mod backends;
 mod chain;
 mod leaf;
+mod proof;
+mod recheck;
 mod reload;
-mod signer;
-mod source;
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::time::SystemTime;
 
 use aws_lc_rs::rand::SystemRandom;
+use castellan_signer::{Backend, Fingerprint, Material};
 use der::Decode;
+use prometheus::IntCounter;
 use rustls_pki_types::CertificateDer;
 use spiffe::TrustDomain;
 use x509_cert::Certificate;
 
-pub use assess::{Assessment, Practice, date};
+pub use assess::{Assessment, Practice, ProbeError, date};
+pub use backends::source;
+pub use castellan_signer::KeyAlgorithm;
 pub use leaf::{Leaf, LeafRequest};
-pub use reload::{CaHandle, spawn_recovery, spawn_reloader};
-pub use signer::{Algorithm, SignError, Signer};
-pub use source::{Material, Source};
+pub use recheck::Refusal;
+pub use reload::{CaHandle, spawn_prober, spawn_reloader};
 
 use crate::{pem, profile};
 
@@ -32,17 +34,32 @@ use crate::{pem, profile};
 #[derive(Clone, Debug)]
 pub struct Rules {
     pub trust_domain: TrustDomain,
-    pub default_ttl: Duration,
-    pub max_ttl: Duration,
+    pub default_ttl: std::time::Duration,
+    pub max_ttl: std::time::Duration,
     /// The enterprise roots from `ca.roots_file`; when unset, the roots that
     /// came with the signing material.
     pub roots: Option<Vec<CertificateDer<'static>>>,
+    /// Where integrity failures are counted.
+    pub counters: Counters,
+}
+
+/// What the integrity checks count, for `/metrics` (made by
+/// [`crate::metrics::Metrics::ca_counters`]).
+#[derive(Clone, Debug)]
+pub struct Counters {
+    /// Signatures or leaves that did not verify under the signing certificate.
+    pub key_mismatches: IntCounter,
+    /// Leaves an issuing back end returned outside castellan's profile.
+    pub refused_leaves: IntCounter,
 }
 
 /// A signing CA judged fit for use.
 #[derive(Debug)]
 pub struct SigningCa {
-    signer: Arc<Signer>,
+    backend: Backend,
+    /// What the back end names the signing certificate as.
+    cert_source: String,
+    algorithm: KeyAlgorithm,
     facts: profile::IssuerFacts,
     /// The signing certificate, then each intermediate up to the root.
     chain: Vec<CertificateDer<'static>>,
@@ -52,16 +69,18 @@ pub struct SigningCa {
     /// The whole root bundle as one PEM element: the response's last element.
     roots_pem: String,
     roots_not_after: SystemTime,
-    fingerprint: Option<[u8; 32]>,
+    fingerprint: Option<Fingerprint>,
     assessment: Assessment,
+    proof: proof::KeyProof,
     rng: SystemRandom,
 }
 
-/// Why signing material cannot be used, naming what to fix.
+/// Why signing material cannot be used or a certificate cannot be made.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The back end failed to load, sign or issue.
     #[error(transparent)]
-    Source(#[from] castellan_file::Error),
+    Backend(#[from] castellan_signer::Error),
     #[error("{what} is not a valid certificate: {source}")]
     Parse { what: String, source: der::Error },
     #[error(
@@ -69,27 +88,56 @@ pub enum Error {
          (or ship root-cert.pem / ca.crt with the signing material)"
     )]
     NoRoots,
-    #[error("{0}")]
-    Unfit(String),
+    #[error(
+        "{source_name}: its key is {found}, which castellan cannot sign with; use ECDSA \
+         P-256/P-384 or RSA"
+    )]
+    UnsupportedKey { source_name: String, found: String },
+    /// An enforced practice failed; the evidence says how to fix it.
+    #[error("{}: {}", .0.name, .0.evidence)]
+    Practice(Box<Practice>),
     #[error("issuing the probe certificate: {0}")]
     Profile(#[from] profile::Error),
     #[error(transparent)]
-    Sign(#[from] SignError),
+    Probe(#[from] ProbeError),
+    /// A signature or a leaf does not verify under the signing certificate:
+    /// the key behind the back end is not the certified one.
+    #[error(
+        "{cert_source}: {what} does not verify under the signing certificate's key; the key \
+         behind the back end changed"
+    )]
+    KeyMismatch {
+        cert_source: String,
+        what: &'static str,
+    },
+    /// An issuing back end returned a leaf outside castellan's profile.
+    #[error("refusing the back end's certificate: {0}")]
+    Refused(#[from] Refusal),
+    /// The signer is known not to work now; failing at once spares the
+    /// caller the back end's timeout.
+    #[error("signer unavailable: {0}")]
+    Unhealthy(String),
+    /// Vault PKI mode names workloads only.
+    #[error(
+        "the issuing back end issues workload certificates only; give castellan's listener \
+         server.tls.cert_file"
+    )]
+    WorkloadOnly,
 }
 
 // === impl SigningCa ===
 
 impl SigningCa {
-    /// Judges `material` signed by `signer` against `rules`, and keeps it if
-    /// every enforced practice passes.
+    /// Judges `material` signed by `backend` against `rules`, and keeps it
+    /// if every enforced practice passes.
     ///
     /// # Errors
-    /// [`Error::Unfit`] with the first failing practice's reason, or a parse
-    /// or signer error.
-    pub async fn new(signer: Signer, material: Material, rules: &Rules) -> Result<Self, Error> {
-        let ca = Self::assess(signer, material, rules).await?;
+    /// [`Error::Practice`] with the first failing practice, or a parse or
+    /// back-end error.
+    pub async fn new(backend: Backend, material: Material, rules: &Rules) -> Result<Self, Error> {
+        let ca = Self::assess(backend, material, rules).await?;
         match ca.assessment.first_failure() {
-            Some(reason) => Err(Error::Unfit(reason)),
+            Some(practice) => Err(Error::Practice(Box::new(practice.clone()))),
             None => Ok(ca),
         }
     }
@@ -98,8 +146,12 @@ impl SigningCa {
     /// fail, so `castellan check` can show every result.
     ///
     /// # Errors
-    /// Parse and signer errors only.
-    pub async fn assess(signer: Signer, material: Material, rules: &Rules) -> Result<Self, Error> {
+    /// Parse and back-end errors only.
+    pub async fn assess(
+        backend: Backend,
+        material: Material,
+        rules: &Rules,
+    ) -> Result<Self, Error> {
         let cert = Certificate::from_der(&material.cert).map_err(|source| Error::Parse {
             what: material.cert_source.clone(),
             source,
@@ -116,10 +168,24 @@ impl SigningCa {
         let mut chain = vec![material.cert.clone()];
         chain.extend(intermediates);
 
-        let signer = Arc::new(signer);
-        let facts = chain::issuer_facts(&cert, signer.algorithm())?;
+        let spki = cert.tbs_certificate().subject_public_key_info();
+        let algorithm = match &backend {
+            Backend::Signs(signer) => signer.algorithm(),
+            Backend::Issues(_) => {
+                let owned = der::Encode::to_der(spki)?;
+                let parsed = spki::SubjectPublicKeyInfoRef::from_der(&owned)?;
+                KeyAlgorithm::usual_for(parsed).ok_or_else(|| Error::UnsupportedKey {
+                    source_name: material.cert_source.clone(),
+                    found: spki.algorithm.oid.to_string(),
+                })?
+            }
+        };
+        let facts = chain::issuer_facts(&cert, algorithm)?;
+        let proof = proof::KeyProof::new(spki, algorithm, rules.counters.clone());
         let mut ca = Self {
-            signer,
+            backend,
+            cert_source: material.cert_source.clone(),
+            algorithm,
             facts,
             chain_pem: chain
                 .iter()
@@ -131,25 +197,11 @@ impl SigningCa {
             roots_not_after,
             fingerprint: material.fingerprint,
             assessment: Assessment::default(),
+            proof,
             rng: SystemRandom::new(),
         };
         ca.assessment = assess::run(&ca, &cert, &material.cert_source, rules).await?;
         Ok(ca)
-    }
-
-    /// Signs one certificate built from `template`; returns its DER.
-    ///
-    /// # Errors
-    /// [`Error::Profile`] for an unencodable template, [`Error::Sign`] from the back end.
-    pub async fn certify(&self, template: &profile::Template<'_>) -> Result<Vec<u8>, Error> {
-        let tbs = profile::tbs(&self.facts, template)?;
-        let tbs_copy = tbs.clone();
-        let signature = self.signer.sign(tbs).await?;
-        Ok(profile::assemble(
-            &tbs_copy,
-            &self.facts.signature_algorithm,
-            &signature,
-        )?)
     }
 
     /// A fresh serial number.
@@ -187,7 +239,7 @@ impl SigningCa {
         self.roots_not_after
     }
 
-    pub fn fingerprint(&self) -> Option<[u8; 32]> {
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
         self.fingerprint
     }
 
@@ -195,18 +247,58 @@ impl SigningCa {
         &self.assessment
     }
 
-    pub fn algorithm(&self) -> Algorithm {
-        self.signer.algorithm()
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
     }
 
-    /// Whether the signer can sign now (an HSM may be recovering).
+    /// Whether the CA can issue now: the back end works and its key is the
+    /// certified one.
     pub fn healthy(&self) -> bool {
-        self.signer.healthy()
+        self.why_unhealthy().is_none()
     }
 
-    /// Lets an unhealthy signer reconnect.
-    pub async fn recover(&self) {
-        self.signer.recover().await;
+    /// What keeps the CA from issuing, if anything.
+    pub fn why_unhealthy(&self) -> Option<String> {
+        if let Some(reason) = self.proof.broken() {
+            return Some(reason);
+        }
+        let backend_ok = match &self.backend {
+            Backend::Signs(s) => s.healthy(),
+            Backend::Issues(i) => i.healthy(),
+        };
+        (!backend_ok).then(|| "the back end is unreachable or not working".to_owned())
+    }
+
+    /// Checks the back end without traffic (see [`spawn_prober`]); with
+    /// `prove`, also issues and verifies a probe certificate, which is how a
+    /// changed key is noticed without traffic and how its return is noticed.
+    pub async fn probe(&self, prove: bool, trust_domain: &TrustDomain) {
+        match &self.backend {
+            Backend::Signs(s) => s.probe().await,
+            Backend::Issues(i) => i.probe().await,
+        }
+        let backend_ok = match &self.backend {
+            Backend::Signs(s) => s.healthy(),
+            Backend::Issues(i) => i.healthy(),
+        };
+        let broken = self.proof.broken().is_some();
+        if !backend_ok || !(prove || broken) {
+            return;
+        }
+        if broken && let Backend::Signs(s) = &self.backend {
+            s.reresolve().await;
+        }
+        match assess::probe(self, trust_domain, true).await {
+            Ok(_) => {
+                if self.proof.repair() {
+                    tracing::info!(
+                        source = %self.cert_source,
+                        "the signing key verifies under the certificate again; issuing resumes"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "probe certificate not issued"),
+        }
     }
 }
 

@@ -1,19 +1,26 @@
-//! Hot reload: the signing CA in use is swapped atomically when its material
-//! changes and the new set passes every check; requests in flight finish with
-//! the CA they started with, and a bad new set leaves the old one serving.
+//! The signing CA in use, kept current and checked: swapped atomically when
+//! its material changes and the new set passes every check (requests in
+//! flight finish with the CA they started with; a bad new set leaves the old
+//! one serving), and probed in the background so that a broken or changed
+//! back end is noticed without traffic, and its return too.
 
 use std::{sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
+use castellan_signer::Source;
 use tokio::sync::watch;
 
-use super::{Error, Rules, SigningCa, Source};
+use super::{Error, Rules, SigningCa};
+
+/// A probe certificate is issued and verified every this many probe ticks
+/// while healthy (and at every tick while the key is distrusted).
+const PROVE_EVERY_TICKS: u64 = 5;
 
 /// The current signing CA, shared by every request.
 #[derive(Debug)]
 pub struct CaHandle {
     current: ArcSwap<SigningCa>,
-    source: Source,
+    source: Arc<dyn Source>,
     rules: Rules,
     /// Bumped on every swap, for whoever derives state from the CA.
     generation: watch::Sender<u64>,
@@ -26,9 +33,9 @@ impl CaHandle {
     ///
     /// # Errors
     /// Why the material is unfit, naming what to fix.
-    pub async fn load(source: Source, rules: Rules) -> Result<Self, Error> {
-        let (signer, material) = source.load().await?;
-        let ca = SigningCa::new(signer, material, &rules).await?;
+    pub async fn load(source: Arc<dyn Source>, rules: Rules) -> Result<Self, Error> {
+        let loaded = source.load().await?;
+        let ca = SigningCa::new(loaded.backend, loaded.material, &rules).await?;
         Ok(Self {
             current: ArcSwap::from_pointee(ca),
             source,
@@ -48,6 +55,11 @@ impl CaHandle {
         self.generation.subscribe()
     }
 
+    /// Where the signing material comes from, for messages.
+    pub fn describe(&self) -> String {
+        self.source.describe()
+    }
+
     /// Reloads if the material changed. `Ok(true)` when a new CA was swapped in.
     ///
     /// # Errors
@@ -57,26 +69,37 @@ impl CaHandle {
         if now.is_none() || now == self.current().fingerprint() {
             return Ok(false);
         }
-        let (signer, material) = self.source.load().await?;
-        let ca = SigningCa::new(signer, material, &self.rules).await?;
+        let loaded = self.source.load().await?;
+        let ca = SigningCa::new(loaded.backend, loaded.material, &self.rules).await?;
         self.current.store(Arc::new(ca));
         self.generation.send_modify(|g| *g += 1);
         Ok(true)
     }
 }
 
-/// Brings an unhealthy signer (an HSM whose token went away) back in the
-/// background, so readiness and requests recover without a restart.
-pub fn spawn_recovery(handle: Arc<CaHandle>, every: Duration) -> tokio::task::JoinHandle<()> {
+/// Probes the current CA every `every`: the back end's health without
+/// traffic, and a probe certificate now and then (and at every tick while
+/// the key is distrusted), so readiness follows the back end and a changed
+/// key is noticed and its return too, without a restart.
+pub fn spawn_prober(
+    handle: Arc<CaHandle>,
+    every: Duration,
+    on_tick: impl Fn(&SigningCa) + Send + Sync + 'static,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut n: u64 = 0;
         loop {
             tick.tick().await;
+            n = n.wrapping_add(1);
             let ca = handle.current();
-            if !ca.healthy() {
-                ca.recover().await;
-            }
+            ca.probe(
+                n.is_multiple_of(PROVE_EVERY_TICKS),
+                &handle.rules.trust_domain,
+            )
+            .await;
+            on_tick(&ca);
         }
     })
 }
@@ -98,12 +121,12 @@ pub fn spawn_reloader(
                 Ok(false) => {}
                 Ok(true) => {
                     let ca = handle.current();
-                    tracing::info!(source = %handle.source.describe(), "signing CA reloaded");
+                    tracing::info!(source = %handle.describe(), "signing CA reloaded");
                     on_swap(&ca);
                 }
                 Err(e) => {
                     tracing::error!(
-                        source = %handle.source.describe(),
+                        source = %handle.describe(),
                         error = %e,
                         "new signing material refused; the previous CA keeps serving"
                     );

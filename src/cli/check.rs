@@ -4,8 +4,9 @@
 use std::{path::Path, process::ExitCode, time::Duration};
 
 use crate::{
-    ca::{Rules, SigningCa, Source},
+    ca::{self, Rules, SigningCa},
     config::Config,
+    metrics::Metrics,
     server::read_roots,
 };
 
@@ -25,16 +26,16 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         default_ttl: Duration::from_secs(config.issuance.default_ttl_secs),
         max_ttl: Duration::from_secs(config.issuance.max_ttl_secs),
         roots,
+        counters: match Metrics::new() {
+            Ok(m) => m.ca_counters(),
+            Err(e) => return unusable(&e),
+        },
     };
-    let loaded = match Source::from_config(&config.signer) {
-        Ok(source) => source.load().await,
-        Err(e) => Err(e),
-    };
-    let (signer, material) = match loaded {
+    let loaded = match ca::source(&config.signer).load().await {
         Ok(l) => l,
         Err(e) => return unusable(&e),
     };
-    let ca = match SigningCa::assess(signer, material, &rules).await {
+    let ca = match SigningCa::assess(loaded.backend, loaded.material, &rules).await {
         Ok(ca) => ca,
         Err(e) => return unusable(&e),
     };

@@ -247,6 +247,12 @@ pub enum Error {
     },
     #[error("config: `{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
+    #[error("config: {0}")]
+    FileSigner(#[from] castellan_file::ConfigError),
+    #[error("config: {0}")]
+    Pkcs11Signer(#[from] castellan_pkcs11::ConfigError),
+    #[error("config: {0}")]
+    VaultSigner(#[from] castellan_vault::ConfigError),
 }
 
 // === impl Config ===

@@ -45,10 +45,12 @@ impl Config {
         if tls.ttl_secs < 600 {
             return invalid("server.tls.ttl_secs", "must be at least 600");
         }
+        match &self.signer {
+            Signer::File(f) => f.validate()?,
+            Signer::Pkcs11(p) => p.validate()?,
+            Signer::Vault(v) => v.validate()?,
+        }
         if let Signer::Vault(v) = &self.signer {
-            if v.pki.is_some() == v.transit.is_some() {
-                return invalid("signer.pki", "or [signer.transit]: set exactly one");
-            }
             if v.pki.is_some() && tls.cert_file.is_none() {
                 return invalid(
                     "server.tls.cert_file",

@@ -17,7 +17,7 @@ pub use tls::provider as tls_provider;
 
 use crate::{
     authn,
-    ca::{self, CaHandle, Rules, Source},
+    ca::{self, CaHandle, Rules},
     config::Config,
     impersonation::NodeAuthorizer,
     issuer::{self, Issuer},
@@ -25,6 +25,10 @@ use crate::{
     policy::TtlRules,
     proto::istio_certificate_service_server::IstioCertificateServiceServer,
 };
+
+/// How often the back end is checked without traffic: a sealed Vault or a
+/// vanished HSM shows in `/readyz` within this long.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why castellan cannot start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -110,9 +114,9 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         default_ttl: Duration::from_secs(config.issuance.default_ttl_secs),
         max_ttl: Duration::from_secs(config.issuance.max_ttl_secs),
         roots,
+        counters: metrics.ca_counters(),
     };
-    let source = Source::from_config(&config.signer)?;
-    let ca = Arc::new(CaHandle::load(source, rules).await?);
+    let ca = Arc::new(CaHandle::load(ca::source(&config.signer), rules).await?);
     observe(&metrics, &ca.current());
     let mut background = Vec::new();
 
@@ -127,9 +131,15 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         ));
     }
 
-    background.push(ca::spawn_recovery(Arc::clone(&ca), Duration::from_secs(1)));
-
-    background.push(ca::spawn_recovery(Arc::clone(&ca), Duration::from_secs(1)));
+    let healthy = metrics.signer_healthy.clone();
+    healthy.set(1);
+    background.push(ca::spawn_prober(
+        Arc::clone(&ca),
+        PROBE_INTERVAL,
+        move |ca| {
+            healthy.set(i64::from(ca.healthy()));
+        },
+    ));
 
     let authn = authn::Chain::from_config(
         &config.authn,

@@ -255,8 +255,23 @@ impl Inner {
 fn sign_error_label(e: &issuer::Error) -> &'static str {
     match e {
         issuer::Error::CaExpired(_) => "ca_expired",
-        issuer::Error::Ca(ca::Error::Sign(ca::SignError::Unavailable(_))) => "signer_unavailable",
-        issuer::Error::Ca(_) => "signer_failed",
+        issuer::Error::Ca(
+            ca::Error::Backend(castellan_signer::Error::Unavailable(_)) | ca::Error::Unhealthy(_),
+        ) => "signer_unavailable",
+        issuer::Error::Ca(ca::Error::KeyMismatch { .. }) => "key_mismatch",
+        issuer::Error::Ca(ca::Error::Refused(_)) => "leaf_refused",
+        issuer::Error::Ca(
+            ca::Error::Backend(
+                castellan_signer::Error::Config(_) | castellan_signer::Error::Failed(_),
+            )
+            | ca::Error::Parse { .. }
+            | ca::Error::NoRoots
+            | ca::Error::UnsupportedKey { .. }
+            | ca::Error::Practice(_)
+            | ca::Error::Profile(_)
+            | ca::Error::Probe(_)
+            | ca::Error::WorkloadOnly,
+        ) => "signer_failed",
         issuer::Error::Encode(_) | issuer::Error::Profile(_) => "encoding",
     }
 }

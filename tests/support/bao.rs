@@ -321,7 +321,7 @@ path "transit/keys/*" { capabilities = ["read"] }
             "no_store": true,
             "generate_lease": false,
             "basic_constraints_valid_for_non_ca": true,
-            "key_usage": ["DigitalSignature", "KeyEncipherment"],
+            "key_usage": ["DigitalSignature"],
             "server_flag": true,
             "client_flag": true,
         });

@@ -10,20 +10,11 @@ use aws_lc_rs::{
         KeyPair, RsaKeyPair,
     },
 };
+use castellan_signer::KeyAlgorithm;
 use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
 use zeroize::Zeroizing;
 
 use crate::Error;
-
-/// The signature a key produces, which fixes the certificate's
-/// `signatureAlgorithm`: ECDSA keys sign with the hash matching their curve
-/// (DER-encoded signature), RSA keys with PKCS#1 v1.5 over SHA-256.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyAlgorithm {
-    EcdsaP256Sha256,
-    EcdsaP384Sha384,
-    RsaPkcs1Sha256,
-}
 
 /// A signing key read from a PEM file. Key bytes are held by aws-lc, which
 /// wipes them when the key is dropped; the PEM text is wiped after parsing.

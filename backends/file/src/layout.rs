@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use aws_lc_rs::digest;
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use castellan_signer::Fingerprint;
+use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
 use crate::{Config, Error, FileKey};
@@ -30,7 +30,7 @@ pub struct Material {
     /// The certificates of the root file, if there is one.
     pub roots: Vec<CertificateDer<'static>>,
     /// SHA-256 over every file read, to notice when they change.
-    pub fingerprint: [u8; 32],
+    pub fingerprint: Fingerprint,
 }
 
 // === impl Paths ===
@@ -50,7 +50,7 @@ impl Paths {
                 root: config.root_file.clone(),
             }),
             (Some(dir), None, None) => Self::detect(dir),
-            _ => Err(Error::NoPaths),
+            _ => Err(Error::Config(crate::ConfigError::NoPaths)),
         }
     }
 
@@ -81,7 +81,7 @@ impl Paths {
     ///
     /// # Errors
     /// [`Error::Read`] when a file cannot be read.
-    pub fn fingerprint(&self) -> Result<[u8; 32], Error> {
+    pub fn fingerprint(&self) -> Result<Fingerprint, Error> {
         Ok(self.read_all()?.1)
     }
 
@@ -116,7 +116,7 @@ impl Paths {
         })
     }
 
-    fn read_all(&self) -> Result<(Contents, [u8; 32]), Error> {
+    fn read_all(&self) -> Result<(Contents, Fingerprint), Error> {
         let read = |path: Option<&PathBuf>| -> Result<Zeroizing<Vec<u8>>, Error> {
             match path {
                 Some(p) => std::fs::read(p)
@@ -134,62 +134,16 @@ impl Paths {
             read(self.chain.as_ref())?,
             read(self.root.as_ref())?,
         ];
-        let mut hash = digest::Context::new(&digest::SHA256);
-        for c in &contents {
-            hash.update(&(c.len() as u64).to_be_bytes());
-            hash.update(c);
-        }
-        let mut fingerprint = [0; 32];
-        fingerprint.copy_from_slice(hash.finish().as_ref());
+        let fingerprint = Fingerprint::of(contents.iter().map(|c| c.as_slice()));
         Ok((contents, fingerprint))
     }
-}
-
-/// SHA-256 over the contents of `files`, to notice when any changes.
-///
-/// # Errors
-/// When a file cannot be read.
-pub fn fingerprint_files(files: &[PathBuf]) -> Result<[u8; 32], Error> {
-    let mut hash = digest::Context::new(&digest::SHA256);
-    for path in files {
-        let c = std::fs::read(path).map_err(|source| Error::Read {
-            path: path.clone(),
-            source,
-        })?;
-        hash.update(&(c.len() as u64).to_be_bytes());
-        hash.update(&c);
-    }
-    let mut fingerprint = [0; 32];
-    fingerprint.copy_from_slice(hash.finish().as_ref());
-    Ok(fingerprint)
-}
-
-/// Reads every certificate of a PEM file.
-///
-/// # Errors
-/// When the file cannot be read or holds no certificate.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let pem = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_certs(&pem, path)
 }
 
 /// The cert, key, chain and root files, in that order; absent files are empty.
 type Contents = [Zeroizing<Vec<u8>>; 4];
 
 fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::key(path, format!("malformed PEM certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(Error::NoPem {
-            path: path.to_owned(),
-            what: "certificate",
-        });
-    }
-    Ok(certs)
+    Ok(castellan_signer::parse_certs(pem, path)?)
 }
 
 #[cfg(test)]
@@ -200,13 +154,16 @@ mod tests {
     fn resolve_needs_dir_or_cert_and_key() {
         assert!(matches!(
             Paths::resolve(&Config::default()),
-            Err(Error::NoPaths)
+            Err(Error::Config(crate::ConfigError::NoPaths))
         ));
         let only_cert = Config {
             cert_file: Some("c".into()),
             ..Config::default()
         };
-        assert!(matches!(Paths::resolve(&only_cert), Err(Error::NoPaths)));
+        assert!(matches!(
+            Paths::resolve(&only_cert),
+            Err(Error::Config(crate::ConfigError::NoPaths))
+        ));
         let explicit = Config {
             cert_file: Some("c".into()),
             key_file: Some("k".into()),

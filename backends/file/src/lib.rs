@@ -8,11 +8,13 @@
 
 mod key;
 mod layout;
+mod source;
 
 use std::path::PathBuf;
 
-pub use key::{FileKey, KeyAlgorithm};
-pub use layout::{Material, Paths, fingerprint_files, read_certs};
+pub use key::FileKey;
+pub use layout::{Material, Paths};
+pub use source::FileSource;
 
 /// Where the signing material lives.
 ///
@@ -36,12 +38,23 @@ pub struct Config {
     pub root_file: Option<PathBuf>,
 }
 
+/// A `[signer]` section that cannot work, whatever is on disk.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("signer.file: set either `dir` or both `cert_file` and `key_file`")]
+    NoPaths,
+    #[error(
+        "signer.file: `dir` and `{0}` exclude each other; use the directory's files or name them all"
+    )]
+    DirAndFile(&'static str),
+}
+
 /// Why the signing material could not be read or used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("signer.file: set either `dir` or both `cert_file` and `key_file`")]
-    NoPaths,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error(
         "signer.file.dir {0}: holds neither `ca-cert.pem` + `ca-key.pem` (Istio cacerts) \
          nor `tls.crt` + `tls.key` (kubernetes.io/tls)"
@@ -52,6 +65,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Certificates(#[from] castellan_signer::FileError),
     #[error("{path}: no PEM {what} found")]
     NoPem { path: PathBuf, what: &'static str },
     #[error("{path}: {reason}")]
@@ -60,11 +75,80 @@ pub enum Error {
     Sign(&'static str),
 }
 
+// === impl Config ===
+
+impl Config {
+    /// The rules a file signer's section must meet.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the keys to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.dir, &self.cert_file, &self.key_file) {
+            (Some(_), None, None) => {
+                for (key, set) in [
+                    ("chain_file", self.chain_file.is_some()),
+                    ("root_file", self.root_file.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::DirAndFile(key));
+                    }
+                }
+                Ok(())
+            }
+            (None, Some(_), Some(_)) => Ok(()),
+            (Some(_), Some(_), _) => Err(ConfigError::DirAndFile("cert_file")),
+            (Some(_), None, Some(_)) => Err(ConfigError::DirAndFile("key_file")),
+            (None, _, _) => Err(ConfigError::NoPaths),
+        }
+    }
+}
+
+// === impl Error ===
+
 impl Error {
     fn key(path: &std::path::Path, reason: impl Into<String>) -> Self {
         Self::Key {
             path: path.to_owned(),
             reason: reason.into(),
         }
+    }
+}
+
+impl From<Error> for castellan_signer::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Sign(_) => Self::failed(e),
+            Error::Config(_)
+            | Error::UnknownLayout(_)
+            | Error::Read { .. }
+            | Error::Certificates(_)
+            | Error::NoPem { .. }
+            | Error::Key { .. } => Self::config(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Config, ConfigError};
+
+    #[test]
+    fn sections_that_cannot_work_are_refused() {
+        let dir = Config {
+            dir: Some("d".into()),
+            ..Config::default()
+        };
+        assert_eq!(dir.validate(), Ok(()));
+        assert_eq!(Config::default().validate(), Err(ConfigError::NoPaths));
+        let mixed = Config {
+            cert_file: Some("c".into()),
+            ..dir
+        };
+        assert_eq!(mixed.validate(), Err(ConfigError::DirAndFile("cert_file")));
+        let only_cert = Config {
+            cert_file: Some("c".into()),
+            ..Config::default()
+        };
+        assert_eq!(only_cert.validate(), Err(ConfigError::NoPaths));
     }
 }

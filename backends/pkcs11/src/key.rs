@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -19,8 +19,8 @@ use cryptoki::{
 };
 
 use crate::{
-    Config, Error, RsaPadding, encoding,
-    mechanism::{KeyAlgorithm, Signing},
+    Config, Error, KeyAlgorithm, RsaPadding, encoding,
+    mechanism::{Signing, required_mechanism},
     pool, token,
 };
 
@@ -37,14 +37,28 @@ pub struct Pkcs11Key {
     pool: pool::Pool,
     healthy: AtomicBool,
     last_recovery: Mutex<Option<Instant>>,
+    /// Held shared by every call into the module and exclusively by
+    /// recovery: `C_Finalize` must not run while another thread is inside
+    /// the library (PKCS#11 §5.4).
+    calls: RwLock<()>,
+    /// How many times the key has been looked up; each lookup may have
+    /// found another object, so castellan proves each one.
+    resolutions: AtomicU64,
 }
 
 /// One connection to the token; replaced wholesale on recovery.
 struct Live {
     ctx: Pkcs11,
     slot: Slot,
-    key: Mutex<ObjectHandle>,
+    key: Mutex<Resolved>,
     generation: u64,
+}
+
+/// A key handle and which lookup found it.
+#[derive(Clone, Copy)]
+struct Resolved {
+    handle: ObjectHandle,
+    resolution: u64,
 }
 
 /// How a failed call should be handled.
@@ -88,7 +102,7 @@ impl Pkcs11Key {
                 RsaPadding::Pss => (KeyAlgorithm::RsaPssSha256, Some(spki)),
             },
         };
-        let needed = algorithm.required_mechanism();
+        let needed = required_mechanism(algorithm);
         if !offers(needed) {
             return Err(Error::Config(format!(
                 "the token does not offer {needed} for this key"
@@ -108,12 +122,17 @@ impl Pkcs11Key {
             live: RwLock::new(Arc::new(Live {
                 ctx,
                 slot,
-                key: Mutex::new(key),
+                key: Mutex::new(Resolved {
+                    handle: key,
+                    resolution: 1,
+                }),
                 generation: 0,
             })),
             pool,
             healthy: AtomicBool::new(true),
             last_recovery: Mutex::new(None),
+            calls: RwLock::new(()),
+            resolutions: AtomicU64::new(1),
         })
     }
 
@@ -143,6 +162,7 @@ impl Pkcs11Key {
     /// # Errors
     /// When there is not exactly one such object.
     pub fn certificate(&self, label: &str) -> Result<Vec<u8>, Error> {
+        let _calls = self.shared_calls();
         let live = self.current();
         let session = self
             .pool
@@ -152,7 +172,8 @@ impl Pkcs11Key {
         cert
     }
 
-    /// Signs a DER TBSCertificate. Blocks: call it off the async runtime.
+    /// Signs a DER TBSCertificate; returns the signature and which lookup
+    /// of the key made it. Blocks: call it off the async runtime.
     ///
     /// A lost login is restored and a closed session replaced, each once; a
     /// device error marks the key unhealthy and answers
@@ -161,10 +182,11 @@ impl Pkcs11Key {
     /// # Errors
     /// [`Error::Unavailable`] while the token is unusable, [`Error::Failed`]
     /// when it refuses the operation.
-    pub fn sign(&self, tbs: &[u8]) -> Result<Vec<u8>, Error> {
+    pub fn sign(&self, tbs: &[u8]) -> Result<(Vec<u8>, u64), Error> {
         if !self.healthy() {
             self.recover()?;
         }
+        let _calls = self.shared_calls();
         let (mechanism, data) = self.signing.prepare(tbs);
         let mut last = String::new();
         for _attempt in 0..2 {
@@ -184,10 +206,10 @@ impl Pkcs11Key {
                 .key
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            match session.sign(&mechanism, key, &data) {
+            match session.sign(&mechanism, key.handle, &data) {
                 Ok(raw) => {
                     self.pool.checkin(live.generation, session);
-                    return self.signing.finish(raw);
+                    return Ok((self.signing.finish(raw)?, key.resolution));
                 }
                 Err(e) => {
                     last = e.to_string();
@@ -200,7 +222,11 @@ impl Pkcs11Key {
                             self.refind_key(&live)?;
                         }
                         Failure::SessionGone => {
-                            tracing::warn!(error = %e, "HSM session closed; replacing it");
+                            tracing::warn!(
+                                error = %e,
+                                "HSM session or key handle gone; replacing the session and \
+                                 looking the key up again (castellan proves it is the same key)"
+                            );
                             drop(session);
                             self.pool.discard();
                             self.refind_key(&live)?;
@@ -239,6 +265,10 @@ impl Pkcs11Key {
             }
             *last = Some(Instant::now());
         }
+        let _exclusive = self
+            .calls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = self.current();
         let generation = old.generation + 1;
         // Only a fresh C_Initialize makes the module look for tokens again
@@ -271,12 +301,53 @@ impl Pkcs11Key {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Live {
             ctx,
             slot,
-            key: Mutex::new(key),
+            key: Mutex::new(Resolved {
+                handle: key,
+                resolution: self.next_resolution(),
+            }),
             generation,
         });
         self.healthy.store(true, Ordering::SeqCst);
         tracing::info!("HSM connection recovered");
         Ok(())
+    }
+
+    /// Looks the key up again in a working session (castellan found a
+    /// signature that does not verify under the certificate): if the right
+    /// key is back under the label and id, the next signature uses it.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the key cannot be found.
+    pub fn refind(&self) -> Result<(), Error> {
+        let _calls = self.shared_calls();
+        self.refind_key(&self.current())
+    }
+
+    /// A cheap sign of life from the token without signing: its info.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the module cannot describe the token.
+    pub fn check(&self) -> Result<(), Error> {
+        let _calls = self.shared_calls();
+        let live = self.current();
+        match live.ctx.get_token_info(live.slot) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let why = format!("C_GetTokenInfo: {e}");
+                self.mark_unhealthy(&why);
+                Err(Error::Unavailable(why))
+            }
+        }
+    }
+
+    fn shared_calls(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.calls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn next_resolution(&self) -> u64 {
+        self.resolutions.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     fn current(&self) -> Arc<Live> {
@@ -316,7 +387,10 @@ impl Pkcs11Key {
                 *live
                     .key
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = key;
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Resolved {
+                    handle: key,
+                    resolution: self.next_resolution(),
+                };
                 Ok(())
             }
             Err(e) => {

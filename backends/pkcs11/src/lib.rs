@@ -7,14 +7,20 @@ mod encoding;
 mod key;
 mod mechanism;
 mod pool;
+mod source;
 mod token;
 mod workers;
 
 use std::path::PathBuf;
 
+pub use castellan_signer::{KeyAlgorithm, RsaPadding};
 pub use key::Pkcs11Key;
-pub use mechanism::KeyAlgorithm;
+pub use source::Pkcs11Source;
 pub use workers::Workers;
+
+/// Signatures waiting for a session, per session, before callers are told
+/// the HSM is saturated: a bound on memory and on the wait behind it.
+pub const QUEUE_PER_SESSION: usize = 64;
 
 /// The default number of sessions signing at once.
 pub const DEFAULT_POOL_SIZE: usize = 4;
@@ -53,15 +59,20 @@ pub struct Config {
     pub root_file: Option<PathBuf>,
 }
 
-/// RSA signature padding.
-#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum RsaPadding {
-    #[default]
-    Pkcs1,
-    Pss,
+/// A `[signer]` section that cannot work, whatever the token holds.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("signer.pkcs11: set exactly one of `{0}` and `{1}`")]
+    ExactlyOne(&'static str, &'static str),
+    #[error("signer.pkcs11: set `{0}` or `{1}` (or both)")]
+    AtLeastOne(&'static str, &'static str),
+    #[error("signer.pkcs11: `pool_size` must be at least 1")]
+    NoSessions,
+    #[error("signer.pkcs11: `key_id` = {0:?} is not hex bytes (e.g. \"01\" or \"0a1b\")")]
+    KeyIdNotHex(String),
+    #[error("signer.pkcs11: `chain_file` and `root_file` go with `cert_file`, not `cert_label`")]
+    FilesWithLabel,
 }
-
 /// What went wrong, and whether waiting can fix it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -79,4 +90,53 @@ pub enum Error {
 
 fn default_pool_size() -> usize {
     DEFAULT_POOL_SIZE
+}
+
+// === impl Config ===
+
+impl Config {
+    /// The rules a PKCS#11 signer's section must meet.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the keys to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cert_file.is_some() == self.cert_label.is_some() {
+            return Err(ConfigError::ExactlyOne("cert_file", "cert_label"));
+        }
+        if self.cert_label.is_some() && self.chain_file.is_some() {
+            return Err(ConfigError::FilesWithLabel);
+        }
+        if self.pin_file.is_some() == self.pin_env.is_some() {
+            return Err(ConfigError::ExactlyOne("pin_file", "pin_env"));
+        }
+        if self.token_label.is_none() && self.token_serial.is_none() {
+            return Err(ConfigError::AtLeastOne("token_label", "token_serial"));
+        }
+        if self.key_label.is_none() && self.key_id.is_none() {
+            return Err(ConfigError::AtLeastOne("key_label", "key_id"));
+        }
+        if self.pool_size == 0 {
+            return Err(ConfigError::NoSessions);
+        }
+        if let Some(id) = &self.key_id {
+            token::hex(id)?;
+        }
+        Ok(())
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e.to_string())
+    }
+}
+
+impl From<Error> for castellan_signer::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Config(_) => Self::config(e),
+            Error::Unavailable(_) => Self::unavailable(e),
+            Error::Failed(_) => Self::failed(e),
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! What goes into `C_Sign` for each kind of key, and how its output becomes
-//! the signature an X.509 certificate carries.
+//! the signature an X.509 certificate carries: `CKM_ECDSA` over a digest
+//! made here (SoftHSM has no `CKM_ECDSA_SHA256`), its raw `r‖s` turned into
+//! DER; RSA PKCS#1 v1.5 or PSS with SHA-256.
 
 use aws_lc_rs::digest;
 use cryptoki::mechanism::{
@@ -7,31 +9,16 @@ use cryptoki::mechanism::{
     rsa::{PkcsMgfType, PkcsPssParams},
 };
 
+use castellan_signer::KeyAlgorithm;
+
 use crate::{Error, encoding};
 
-/// The signature the key makes, which fixes the certificate's `signatureAlgorithm`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyAlgorithm {
-    /// `CKM_ECDSA` over a SHA-256 digest made here (SoftHSM has no
-    /// `CKM_ECDSA_SHA256`), returned as DER.
-    EcdsaP256Sha256,
-    EcdsaP384Sha384,
-    /// PKCS#1 v1.5 with SHA-256.
-    RsaPkcs1Sha256,
-    /// RSASSA-PSS, SHA-256, MGF1-SHA-256, salt length 32.
-    RsaPssSha256,
-}
-
-// === impl KeyAlgorithm ===
-
-impl KeyAlgorithm {
-    /// The mechanism the token must offer for this key to be usable.
-    pub(crate) fn required_mechanism(self) -> MechanismType {
-        match self {
-            Self::EcdsaP256Sha256 | Self::EcdsaP384Sha384 => MechanismType::ECDSA,
-            Self::RsaPkcs1Sha256 => MechanismType::RSA_PKCS,
-            Self::RsaPssSha256 => MechanismType::SHA256_RSA_PKCS_PSS,
-        }
+/// The mechanism the token must offer for a key of `algorithm` to be usable.
+pub(crate) fn required_mechanism(algorithm: KeyAlgorithm) -> MechanismType {
+    match algorithm {
+        KeyAlgorithm::EcdsaP256Sha256 | KeyAlgorithm::EcdsaP384Sha384 => MechanismType::ECDSA,
+        KeyAlgorithm::RsaPkcs1Sha256 => MechanismType::RSA_PKCS,
+        KeyAlgorithm::RsaPssSha256 => MechanismType::SHA256_RSA_PKCS_PSS,
     }
 }
 

@@ -203,16 +203,23 @@ pub(crate) fn certificate(session: &Session, label: &str) -> Result<Vec<u8>, Err
         .ok_or_else(|| Error::Config(format!("certificate `{label}` has no value")))
 }
 
-fn hex(s: &str) -> Result<Vec<u8>, Error> {
-    let s = s.trim_start_matches("0x");
-    if !s.len().is_multiple_of(2) {
-        return Err(Error::Config(format!("key_id `{s}` is not hex bytes")));
+/// `CKA_ID` bytes from hex, optionally `0x`-prefixed.
+pub(crate) fn hex(text: &str) -> Result<Vec<u8>, crate::ConfigError> {
+    let bad = || crate::ConfigError::KeyIdNotHex(text.to_owned());
+    let digits = text.strip_prefix("0x").unwrap_or(text).as_bytes();
+    if digits.is_empty() || !digits.len().is_multiple_of(2) {
+        return Err(bad());
     }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16))
-        .collect::<Result<_, _>>()
-        .map_err(|_| Error::Config(format!("key_id `{s}` is not hex")))
+    digits
+        .chunks_exact(2)
+        .map(|pair| {
+            let nibble = |c: u8| char::from(c).to_digit(16);
+            match (nibble(pair[0]), nibble(pair[1])) {
+                (Some(h), Some(l)) => u8::try_from(h * 16 + l).map_err(|_| bad()),
+                _ => Err(bad()),
+            }
+        })
+        .collect()
 }
 
 /// The user PIN from `pin_file` or `pin_env`, held as a secret.
@@ -235,4 +242,16 @@ pub(crate) fn read_pin(config: &Config) -> Result<AuthPin, Error> {
         }
     };
     Ok(AuthPin::new(pin.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn key_ids_are_hex_bytes_and_never_panic() {
+        assert_eq!(super::hex("0a1B").unwrap(), [0x0a, 0x1b]);
+        assert_eq!(super::hex("0x01").unwrap(), [0x01]);
+        for bad in ["", "0", "zz", "0g", "é1", "1é", "€€", "0x"] {
+            assert!(super::hex(bad).is_err(), "{bad:?}");
+        }
+    }
 }

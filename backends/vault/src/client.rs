@@ -83,7 +83,8 @@ impl Vault {
     }
 
     /// Asks Vault whether it can serve (unsealed, active or standby) and
-    /// updates the health flag.
+    /// sets the health flag either way: this is how a sealed Vault is noticed
+    /// without traffic, and how it is noticed back.
     pub async fn check(&self) -> bool {
         // sys/health lives outside namespaces; no token needed.
         let url = format!("{}sys/health?standbyok=true&perfstandbyok=true", self.base);
@@ -94,8 +95,14 @@ impl Vault {
             .send()
             .await
             .is_ok_and(|r| r.status().is_success());
-        if ok && !self.healthy.swap(true, Ordering::SeqCst) {
-            tracing::info!("Vault is reachable again");
+        let was = self.healthy.swap(ok, Ordering::SeqCst);
+        match (was, ok) {
+            (false, true) => tracing::info!("Vault is reachable and unsealed again"),
+            (true, false) => tracing::error!(
+                "Vault is unreachable, sealed or not initialised (sys/health); \
+                 callers get UNAVAILABLE until it is back"
+            ),
+            (true, true) | (false, false) => {}
         }
         ok
     }

@@ -12,13 +12,16 @@
 mod auth;
 mod client;
 mod pki;
+mod source;
 mod transit;
 
 use std::path::PathBuf;
 
+pub use castellan_signer::RsaPadding;
 pub use client::Vault;
 pub use pki::{Pki, Signed};
-pub use transit::{TransitAlgorithm, TransitKey};
+pub use source::VaultSource;
+pub use transit::TransitKey;
 
 /// Where Vault is and how to reach it. Unset fields fall back to the
 /// standard environment variables (`VAULT_ADDR`, `VAULT_CACERT`,
@@ -96,12 +99,75 @@ pub struct TransitConfig {
     pub root_file: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum RsaPadding {
-    #[default]
-    Pkcs1,
-    Pss,
+/// A `[signer]` section that cannot work, whatever Vault holds.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error(
+        "signer.vault: set exactly one of [signer.pki] (Vault issues) and [signer.transit] (Vault signs)"
+    )]
+    Mode,
+    #[error("signer.vault.auth: set exactly one of `role_id` and `role_id_file`")]
+    RoleId,
+    #[error("signer.vault: `timeout_secs` must be between 1 and 300")]
+    Timeout,
+    #[error("signer.vault.{0}: `{1}` must not be empty")]
+    Empty(&'static str, &'static str),
+}
+
+// === impl Config ===
+
+impl Config {
+    /// The rules a Vault signer's section must meet.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the keys to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pki.is_some() == self.transit.is_some() {
+            return Err(ConfigError::Mode);
+        }
+        if let Auth::Approle {
+            role_id,
+            role_id_file,
+            ..
+        } = &self.auth
+            && role_id.is_some() == role_id_file.is_some()
+        {
+            return Err(ConfigError::RoleId);
+        }
+        if !(1..=300).contains(&self.timeout_secs) {
+            return Err(ConfigError::Timeout);
+        }
+        if let Some(p) = &self.pki {
+            if p.mount.trim_matches('/').is_empty() {
+                return Err(ConfigError::Empty("pki", "mount"));
+            }
+            if p.role.is_empty() {
+                return Err(ConfigError::Empty("pki", "role"));
+            }
+        }
+        if let Some(t) = &self.transit
+            && t.key.is_empty()
+        {
+            return Err(ConfigError::Empty("transit", "key"));
+        }
+        Ok(())
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e.to_string())
+    }
+}
+
+impl From<Error> for castellan_signer::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Config(_) => Self::config(e),
+            Error::Unavailable(_) => Self::unavailable(e),
+            Error::Refused { .. } | Error::Invalid(_) => Self::failed(e),
+        }
+    }
 }
 
 /// What went wrong, and whether waiting can fix it.

@@ -7,16 +7,9 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::{Error, RsaPadding, TransitConfig, Vault};
+use castellan_signer::KeyAlgorithm;
 
-/// The signature a transit key makes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransitAlgorithm {
-    EcdsaP256Sha256,
-    EcdsaP384Sha384,
-    RsaPkcs1Sha256,
-    RsaPssSha256,
-}
+use crate::{Error, RsaPadding, TransitConfig, Vault};
 
 /// A transit key pinned to one version.
 #[derive(Debug, Clone)]
@@ -24,7 +17,7 @@ pub struct TransitKey {
     mount: String,
     key: String,
     version: u64,
-    algorithm: TransitAlgorithm,
+    algorithm: KeyAlgorithm,
 }
 
 // === impl TransitKey ===
@@ -47,14 +40,12 @@ impl TransitKey {
         let data = &answer["data"];
         let kind = data["type"].as_str().unwrap_or_default();
         let algorithm = match (kind, config.rsa_padding) {
-            ("ecdsa-p256", _) => TransitAlgorithm::EcdsaP256Sha256,
-            ("ecdsa-p384", _) => TransitAlgorithm::EcdsaP384Sha384,
+            ("ecdsa-p256", _) => KeyAlgorithm::EcdsaP256Sha256,
+            ("ecdsa-p384", _) => KeyAlgorithm::EcdsaP384Sha384,
             ("rsa-2048" | "rsa-3072" | "rsa-4096", RsaPadding::Pkcs1) => {
-                TransitAlgorithm::RsaPkcs1Sha256
+                KeyAlgorithm::RsaPkcs1Sha256
             }
-            ("rsa-2048" | "rsa-3072" | "rsa-4096", RsaPadding::Pss) => {
-                TransitAlgorithm::RsaPssSha256
-            }
+            ("rsa-2048" | "rsa-3072" | "rsa-4096", RsaPadding::Pss) => KeyAlgorithm::RsaPssSha256,
             (other, _) => {
                 return Err(Error::Config(format!(
                     "transit key {} is of type `{other}`; use ecdsa-p256, ecdsa-p384 or rsa-2048/3072/4096",
@@ -88,7 +79,12 @@ impl TransitKey {
         })
     }
 
-    pub fn algorithm(&self) -> TransitAlgorithm {
+    /// The transit key path and pinned version, for messages.
+    pub fn describe(&self) -> String {
+        format!("{}/keys/{} v{}", self.mount, self.key, self.version)
+    }
+
+    pub fn algorithm(&self) -> KeyAlgorithm {
         self.algorithm
     }
 
@@ -103,8 +99,10 @@ impl TransitKey {
     pub async fn sign(&self, vault: &Vault, tbs: &[u8]) -> Result<Vec<u8>, Error> {
         use aws_lc_rs::digest;
         let (hash, name) = match self.algorithm {
-            TransitAlgorithm::EcdsaP384Sha384 => (digest::digest(&digest::SHA384, tbs), "sha2-384"),
-            _ => (digest::digest(&digest::SHA256, tbs), "sha2-256"),
+            KeyAlgorithm::EcdsaP384Sha384 => (digest::digest(&digest::SHA384, tbs), "sha2-384"),
+            KeyAlgorithm::EcdsaP256Sha256
+            | KeyAlgorithm::RsaPkcs1Sha256
+            | KeyAlgorithm::RsaPssSha256 => (digest::digest(&digest::SHA256, tbs), "sha2-256"),
         };
         let mut body = json!({
             "input": STANDARD.encode(hash.as_ref()),
@@ -112,11 +110,11 @@ impl TransitKey {
             "key_version": self.version,
         });
         match self.algorithm {
-            TransitAlgorithm::EcdsaP256Sha256 | TransitAlgorithm::EcdsaP384Sha384 => {
+            KeyAlgorithm::EcdsaP256Sha256 | KeyAlgorithm::EcdsaP384Sha384 => {
                 body["marshaling_algorithm"] = json!("asn1");
             }
-            TransitAlgorithm::RsaPkcs1Sha256 => body["signature_algorithm"] = json!("pkcs1v15"),
-            TransitAlgorithm::RsaPssSha256 => {
+            KeyAlgorithm::RsaPkcs1Sha256 => body["signature_algorithm"] = json!("pkcs1v15"),
+            KeyAlgorithm::RsaPssSha256 => {
                 body["signature_algorithm"] = json!("pss");
                 body["salt_length"] = json!("hash");
             }

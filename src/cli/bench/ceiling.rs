@@ -22,7 +22,7 @@ use x509_cert::request::CertReq;
 use spiffe::TrustDomain;
 
 use crate::{
-    ca::{CaHandle, Rules, Source},
+    ca::{self, CaHandle, Rules},
     cli::KeyType,
     config,
     identity::ServiceAccount,
@@ -98,11 +98,10 @@ pub(super) async fn pipeline(
     csrs: &[String],
     each: Duration,
 ) -> Result<f64, String> {
-    let source = Source::from_config(&config::Signer::File(castellan_file::Config {
+    let source = ca::source(&config::Signer::File(castellan_file::Config {
         dir: Some(ca_dir.to_owned()),
         ..Default::default()
-    }))
-    .map_err(|e| e.to_string())?;
+    }));
     let trust_domain = TrustDomain::new("cluster.local").map_err(|e| e.to_string())?;
     let issuance = config::Issuance::default();
     let rules = Rules {
@@ -110,6 +109,9 @@ pub(super) async fn pipeline(
         default_ttl: Duration::from_secs(issuance.default_ttl_secs),
         max_ttl: Duration::from_secs(issuance.max_ttl_secs),
         roots: None,
+        counters: crate::metrics::Metrics::new()
+            .map_err(|e| e.to_string())?
+            .ca_counters(),
     };
     let ca = CaHandle::load(source, rules)
         .await

@@ -1,0 +1,44 @@
+//! The one error shape castellan maps for every back end: what an operator
+//! must fix, what waiting fixes, and what failed this once. The back end's
+//! own structured error is kept as the cause.
+
+/// A back end's own error, kept whole for logs and messages.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a back end could not load, sign or issue.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration or the material is wrong: nothing works until an
+    /// operator fixes it.
+    #[error("{0}")]
+    Config(Cause),
+    /// The back end cannot serve now (unreachable, sealed, token gone, key
+    /// changed); castellan keeps trying and callers may retry.
+    #[error("{0}")]
+    Unavailable(Cause),
+    /// The back end refused or broke this one operation.
+    #[error("{0}")]
+    Failed(Cause),
+}
+
+// === impl Error ===
+
+impl Error {
+    pub fn config(cause: impl Into<Cause>) -> Self {
+        Self::Config(cause.into())
+    }
+
+    pub fn unavailable(cause: impl Into<Cause>) -> Self {
+        Self::Unavailable(cause.into())
+    }
+
+    pub fn failed(cause: impl Into<Cause>) -> Self {
+        Self::Failed(cause.into())
+    }
+}
+
+impl From<crate::FileError> for Error {
+    fn from(e: crate::FileError) -> Self {
+        Self::Config(Box::new(e))
+    }
+}

@@ -1,0 +1,225 @@
+//! The Vault signer behind castellan's seam: one client per process, kept
+//! across reloads; PKI mode is an issuing back end, Transit mode a signing
+//! one.
+
+use std::{sync::Arc, time::Duration};
+
+use castellan_signer::{
+    Backend, CertFiles, Fingerprint, IssuedLeaf, KeyAlgorithm, KeyBinding, KeySigner, LeafIssuer,
+    LeafOrder, Loaded, Material, Signature, Source, async_trait,
+};
+use der::{Decode, Encode};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio::sync::OnceCell;
+
+use crate::{Config, ConfigError, Error, Pki, TransitConfig, TransitKey, Vault};
+
+/// A configured Vault signer.
+#[derive(Debug)]
+pub struct VaultSource {
+    config: Config,
+    client: OnceCell<Arc<Vault>>,
+}
+
+/// PKI mode: Vault issues.
+#[derive(Debug)]
+struct PkiIssuer {
+    vault: Arc<Vault>,
+    pki: Pki,
+}
+
+/// Transit mode: Vault signs digests with a pinned key version.
+#[derive(Debug)]
+struct TransitSigner {
+    vault: Arc<Vault>,
+    key: TransitKey,
+}
+
+// === impl VaultSource ===
+
+impl VaultSource {
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            client: OnceCell::new(),
+        }
+    }
+
+    /// The process's Vault client, connected (and logged in) on first use.
+    async fn vault(&self) -> Result<Arc<Vault>, Error> {
+        self.client
+            .get_or_try_init(|| Vault::connect(&self.config))
+            .await
+            .cloned()
+    }
+
+    async fn load_pki(&self, pki: Pki) -> Result<Loaded, Error> {
+        let vault = self.vault().await?;
+        let pems = pki.issuer_chain(&vault).await?;
+        let mut certs = Vec::new();
+        for pem in &pems {
+            certs.extend(
+                CertificateDer::pem_slice_iter(pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Invalid(format!("{}: {e}", self.describe())))?,
+            );
+        }
+        if certs.is_empty() {
+            return Err(Error::Invalid(format!(
+                "{}: Vault returned no certificate",
+                self.describe()
+            )));
+        }
+        let cert = certs.remove(0);
+        Ok(Loaded {
+            backend: Backend::Issues(Arc::new(PkiIssuer { vault, pki })),
+            material: Material {
+                cert,
+                chain: certs,
+                roots: Vec::new(),
+                cert_source: format!("the signing certificate of {}", self.describe()),
+                fingerprint: Some(digest_strings(&pems)),
+            },
+        })
+    }
+
+    async fn load_transit(&self, t: &TransitConfig) -> Result<Loaded, castellan_signer::Error> {
+        let vault = self.vault().await?;
+        let (certs, fingerprint) = transit_files(t).read()?;
+        let parsed = x509_cert::Certificate::from_der(&certs.cert)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", t.cert_file.display())))?;
+        let spki = parsed
+            .tbs_certificate()
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| Error::Invalid(format!("{}: {e}", t.cert_file.display())))?;
+        let key = TransitKey::open(&vault, t, &spki).await?;
+        Ok(Loaded {
+            backend: Backend::Signs(Arc::new(TransitSigner { vault, key })),
+            material: Material {
+                cert: certs.cert,
+                chain: certs.chain,
+                roots: certs.roots,
+                cert_source: format!("the signing certificate {}", self.describe()),
+                fingerprint: Some(fingerprint),
+            },
+        })
+    }
+}
+
+#[async_trait]
+impl Source for VaultSource {
+    fn describe(&self) -> String {
+        match (&self.config.pki, &self.config.transit) {
+            (Some(p), _) => format!(
+                "Vault {}/issuer/{}",
+                p.mount.trim_matches('/'),
+                p.issuer.as_deref().unwrap_or("default")
+            ),
+            (None, Some(t)) => t.cert_file.display().to_string(),
+            (None, None) => "Vault (no mode configured)".into(),
+        }
+    }
+
+    async fn load(&self) -> Result<Loaded, castellan_signer::Error> {
+        match (&self.config.pki, &self.config.transit) {
+            (Some(p), None) => Ok(self.load_pki(Pki::new(p)).await?),
+            (None, Some(t)) => self.load_transit(t).await,
+            (Some(_), Some(_)) | (None, None) => Err(Error::from(ConfigError::Mode).into()),
+        }
+    }
+
+    async fn fingerprint(&self) -> Result<Option<Fingerprint>, castellan_signer::Error> {
+        match (&self.config.pki, &self.config.transit) {
+            (Some(p), _) => {
+                let vault = self.vault().await?;
+                // An unreachable Vault is not a change: keep what serves.
+                match Pki::new(p).issuer_chain(&vault).await {
+                    Ok(chain) => Ok(Some(digest_strings(&chain))),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Vault issuer not read; not reloading");
+                        Ok(None)
+                    }
+                }
+            }
+            (None, Some(t)) => {
+                let files = transit_files(t);
+                let digest = tokio::task::spawn_blocking(move || files.fingerprint())
+                    .await
+                    .map_err(castellan_signer::Error::failed)??;
+                Ok(Some(digest))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+fn transit_files(t: &TransitConfig) -> CertFiles {
+    CertFiles::new(
+        t.cert_file.clone(),
+        t.chain_file.clone(),
+        t.root_file.clone(),
+    )
+}
+
+fn digest_strings(parts: &[String]) -> Fingerprint {
+    Fingerprint::of(parts.iter().map(String::as_bytes))
+}
+
+// === impl PkiIssuer ===
+
+#[async_trait]
+impl LeafIssuer for PkiIssuer {
+    async fn issue(&self, order: &LeafOrder<'_>) -> Result<IssuedLeaf, castellan_signer::Error> {
+        let ttl = order.ttl.max(Duration::from_secs(1)).as_secs();
+        let signed = self
+            .pki
+            .sign(&self.vault, order.csr_pem, order.uri_san, ttl)
+            .await?;
+        let der = CertificateDer::from_pem_slice(signed.certificate.as_bytes())
+            .map_err(|e| Error::Invalid(format!("Vault's certificate is not PEM: {e}")))?;
+        Ok(IssuedLeaf {
+            der: der.to_vec(),
+            warnings: signed.warnings,
+        })
+    }
+
+    fn healthy(&self) -> bool {
+        self.vault.healthy()
+    }
+
+    async fn probe(&self) {
+        self.vault.check().await;
+    }
+}
+
+// === impl TransitSigner ===
+
+#[async_trait]
+impl KeySigner for TransitSigner {
+    fn algorithm(&self) -> KeyAlgorithm {
+        self.key.algorithm()
+    }
+
+    async fn sign(&self, tbs: &[u8]) -> Result<Signature, castellan_signer::Error> {
+        let value = self.key.sign(&self.vault, tbs).await?;
+        // Vault names the key by name and version on every call; a deleted
+        // and recreated key answers to the same name.
+        Ok(Signature {
+            value,
+            key: KeyBinding::PerCall,
+        })
+    }
+
+    fn healthy(&self) -> bool {
+        self.vault.healthy()
+    }
+
+    async fn probe(&self) {
+        self.vault.check().await;
+    }
+
+    fn public_key_der(&self) -> Option<Vec<u8>> {
+        None
+    }
+}
