@@ -35,12 +35,30 @@ pub enum KeyKind {
 #[derive(Clone, Debug)]
 pub struct VerifiedCsr {
     /// DER SubjectPublicKeyInfo, copied verbatim into the certificate.
-    pub spki_der: Vec<u8>,
+    pub(crate) spki_der: Vec<u8>,
     /// The PEM as received, for signers that issue from a CSR (Vault PKI).
-    pub pem: String,
-    pub key: KeyKind,
+    pub(crate) pem: String,
+    pub(crate) key: KeyKind,
     /// The one URI SAN the CSR asked for, if it named any.
-    pub uri: Option<String>,
+    pub(crate) uri: Option<String>,
+}
+
+// === impl VerifiedCsr ===
+
+impl VerifiedCsr {
+    /// DER SubjectPublicKeyInfo of the requester's key.
+    pub fn spki_der(&self) -> &[u8] {
+        &self.spki_der
+    }
+
+    pub fn key(&self) -> KeyKind {
+        self.key
+    }
+
+    /// The one URI SAN the CSR asked for, if it named any.
+    pub fn uri(&self) -> Option<&str> {
+        self.uri.as_deref()
+    }
 }
 
 /// What is wrong with a CSR. Every variant is the caller's fault and safe to

@@ -11,12 +11,15 @@ use kube::{
 /// Why a cluster cannot be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("kubeconfig {path}: {reason}")]
-    Kubeconfig { path: String, reason: String },
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        source: kube::config::KubeconfigError,
+    },
     #[error("no Kubernetes configuration (not in a cluster, no KUBECONFIG): {0}")]
-    Infer(String),
+    Infer(kube::config::InferConfigError),
     #[error("Kubernetes client: {0}")]
-    Client(String),
+    Client(kube::Error),
 }
 
 /// A client for one cluster; `timeout` bounds every read and write.
@@ -34,23 +37,21 @@ pub async fn client(
     };
     let mut config = match kubeconfig {
         Some(path) => {
-            let err = |e: &dyn std::fmt::Display| Error::Kubeconfig {
-                path: path.display().to_string(),
-                reason: e.to_string(),
+            let err = |source| Error::Kubeconfig {
+                path: path.to_owned(),
+                source,
             };
-            let file = Kubeconfig::read_from(path).map_err(|e| err(&e))?;
+            let file = Kubeconfig::read_from(path).map_err(err)?;
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| err(&e))?
+                .map_err(err)?
         }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Infer(e.to_string()))?,
+        None => kube::Config::infer().await.map_err(Error::Infer)?,
     };
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(timeout);
     config.write_timeout = Some(timeout);
-    Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
+    Client::try_from(config).map_err(Error::Client)
 }
 
 /// Whether a failed API call is the server's (or the network's) fault, so

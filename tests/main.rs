@@ -12,6 +12,7 @@ mod ambient;
 mod authn;
 mod config;
 mod demo;
+mod integrity;
 mod issue;
 mod kubernetes;
 mod pkcs11;

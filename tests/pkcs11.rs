@@ -274,3 +274,102 @@ async fn start_up_mistakes_name_what_to_fix() {
     .await;
     assert!(msg.contains("does not belong"), "{msg}");
 }
+
+/// A start refused after login (the certificate is another key's, or
+/// self-signed) exits with its error, every time: the signing threads are
+/// joined before the process exits, so none is inside SoftHSM while the
+/// library's destructors run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_start_exits_cleanly_every_time() {
+    let _hsm = hsm::exclusive().await;
+    let label = unique("refused");
+    hsm::token_with_key(&label, "EC:prime256v1");
+    let files = tempfile::tempdir().unwrap();
+    let root = Ca::root("Root", KeyAlg::EcP256);
+    let good = hsm::signer_files(files.path(), &label, &root, "pool_size = 4");
+    let cert = files.path().join("int.pem").display().to_string();
+
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let foreign = root.certify_public_key(
+        "Another key",
+        rcgen::PublicKeyData::subject_public_key_info(&other),
+    );
+    std::fs::write(files.path().join("foreign.pem"), foreign).unwrap();
+    std::fs::write(files.path().join("self-signed.pem"), &root.pem).unwrap();
+    std::fs::write(files.path().join("jwks.json"), r#"{"keys":[]}"#).unwrap();
+
+    for (case, file, expected) in [
+        (
+            "another key's certificate",
+            "foreign.pem",
+            "does not belong",
+        ),
+        (
+            "a self-signed certificate",
+            "self-signed.pem",
+            "self-signed",
+        ),
+    ] {
+        let signer = good.replace(&cert, &files.path().join(file).display().to_string());
+        let config = files.path().join(format!("{file}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n[server.tls]\ndns_names = [\"localhost\"]\n{signer}\n[[authn]]\ntype = \"jwt\"\nissuers = [\"x\"]\njwks_file = \"{}\"\n",
+                files.path().join("jwks.json").display()
+            ),
+        )
+        .unwrap();
+        let runs = tokio::task::spawn_blocking(move || {
+            for run in 0..100 {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+                    .args(["serve", "--config"])
+                    .arg(&config)
+                    .output()
+                    .unwrap();
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert_eq!(
+                    out.status.code(),
+                    Some(1),
+                    "{case}, run {run}: {:?}\n{stderr}",
+                    out.status
+                );
+                assert!(stderr.contains(expected), "{case}, run {run}: {stderr}");
+                assert!(
+                    !stderr.contains("double free") && !stderr.contains("corrupt"),
+                    "{case}, run {run}: {stderr}"
+                );
+            }
+        });
+        runs.await.unwrap();
+    }
+}
+
+/// Dropping the signing threads joins them: afterwards nothing but the
+/// owner holds the key, so it (and the module) can be closed safely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_signing_threads_joins_them() {
+    let _hsm = hsm::exclusive().await;
+    let label = unique("join");
+    hsm::token_with_key(&label, "EC:prime256v1");
+    let files = tempfile::tempdir().unwrap();
+    let root = Ca::root("Root", KeyAlg::EcP256);
+    let signer = hsm::signer_files(files.path(), &label, &root, "pool_size = 3");
+    let text = format!(
+        "{signer}\n[server.tls]\ndns_names = [\"localhost\"]\n[[authn]]\ntype = \"jwt\"\nissuers = [\"x\"]\njwks_file = \"/dev/null\"\n"
+    );
+    let config = Config::parse(&text, std::path::Path::new("join.toml")).unwrap();
+    let castellan::config::Signer::Pkcs11(pkcs11) = &config.signer else {
+        panic!("a PKCS#11 signer");
+    };
+    let key = Arc::new(castellan_pkcs11::Pkcs11Key::open(pkcs11).unwrap());
+    let workers = castellan_pkcs11::Workers::start(Arc::clone(&key)).unwrap();
+    workers.sign(b"tbs".to_vec()).await.unwrap();
+    assert_eq!(Arc::strong_count(&key), 4, "one per signing thread");
+    drop(workers);
+    assert_eq!(
+        Arc::strong_count(&key),
+        1,
+        "every signing thread has returned"
+    );
+}

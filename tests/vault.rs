@@ -132,7 +132,7 @@ fn openssl_text(der: &[u8]) -> String {
 }
 
 /// castellan in Transit mode with a key of `kind`.
-async fn transit_ca(
+pub async fn transit_ca(
     bao: &Bao,
     kind: &str,
     auth: &str,

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use spiffe::TrustDomain;
 
 use super::{
-    Error,
+    Error, SetupError,
     jwks::{ALLOWED_ALGORITHMS, Jwks},
 };
 use crate::{
@@ -63,15 +63,18 @@ struct Issuer {
 
 impl JwtAuthenticator {
     /// # Errors
-    /// A message when the JWKS file cannot be read or the CA bundle is bad.
-    pub async fn new(config: &config::Jwt, trust_domain: TrustDomain) -> Result<Self, String> {
+    /// [`SetupError`] when the JWKS file cannot be read or the CA bundle is bad.
+    pub async fn new(config: &config::Jwt, trust_domain: TrustDomain) -> Result<Self, SetupError> {
         let refresh = Duration::from_secs(config.jwks_refresh_secs);
         let jwks = match (&config.jwks_file, &config.jwks_url) {
             (Some(path), _) => Jwks::from_file(path.clone(), refresh)
                 .await
-                .map_err(|e| format!("authn.jwks_file: {e}"))?,
+                .map_err(|source| SetupError::JwksFile {
+                    path: path.clone(),
+                    source,
+                })?,
             (None, Some(url)) => Jwks::from_url(http_client(config)?, url.clone(), refresh).await,
-            (None, None) => return Err("authn: set jwks_file or jwks_url".into()),
+            (None, None) => return Err(SetupError::NoJwks),
         };
         Ok(Self {
             issuers: config.issuers.clone(),
@@ -188,20 +191,24 @@ impl JwtAuthenticator {
     }
 }
 
-fn http_client(config: &config::Jwt) -> Result<reqwest::Client, String> {
+fn http_client(config: &config::Jwt) -> Result<reqwest::Client, SetupError> {
     let mut builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .connect_timeout(Duration::from_secs(3));
     if let Some(path) = &config.jwks_ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("authn.jwks_ca_file {}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("authn.jwks_ca_file {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|source| SetupError::JwksCaRead {
+            path: path.clone(),
+            source,
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
+            SetupError::JwksCaPem {
+                path: path.clone(),
+                source,
+            }
+        })?;
         builder = builder.tls_certs_only(certs);
     }
-    builder
-        .build()
-        .map_err(|e| format!("authn: HTTP client: {e}"))
+    builder.build().map_err(SetupError::HttpClient)
 }
 
 /// A log-safe description of a token no authenticator took: its issuer, if

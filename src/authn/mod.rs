@@ -79,6 +79,35 @@ pub enum Error {
     },
 }
 
+/// Why an authenticator cannot be built at start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("authn.jwks_file {path}: {source}")]
+    JwksFile {
+        path: std::path::PathBuf,
+        source: jwks::Error,
+    },
+    #[error("authn.jwks_ca_file {path}: {source}")]
+    JwksCaRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("authn.jwks_ca_file {path}: not a PEM certificate bundle: {source}")]
+    JwksCaPem {
+        path: std::path::PathBuf,
+        source: reqwest::Error,
+    },
+    #[error("authn: the HTTP client for authn.jwks_url: {0}")]
+    HttpClient(reqwest::Error),
+    #[error("authn: a jwt section needs jwks_file or jwks_url")]
+    NoJwks,
+    #[error("authn (tokenreview, cluster {cluster}): {source}")]
+    Cluster {
+        cluster: String,
+        source: crate::kube::Error,
+    },
+}
+
 // === impl Credentials ===
 
 impl std::fmt::Debug for Credentials<'_> {
@@ -104,7 +133,7 @@ impl Chain {
         cache: &config::AuthnCache,
         trust_domain: &TrustDomain,
         metrics: &Metrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let mut authenticators = Vec::with_capacity(configs.len());
         for c in configs {
             authenticators.push(match c {

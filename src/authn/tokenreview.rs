@@ -40,7 +40,7 @@ impl TokenReviewAuthenticator {
     pub async fn new(
         config: &config::TokenReview,
         trust_domain: TrustDomain,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, super::SetupError> {
         let timeout = Duration::from_secs(config.timeout_secs);
         let client = crate::kube::client(
             config.kubeconfig.as_deref(),
@@ -48,7 +48,10 @@ impl TokenReviewAuthenticator {
             timeout,
         )
         .await
-        .map_err(|e| format!("authn (tokenreview, cluster {}): {e}", config.cluster_id))?;
+        .map_err(|source| super::SetupError::Cluster {
+            cluster: config.cluster_id.clone(),
+            source,
+        })?;
         Ok(Self {
             client,
             cluster_id: config.cluster_id.clone(),

@@ -25,7 +25,7 @@ pub use assess::{Assessment, Practice, ProbeError, date};
 pub use backends::source;
 pub use castellan_signer::KeyAlgorithm;
 pub use leaf::{Leaf, LeafRequest};
-pub use recheck::Refusal;
+pub use recheck::{Refusal, Verdict, check_issued_leaf};
 pub use reload::{CaHandle, spawn_prober, spawn_reloader};
 
 use crate::{pem, profile};
@@ -138,7 +138,10 @@ impl SigningCa {
         let ca = Self::assess(backend, material, rules).await?;
         match ca.assessment.first_failure() {
             Some(practice) => Err(Error::Practice(Box::new(practice.clone()))),
-            None => Ok(ca),
+            None => {
+                ca.proof.serve();
+                Ok(ca)
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use arc_swap::ArcSwapOption;
@@ -31,6 +31,9 @@ pub(super) struct KeyProof {
     proven: AtomicU64,
     /// Why the key is not trusted now.
     broken: ArcSwapOption<String>,
+    /// Set once the CA serves: a mismatch before is a start-up refusal that
+    /// the assessment reports, not a key that changed.
+    serving: AtomicBool,
     counters: Counters,
 }
 
@@ -53,6 +56,7 @@ impl KeyProof {
             algorithm,
             proven: AtomicU64::new(0),
             broken: ArcSwapOption::empty(),
+            serving: AtomicBool::new(false),
             counters,
         }
     }
@@ -90,6 +94,9 @@ impl KeyProof {
 
     /// Records that something the back end made is not the certified key's.
     pub(super) fn mismatch(&self, source: &str, what: &str) {
+        if !self.serving.load(Ordering::Acquire) {
+            return;
+        }
         self.counters.key_mismatches.inc();
         let reason = format!(
             "{what} does not verify under the key of {source}: the key behind the back end \
@@ -103,6 +110,11 @@ impl KeyProof {
                  key is back or new signing material is configured"
             );
         }
+    }
+
+    /// The CA passed its assessment and serves from now on.
+    pub(super) fn serve(&self) {
+        self.serving.store(true, Ordering::Release);
     }
 
     /// Why the key is not trusted now, if it is not.

@@ -37,8 +37,8 @@ pub enum Error {
     Ca(#[from] ca::Error),
     #[error("{0}")]
     Issue(#[from] issuer::Error),
-    #[error("authn: {0}")]
-    Authn(String),
+    #[error(transparent)]
+    Authn(#[from] authn::SetupError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -46,8 +46,19 @@ pub enum Error {
     },
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
-    #[error("serving certificate: {0}")]
-    ServingCert(String),
+    #[error("{path}: {source}")]
+    Pem {
+        path: std::path::PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path}: no PEM certificate")]
+    NoCertificate { path: std::path::PathBuf },
+    #[error("serving key: {0}")]
+    ServingKey(rustls::Error),
+    #[error("serving key: {0}")]
+    KeyGeneration(&'static str),
+    #[error("server task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("gRPC server: {0}")]
@@ -86,7 +97,7 @@ impl Running {
         }
         match outcome {
             Ok(Ok(result)) => Ok(result?),
-            Ok(Err(join)) => Err(Error::ServingCert(format!("server task: {join}"))),
+            Ok(Err(join)) => Err(Error::Task(join)),
             Err(_) => {
                 tracing::warn!(
                     ?grace,
@@ -147,8 +158,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         &config.trust_domain,
         &metrics,
     )
-    .await
-    .map_err(Error::Authn)?;
+    .await?;
     let skew = Duration::from_secs(config.issuance.not_before_skew_secs);
     let issuer = Issuer::new(Arc::clone(&ca), skew);
 
@@ -257,9 +267,14 @@ pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     })?;
     let roots = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::ServingCert(format!("{}: {e}", what())))?;
+        .map_err(|source| Error::Pem {
+            path: path.to_owned(),
+            source,
+        })?;
     if roots.is_empty() {
-        return Err(Error::ServingCert(format!("{}: no certificate", what())));
+        return Err(Error::NoCertificate {
+            path: path.to_owned(),
+        });
     }
     Ok(roots)
 }

@@ -82,13 +82,13 @@ async fn issue(
 ) -> Result<(CertifiedKey, SystemTime), Error> {
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
-        .map_err(|_| Error::ServingCert("cannot generate a key".into()))?;
+        .map_err(|_| Error::KeyGeneration("cannot generate a key"))?;
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
-        .map_err(|_| Error::ServingCert("cannot parse the generated key".into()))?;
+        .map_err(|_| Error::KeyGeneration("cannot parse the generated key"))?;
     let spki = pair
         .public_key()
         .as_der()
-        .map_err(|_| Error::ServingCert("cannot encode the generated key".into()))?;
+        .map_err(|_| Error::KeyGeneration("cannot encode the generated key"))?;
     let cert = issuer
         .issue_server(
             spki.as_ref(),
@@ -154,15 +154,19 @@ async fn load_files(files: &(PathBuf, PathBuf)) -> Result<(CertifiedKey, Content
     let (cert_pem, key_pem) = (read(&files.0).await?, read(&files.1).await?);
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::ServingCert(format!("{}: {e}", files.0.display())))?;
+        .map_err(|source| Error::Pem {
+            path: files.0.clone(),
+            source,
+        })?;
     if chain.is_empty() {
-        return Err(Error::ServingCert(format!(
-            "{}: no certificate",
-            files.0.display()
-        )));
+        return Err(Error::NoCertificate {
+            path: files.0.clone(),
+        });
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| Error::ServingCert(format!("{}: {e}", files.1.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| Error::Pem {
+        path: files.1.clone(),
+        source,
+    })?;
     Ok((certified(chain, &key)?, (cert_pem, key_pem)))
 }
 
@@ -198,6 +202,6 @@ fn certified(
     let signing = super::tls::provider()
         .key_provider
         .load_private_key(key.clone_key())
-        .map_err(|e| Error::ServingCert(format!("serving key: {e}")))?;
+        .map_err(Error::ServingKey)?;
     Ok(CertifiedKey::new(chain, signing))
 }

@@ -210,3 +210,77 @@ pub fn signer_files(dir: &Path, label: &str, root: &Ca, extra: &str) -> String {
         root = dir.join("root.pem").display(),
     )
 }
+
+/// A P-256 key pair made outside the token, to import (and import again):
+/// the PKCS#8 and SubjectPublicKeyInfo DER files, and the SPKI bytes.
+pub struct ExternalKey {
+    pub private: PathBuf,
+    pub public: PathBuf,
+    pub spki: Vec<u8>,
+}
+
+impl ExternalKey {
+    pub fn generate(dir: &Path, name: &str) -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let (private, public) = (
+            dir.join(format!("{name}.p8.der")),
+            dir.join(format!("{name}.spki.der")),
+        );
+        std::fs::write(&private, key.serialize_der()).unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        std::fs::write(&public, &spki).unwrap();
+        Self {
+            private,
+            public,
+            spki,
+        }
+    }
+}
+
+/// An empty token labelled `label`.
+pub fn empty_token(label: &str) {
+    run(Command::new("softhsm2-util").args([
+        "--init-token",
+        "--free",
+        "--label",
+        label,
+        "--so-pin",
+        SO_PIN,
+        "--pin",
+        PIN,
+    ]));
+    rescan();
+}
+
+fn tool(label: &str) -> Command {
+    let mut cmd = Command::new("pkcs11-tool");
+    cmd.arg("--module")
+        .arg(module())
+        .args(["--token-label", label, "--login", "--pin", PIN]);
+    cmd
+}
+
+/// Imports `key` as the `ca-key` / id 01 pair, from another process, as an
+/// operator (or an attacker) would.
+pub fn import_key(label: &str, key: &ExternalKey) {
+    run(tool(label).arg("--write-object").arg(&key.private).args([
+        "--type",
+        "privkey",
+        "--id",
+        "01",
+        "--label",
+        "ca-key",
+        "--usage-sign",
+    ]));
+    run(tool(label)
+        .arg("--write-object")
+        .arg(&key.public)
+        .args(["--type", "pubkey", "--id", "01", "--label", "ca-key"]));
+}
+
+/// Deletes the `ca-key` / id 01 pair, from another process.
+pub fn delete_key(label: &str) {
+    for kind in ["privkey", "pubkey"] {
+        run(tool(label).args(["--delete-object", "--type", kind, "--id", "01"]));
+    }
+}

@@ -7,6 +7,7 @@ pub mod csr;
 pub mod hsm;
 pub mod kube;
 pub mod pki;
+pub mod verify;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -125,7 +125,7 @@ pub(super) async fn pipeline(
     let mut n = 0usize;
     while start.elapsed() < each {
         let csr = crate::csr::verify(&csrs[n % csrs.len()]).map_err(|e| e.to_string())?;
-        let uri = csr.uri.clone().unwrap_or_default();
+        let uri = csr.uri().unwrap_or_default().to_owned();
         let (ns, sa) = uri
             .strip_prefix("spiffe://cluster.local/ns/")
             .and_then(|rest| rest.split_once("/sa/"))
