@@ -30,6 +30,8 @@ pub struct Metrics {
     pub key_mismatches: IntCounter,
     pub refused_leaves: IntCounter,
     pub signer_healthy: IntGauge,
+    pub connections: IntGauge,
+    pub connections_refused: IntCounter,
 }
 
 // === impl Metrics ===
@@ -78,6 +80,11 @@ impl Metrics {
             "1 while the signing CA can issue (back end working, key proven), else 0.",
         )?;
         registry.register(Box::new(signer_healthy.clone()))?;
+        let connections = IntGauge::new(
+            "castellan_connections_open",
+            "Client connections open now (TLS established).",
+        )?;
+        registry.register(Box::new(connections.clone()))?;
         Ok(Self {
             csr_count: counter("citadel_server_csr_count", "CSRs received.")?,
             authentication_failures: counter(
@@ -133,6 +140,11 @@ impl Metrics {
                 "Leaves an issuing back end returned outside castellan's profile, refused.",
             )?,
             signer_healthy,
+            connections,
+            connections_refused: counter(
+                "castellan_connections_refused_count",
+                "New connections closed at once over server.max_connections.",
+            )?,
             sign_errors,
             latency,
             in_flight,

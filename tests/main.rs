@@ -15,6 +15,7 @@ mod demo;
 mod integrity;
 mod issue;
 mod kubernetes;
+mod limits;
 mod pkcs11;
 mod refusals;
 mod reload;

@@ -263,8 +263,7 @@ async fn requests_past_their_deadline_are_deadline_exceeded() {
     let s = ca.send(&csr, "ns", "sa", 600).await.unwrap_err();
     assert_eq!(s.code(), Code::DeadlineExceeded, "{s:?}");
     assert!(started.elapsed() < Duration::from_millis(2500));
-    // A client's shorter `grpc-timeout` is honoured too; tonic clients enforce
-    // it themselves, so that path is covered by the unit tests of the parser.
+    // A client's shorter `grpc-timeout`: tests/limits.rs, over raw HTTP/2.
 }
 
 #[tokio::test]

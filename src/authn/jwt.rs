@@ -86,6 +86,11 @@ impl JwtAuthenticator {
         })
     }
 
+    /// Whether `cluster` is named in this section's `cluster_ids`.
+    pub fn lists(&self, cluster: &str) -> bool {
+        self.cluster_ids.iter().any(|id| id == cluster)
+    }
+
     /// Whether requests from `cluster` may be authenticated here.
     pub fn serves(&self, cluster: Option<&str>) -> bool {
         self.cluster_ids.is_empty()

@@ -174,6 +174,33 @@ impl Chain {
         })
     }
 
+    /// Whether some authenticator serves `cluster`.
+    fn serves(&self, cluster: &str) -> bool {
+        self.authenticators.iter().any(|a| match a {
+            Authenticator::TokenReview(t) => t.serves(cluster),
+            Authenticator::Jwt(j) => j.serves(Some(cluster)),
+            Authenticator::ClientCert(_) => false,
+        })
+    }
+
+    /// A `clusterid` header value as the log may show it: a cluster named
+    /// in the configuration, or a fixed marker (the value is untrusted and
+    /// may even be a token sent in the wrong header).
+    pub fn describe_cluster(&self, cluster: &str) -> String {
+        let named = self.authenticators.iter().any(|a| match a {
+            Authenticator::TokenReview(t) => t.serves(cluster),
+            Authenticator::Jwt(j) => j.lists(cluster),
+            Authenticator::ClientCert(_) => false,
+        });
+        if named {
+            cluster.to_owned()
+        } else if self.serves(cluster) {
+            "<unlisted cluster>".to_owned()
+        } else {
+            "<unknown cluster>".to_owned()
+        }
+    }
+
     /// Authenticates with the first authenticator that recognises the
     /// credential, or with a recent verdict for the same credential.
     ///
@@ -217,9 +244,14 @@ impl Chain {
         }
         Err(match (creds.bearer, creds.peer_certs) {
             (None, None) => Error::NoCredential,
+            (Some(_), _) if cluster.is_some_and(|c| !self.serves(c)) => Error::NotRecognised(
+                "the clusterid header names no configured cluster (cluster_id, \
+                 cluster_aliases or cluster_ids)"
+                    .into(),
+            ),
             (Some(token), _) => Error::NotRecognised(format!(
-                "cluster `{}`: {}",
-                cluster.unwrap_or("-"),
+                "cluster {}: {}",
+                cluster.map_or_else(|| "-".to_owned(), |c| self.describe_cluster(c)),
                 jwt::describe_unrecognised(token)
             )),
             (None, Some(_)) => {

@@ -19,6 +19,8 @@ pub const DEFAULT_LISTEN: SocketAddr =
 pub const DEFAULT_METRICS_LISTEN: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 15014));
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
@@ -70,8 +72,13 @@ pub struct Server {
     pub listen: SocketAddr,
     /// Plain HTTP: `/healthz`, `/readyz`, `/metrics`. Unset: not served.
     pub metrics_listen: Option<SocketAddr>,
-    /// Requests handled at once; beyond it callers get RESOURCE_EXHAUSTED.
+    /// Requests accepted at once (being received or handled); beyond it
+    /// callers get RESOURCE_EXHAUSTED at once.
     pub max_in_flight: usize,
+    /// Client connections served at once; beyond it new ones are closed.
+    pub max_connections: usize,
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to each client.
+    pub max_streams_per_connection: u32,
     pub request_timeout_secs: u64,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace_secs: u64,

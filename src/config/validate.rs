@@ -25,6 +25,12 @@ impl Config {
         if self.server.max_in_flight == 0 {
             return invalid("server.max_in_flight", "must be above 0");
         }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be above 0");
+        }
+        if self.server.max_streams_per_connection == 0 {
+            return invalid("server.max_streams_per_connection", "must be above 0");
+        }
         if self.server.request_timeout_secs == 0 {
             return invalid("server.request_timeout_secs", "must be above 0");
         }

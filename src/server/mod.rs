@@ -1,7 +1,9 @@
 //! The running CA: gRPC over TLS, the operational listener, hot reload of the
 //! signing material and of the serving certificate, and graceful shutdown.
 
+mod admission;
 mod health;
+mod limits;
 mod service;
 mod serving;
 mod tls;
@@ -195,19 +197,38 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         issuer,
         TtlRules::from(&config.issuance),
         metrics.clone(),
-        config.server.max_in_flight,
         config.request_timeout(),
     );
+    let limits = limits::connections(config.server.max_connections);
     let (incoming, accept) = tls::incoming(
         listener,
         TlsAcceptor::from(Arc::new(tls)),
+        tls::Limits {
+            connections: limits,
+            // Unfinished handshakes can never take every connection slot.
+            handshakes: limits::MAX_HANDSHAKES.min(limits / 2).max(1),
+        },
+        metrics.clone(),
         shutdown_rx.clone(),
     );
     background.push(accept);
+    let door = admission::AdmissionLayer::new(
+        config.server.max_in_flight,
+        config.request_timeout(),
+        metrics.clone(),
+    );
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(60)))
-            .add_service(IstioCertificateServiceServer::new(service))
+            .max_concurrent_streams(config.server.max_streams_per_connection)
+            .initial_stream_window_size(limits::STREAM_WINDOW)
+            .initial_connection_window_size(limits::CONNECTION_WINDOW)
+            .http2_max_header_list_size(limits::MAX_HEADER_LIST)
+            .layer(door)
+            .add_service(
+                IstioCertificateServiceServer::new(service)
+                    .max_decoding_message_size(limits::MAX_MESSAGE),
+            )
             .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx)),
     );
     tracing::info!(%addr, metrics = ?metrics_addr, "castellan serving");

@@ -3,15 +3,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use prometheus::IntGauge;
-use tokio::{
-    sync::{Semaphore, SemaphorePermit},
-    time::Instant,
-};
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use rustls_pki_types::CertificateDer;
 
+use super::admission::{Deadline, HANDLER_MARGIN};
 use crate::{
     authn::{self, Credentials},
     ca, csr,
@@ -39,39 +36,19 @@ struct Inner {
     issuer: Issuer,
     ttl: TtlRules,
     metrics: Metrics,
-    in_flight: Semaphore,
-    max_in_flight: usize,
+    /// castellan's deadline, for a request that came without the door's.
     timeout: Duration,
-}
-
-/// A slot of the in-flight limit, counted in the gauge while held.
-struct InFlight<'a> {
-    _permit: SemaphorePermit<'a>,
-    gauge: &'a IntGauge,
-}
-
-impl<'a> InFlight<'a> {
-    fn new(permit: SemaphorePermit<'a>, gauge: &'a IntGauge) -> Self {
-        gauge.inc();
-        Self {
-            _permit: permit,
-            gauge,
-        }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
 }
 
 /// What is known about a request when it ends, for its log line.
 #[derive(Default)]
 struct Trace {
     caller: Option<String>,
-    /// The identity ztunnel asked for on a pod's behalf.
+    /// The identity ztunnel asked for on a pod's behalf, if it is a valid
+    /// SPIFFE ID; a marker otherwise.
     on_behalf_of: Option<String>,
+    /// The `clusterid` header, if it names a configured cluster; a marker otherwise.
+    cluster: Option<String>,
     clamped_from: Option<Duration>,
 }
 
@@ -84,7 +61,6 @@ impl CaService {
         issuer: Issuer,
         ttl: TtlRules,
         metrics: Metrics,
-        max_in_flight: usize,
         timeout: Duration,
     ) -> Self {
         Self {
@@ -94,8 +70,6 @@ impl CaService {
                 issuer,
                 ttl,
                 metrics,
-                in_flight: Semaphore::new(max_in_flight),
-                max_in_flight,
                 timeout,
             }),
         }
@@ -112,24 +86,29 @@ impl IstioCertificateService for CaService {
         let me = &self.inner;
         me.metrics.csr_count.inc();
         let peer_certs = request.peer_certs();
+        // Set at the door when the request arrived; without one (a service
+        // used without the admission layer), castellan's own timeout.
+        let deadline = request
+            .extensions()
+            .get::<Deadline>()
+            .map_or(started + me.timeout, |d| d.0);
+        let budget = deadline.saturating_duration_since(started);
         let (meta, _, req) = request.into_parts();
-        let cluster = header(&meta, "clusterid").map(str::to_owned);
-        let mut trace = Trace::default();
-
-        let result = match me.in_flight.try_acquire() {
-            Err(_) => Err(Error::Overloaded(me.max_in_flight)),
-            Ok(permit) => {
-                // Dropped however the request ends, cancellation included.
-                let _in_flight = InFlight::new(permit, &me.metrics.in_flight);
-                let deadline = deadline(&meta).map_or(me.timeout, |d| d.min(me.timeout));
-                let certs = peer_certs.as_deref().map(Vec::as_slice);
-                let work = me.handle(&meta, certs, cluster.as_deref(), req, &mut trace);
-                tokio::time::timeout(deadline, work)
-                    .await
-                    .unwrap_or(Err(Error::Timeout(deadline)))
-            }
+        let cluster = header(&meta, "clusterid");
+        let mut trace = Trace {
+            // Only a value castellan knows reaches the log.
+            cluster: cluster.map(|c| me.authn.describe_cluster(c)),
+            ..Trace::default()
         };
-        me.finish(result, &trace, cluster.as_deref(), started.elapsed())
+        let certs = peer_certs.as_deref().map(Vec::as_slice);
+        let work = me.handle(&meta, certs, cluster, req, &mut trace);
+        let handler_deadline = deadline
+            .checked_sub(HANDLER_MARGIN.min(budget / 2))
+            .unwrap_or(deadline);
+        let result = tokio::time::timeout_at(handler_deadline, work)
+            .await
+            .unwrap_or(Err(Error::Timeout(budget)));
+        me.finish(result, &trace, started.elapsed())
     }
 }
 
@@ -163,7 +142,7 @@ impl Inner {
         let identity = match impersonate {
             None => caller.identity.clone(),
             Some(requested) => {
-                trace.on_behalf_of = Some(requested.chars().take(256).collect());
+                trace.on_behalf_of = Some(loggable_identity(requested));
                 let nodes = self
                     .nodes
                     .as_ref()
@@ -182,12 +161,11 @@ impl Inner {
         &self,
         result: Result<Issued, Error>,
         trace: &Trace,
-        cluster: Option<&str>,
         elapsed: Duration,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let caller = trace.caller.as_deref().unwrap_or("-");
         let on_behalf_of = trace.on_behalf_of.as_deref().unwrap_or("-");
-        let cluster = cluster.unwrap_or("-");
+        let cluster = trace.cluster.as_deref().unwrap_or("-");
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         match result {
             Ok(issued) => {
@@ -289,20 +267,13 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The client's `grpc-timeout`, e.g. `9995m`.
-fn deadline(meta: &MetadataMap) -> Option<Duration> {
-    let value = header(meta, "grpc-timeout")?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
+/// A requested identity as the log may show it: a valid SPIFFE ID, or a
+/// fixed marker (the value is the caller's, untrusted).
+fn loggable_identity(requested: &str) -> String {
+    match spiffe::SpiffeId::new(requested) {
+        Ok(id) if requested.len() <= 512 => id.to_string(),
+        Ok(_) | Err(_) => "<not a SPIFFE ID>".into(),
+    }
 }
 
 #[cfg(test)]
@@ -319,13 +290,13 @@ mod tests {
     }
 
     #[test]
-    fn grpc_timeout() {
-        let mut m = MetadataMap::new();
-        m.insert("grpc-timeout", "250m".parse().unwrap());
-        assert_eq!(deadline(&m), Some(Duration::from_millis(250)));
-        m.insert("grpc-timeout", "3S".parse().unwrap());
-        assert_eq!(deadline(&m), Some(Duration::from_secs(3)));
-        m.insert("grpc-timeout", "x".parse().unwrap());
-        assert_eq!(deadline(&m), None);
+    fn only_valid_identities_are_logged() {
+        assert_eq!(
+            loggable_identity("spiffe://cluster.local/ns/a/sa/b"),
+            "spiffe://cluster.local/ns/a/sa/b"
+        );
+        for bad in ["eyJhbGciOiJSUzI1NiJ9.secret.token", "", "spiffe://", "x\ny"] {
+            assert_eq!(loggable_identity(bad), "<not a SPIFFE ID>");
+        }
     }
 }

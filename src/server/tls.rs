@@ -2,8 +2,15 @@
 //! mode, FIPS and post-quantum included, can connect) and the accept loop
 //! that hands finished handshakes to the gRPC server.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use prometheus::IntGauge;
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::{CryptoProvider, aws_lc_rs},
@@ -11,14 +18,19 @@ use rustls::{
 };
 use rustls_pki_types::CertificateDer;
 use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{mpsc, watch},
+    sync::{Semaphore, mpsc, oneshot, watch},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::metrics::Metrics;
+
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The suites and groups castellan offers.
 ///
@@ -69,43 +81,101 @@ pub(super) fn server_config(
     Ok(config)
 }
 
+/// How many connections are served, and how many handshake at once.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    pub(super) connections: usize,
+    pub(super) handshakes: usize,
+}
+
+/// A served connection; its slot of the connection limit is given back
+/// when it closes.
+#[derive(Debug)]
+pub(super) struct Conn {
+    tls: TlsStream<TcpStream>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    open: IntGauge,
+}
+
 /// Accepts connections and completes TLS handshakes concurrently, so one
 /// slow client cannot hold up the others; yields finished TLS streams.
-/// Closes the listening socket once `stop` turns true.
+/// Beyond `limits.connections` a new connection is closed at once (counted,
+/// logged at most once a second): descriptors never run out, so outgoing
+/// calls (Vault, Kubernetes) and files keep working. At most
+/// `limits.handshakes` handshakes run at once; a new connection beyond that
+/// evicts the oldest unfinished handshake, so a flood of idle connections
+/// cannot keep a real client from being served. Accept errors back off
+/// instead of spinning. Closes the listening socket once `stop` turns true.
 pub(super) fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    limits: Limits,
+    metrics: Metrics,
     mut stop: watch::Receiver<bool>,
 ) -> (
-    ReceiverStream<io::Result<TlsStream<TcpStream>>>,
+    ReceiverStream<io::Result<Conn>>,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(256);
+    let connections = Arc::new(Semaphore::new(limits.connections));
+    let mut pending = Pending::new(limits.handshakes);
     let task = tokio::spawn(async move {
+        let mut backoff = Backoff::default();
+        let mut refused_log = RateLimited::default();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
                 _ = stop.wait_for(|stop| *stop) => break,
             };
             let (tcp, peer) = match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    backoff.reset();
+                    conn
+                }
                 Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    backoff.wait(&e).await;
                     continue;
                 }
+            };
+            let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
+                drop(tcp);
+                metrics.connections_refused.inc();
+                if refused_log.due() {
+                    tracing::warn!(
+                        limit = limits.connections,
+                        "over server.max_connections: closing new connections at once \
+                         (castellan_connections_refused_count counts each)"
+                    );
+                }
+                continue;
             };
             // Without NODELAY every unary call waits ~40 ms on Nagle + delayed ACK.
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
             }
+            let (handshake, evicted) = pending.admit().await;
             let acceptor = acceptor.clone();
             let conn_tx = tx.clone();
+            let open = metrics.connections.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let done = tokio::select! {
+                    done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => done,
+                    _ = evicted => {
+                        tracing::debug!(%peer, "unfinished TLS handshake evicted by a newer connection");
+                        return;
+                    }
+                };
+                drop(handshake);
+                match done {
                     Ok(Ok(tls)) => {
-                        let _ = conn_tx.send(Ok(tls)).await;
+                        open.inc();
+                        let _ = conn_tx
+                            .send(Ok(Conn {
+                                tls,
+                                _slot: slot,
+                                open,
+                            }))
+                            .await;
                     }
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -117,4 +187,160 @@ pub(super) fn incoming(
         }
     });
     (ReceiverStream::new(rx), task)
+}
+
+/// The handshakes in progress: at most `max`, the oldest evicted for a new
+/// one beyond that.
+#[derive(Debug)]
+struct Pending {
+    slots: Arc<Semaphore>,
+    max: usize,
+    /// One sender per handshake, oldest first; a send evicts it. Entries of
+    /// finished handshakes are closed and pruned.
+    order: std::collections::VecDeque<oneshot::Sender<()>>,
+}
+
+impl Pending {
+    fn new(max: usize) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            order: std::collections::VecDeque::with_capacity(max),
+        }
+    }
+
+    /// A slot for one more handshake, and what tells it it was evicted.
+    async fn admit(&mut self) -> (tokio::sync::OwnedSemaphorePermit, oneshot::Receiver<()>) {
+        if self.order.len() >= self.max.saturating_mul(2) {
+            self.order.retain(|s| !s.is_closed());
+        }
+        let permit = loop {
+            if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
+                break p;
+            }
+            // Evict the oldest handshake still running; its task gives its
+            // slot back when it sees the eviction.
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    if oldest.send(()).is_ok()
+                        && let Ok(p) = Arc::clone(&self.slots).acquire_owned().await
+                    {
+                        break p;
+                    }
+                }
+                None => match Arc::clone(&self.slots).acquire_owned().await {
+                    Ok(p) => break p,
+                    Err(_) => continue,
+                },
+            }
+        };
+        let (evict, evicted) = oneshot::channel();
+        self.order.push_back(evict);
+        (permit, evicted)
+    }
+}
+
+/// Exponential back-off on accept errors (EMFILE, ENFILE, ENOBUFS…), logged
+/// once per spell of errors.
+#[derive(Debug)]
+struct Backoff {
+    pause: Duration,
+    failing: bool,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            pause: ACCEPT_BACKOFF_MIN,
+            failing: false,
+        }
+    }
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        if self.failing {
+            tracing::info!("accepting connections again");
+        }
+        *self = Self::default();
+    }
+
+    async fn wait(&mut self, e: &io::Error) {
+        if !self.failing {
+            tracing::warn!(error = %e, "accept failed; backing off (up to 1 s between tries)");
+            self.failing = true;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(ACCEPT_BACKOFF_MAX);
+    }
+}
+
+/// Lets one log line through per second.
+#[derive(Debug, Default)]
+struct RateLimited(Option<tokio::time::Instant>);
+
+impl RateLimited {
+    fn due(&mut self) -> bool {
+        let due = self.0.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            self.0 = Some(tokio::time::Instant::now());
+        }
+        due
+    }
+}
+
+// === impl Conn ===
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tls.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
 }

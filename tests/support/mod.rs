@@ -4,6 +4,7 @@
 
 pub mod bao;
 pub mod csr;
+pub mod h2c;
 pub mod hsm;
 pub mod kube;
 pub mod pki;
@@ -90,36 +91,16 @@ impl TestCa {
     }
 
     pub async fn start_with(setup: Setup) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let mut setup = setup;
-        let root = setup
-            .root
-            .take()
-            .unwrap_or_else(|| Ca::root("Test Root", setup.ca_alg));
-        let intermediate = root.intermediate("Test Intermediate", setup.ca_alg, |_| {});
-        let mut roots = root.pem.clone();
-        if setup.extra_root {
-            roots.push_str(&Ca::root("Next Root", KeyAlg::EcP384).pem);
-        }
-        pki::write_cacerts(
-            &dir.path().join("ca"),
-            &intermediate,
-            &[&intermediate, &root],
-            &roots,
-        );
-        let (tokens, token_key) = TokenIssuer::generate(ISSUER).unwrap();
-        std::fs::write(dir.path().join("jwks.json"), tokens.jwks()).unwrap();
-        let config = config_text(dir.path().to_path_buf(), &setup);
-        std::fs::write(dir.path().join("castellan.toml"), &config).unwrap();
-        let config = Config::parse(&config, &dir.path().join("castellan.toml")).unwrap();
+        let files = Files::write(setup);
+        let config = Config::load(&files.config).unwrap();
         let running = server::start(&config).await.unwrap();
         Self {
             running,
-            dir,
-            root,
-            intermediate,
-            tokens,
-            token_key: token_key.to_string(),
+            dir: files.dir,
+            root: files.root,
+            intermediate: files.intermediate,
+            tokens: files.tokens,
+            token_key: files.token_key,
         }
     }
 
@@ -168,6 +149,51 @@ impl TestCa {
 
     pub fn metrics_url(&self) -> String {
         format!("http://{}", self.running.metrics_addr.unwrap())
+    }
+}
+
+/// Everything a castellan needs on disk, written but not started (for
+/// tests that run the binary).
+pub struct Files {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub root: Ca,
+    pub intermediate: Ca,
+    pub tokens: TokenIssuer,
+    pub token_key: String,
+}
+
+impl Files {
+    pub fn write(setup: Setup) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut setup = setup;
+        let root = setup
+            .root
+            .take()
+            .unwrap_or_else(|| Ca::root("Test Root", setup.ca_alg));
+        let intermediate = root.intermediate("Test Intermediate", setup.ca_alg, |_| {});
+        let mut roots = root.pem.clone();
+        if setup.extra_root {
+            roots.push_str(&Ca::root("Next Root", KeyAlg::EcP384).pem);
+        }
+        pki::write_cacerts(
+            &dir.path().join("ca"),
+            &intermediate,
+            &[&intermediate, &root],
+            &roots,
+        );
+        let (tokens, token_key) = TokenIssuer::generate(ISSUER).unwrap();
+        std::fs::write(dir.path().join("jwks.json"), tokens.jwks()).unwrap();
+        let config = config_text(dir.path().to_path_buf(), &setup);
+        std::fs::write(dir.path().join("castellan.toml"), &config).unwrap();
+        Self {
+            config: dir.path().join("castellan.toml"),
+            dir,
+            root,
+            intermediate,
+            tokens,
+            token_key: token_key.to_string(),
+        }
     }
 }
 

@@ -1,0 +1,227 @@
+//! Admission at the door: every gRPC request takes a slot of
+//! `server.max_in_flight` when its headers arrive — before its body is read
+//! — or is answered RESOURCE_EXHAUSTED at once; and the deadline (castellan's,
+//! or the client's `grpc-timeout` if shorter) covers receiving the request as
+//! well as handling it. So the limit bounds what is accepted, a body that
+//! never arrives is answered in time, and the latency of accepted requests
+//! stays bounded at any burst size.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use prometheus::IntGauge;
+use tokio::{sync::Semaphore, time::Instant};
+use tonic::{Status, body::Body};
+
+use crate::{error::Error, metrics::Metrics};
+
+/// castellan's deadline fires this much before the client's, so the
+/// answer is castellan's DEADLINE_EXCEEDED (logged, counted) rather than
+/// the transport's own cancellation.
+const DOOR_MARGIN: Duration = Duration::from_millis(2);
+/// The handler's deadline fires before the door's, so a request being
+/// handled is answered by the handler, with its caller in the log line.
+pub(super) const HANDLER_MARGIN: Duration = Duration::from_millis(4);
+
+/// When a request must be answered by, set at the door.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Deadline(pub(super) Instant);
+
+/// The shared state of the door.
+#[derive(Debug)]
+pub(super) struct Door {
+    slots: Arc<Semaphore>,
+    max_in_flight: usize,
+    timeout: Duration,
+    metrics: Metrics,
+    /// When the last overload line was logged (at most one a second).
+    last_overload_log: std::sync::Mutex<Option<Instant>>,
+}
+
+/// The tower layer putting [`Door`] in front of the gRPC routes.
+#[derive(Clone, Debug)]
+pub(super) struct AdmissionLayer(Arc<Door>);
+
+/// The service the layer makes.
+#[derive(Clone, Debug)]
+pub(super) struct Admission<S> {
+    inner: S,
+    door: Arc<Door>,
+}
+
+/// A slot held until the request's answer is made, counted in the gauge.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+// === impl AdmissionLayer ===
+
+impl AdmissionLayer {
+    pub(super) fn new(max_in_flight: usize, timeout: Duration, metrics: Metrics) -> Self {
+        Self(Arc::new(Door {
+            slots: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            timeout,
+            metrics,
+            last_overload_log: std::sync::Mutex::new(None),
+        }))
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission {
+            inner,
+            door: Arc::clone(&self.0),
+        }
+    }
+}
+
+// === impl Admission ===
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> tower_service::Service<http::Request<Body>> for Admission<S>
+where
+    S: tower_service::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        let arrived = Instant::now();
+        let door = Arc::clone(&self.door);
+        let Ok(permit) = Arc::clone(&door.slots).try_acquire_owned() else {
+            door.refuse_overloaded(arrived);
+            let status = Status::from(&Error::Overloaded(door.max_in_flight));
+            return Box::pin(async move { Ok(status.into_http()) });
+        };
+        let slot = Slot::new(permit, door.metrics.in_flight.clone());
+        let budget = client_timeout(req.headers()).map_or(door.timeout, |c| c.min(door.timeout));
+        let deadline = arrived + budget;
+        req.extensions_mut().insert(Deadline(deadline));
+        // The ready service answers this request; a clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let _slot = slot;
+            let door_deadline = deadline
+                .checked_sub(DOOR_MARGIN.min(budget / 4))
+                .unwrap_or(deadline);
+            match tokio::time::timeout_at(door_deadline, inner.call(req)).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    let e = Error::Timeout(budget);
+                    let status = Status::from(&e);
+                    door.metrics
+                        .observe_latency(status.code(), arrived.elapsed());
+                    tracing::warn!(
+                        caller = "-",
+                        outcome = ?status.code(),
+                        reason = "the request was not received and handled within the deadline",
+                        latency_ms = arrived.elapsed().as_secs_f64() * 1000.0,
+                        "CreateCertificate"
+                    );
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
+
+// === impl Door ===
+
+impl Door {
+    fn refuse_overloaded(&self, arrived: Instant) {
+        self.metrics.overloaded.inc();
+        self.metrics
+            .observe_latency(tonic::Code::ResourceExhausted, arrived.elapsed());
+        let mut last = self
+            .last_overload_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                max_in_flight = self.max_in_flight,
+                "over server.max_in_flight: refusing requests with RESOURCE_EXHAUSTED \
+                 (castellan_overloaded_count counts each; logged at most once a second)"
+            );
+        }
+    }
+}
+
+// === impl Slot ===
+
+impl Slot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The client's `grpc-timeout`, e.g. `9995m` (at most 8 digits and a unit).
+pub(super) fn client_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout() {
+        let mut h = http::HeaderMap::new();
+        h.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(client_timeout(&h), Some(Duration::from_millis(250)));
+        h.insert("grpc-timeout", "3S".parse().unwrap());
+        assert_eq!(client_timeout(&h), Some(Duration::from_secs(3)));
+        h.insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert!(client_timeout(&h).is_some(), "saturates, never panics");
+        for bad in ["x", "", "5", "1234567890m", "-1S", "1.5S"] {
+            h.insert("grpc-timeout", bad.parse().unwrap());
+            assert_eq!(client_timeout(&h), None, "{bad:?}");
+        }
+    }
+}
