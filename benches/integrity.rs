@@ -74,7 +74,11 @@ struct Row {
 
 /// The issuing path of a running castellan, a rate, and one issued chain.
 async fn measure(ca: &TestCa, each: Duration) -> (f64, Vec<String>, Vec<u8>) {
-    let issuer = Issuer::new(ca.running.ca.clone(), Duration::from_secs(120));
+    let issuer = Issuer::new(
+        ca.running.ca.clone(),
+        Duration::from_secs(120),
+        Duration::from_secs(600),
+    );
     let identity = support::id("bench", "w");
     let (_, csr_pem) = support::csr::ztunnel(&identity);
     let verified = csr::verify(&csr_pem).unwrap();

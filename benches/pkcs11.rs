@@ -135,12 +135,13 @@ fn main() {
         let rules = Rules {
             trust_domain: config.trust_domain.clone(),
             default_ttl: Duration::from_secs(3600),
+            min_ttl: Duration::from_secs(600),
             max_ttl: Duration::from_secs(86400),
             roots: None,
             counters: castellan::metrics::Metrics::new().unwrap().ca_counters(),
         };
         let handle = Arc::new(CaHandle::load(ca::source(&config.signer), rules).await.unwrap());
-        let issuer = Issuer::new(handle, Duration::from_secs(120));
+        let issuer = Issuer::new(handle, Duration::from_secs(120), Duration::from_secs(600));
         let (_, csr_pem) = support::csr::ztunnel(&support::id("bench", "w"));
         let verified = csr::verify(&csr_pem).unwrap();
         let id = spiffe::SpiffeId::new(support::id("bench", "w")).unwrap();

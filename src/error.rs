@@ -80,7 +80,9 @@ impl From<&Error> for Status {
 /// retry it), the rest INTERNAL; details stay in the log.
 fn issue_status(e: &issuer::Error) -> Status {
     match e {
-        issuer::Error::CaExpired(_) => Status::unavailable("signer unavailable"),
+        issuer::Error::CaExpired(_) | issuer::Error::CaExpiring { .. } => {
+            Status::unavailable("signer unavailable")
+        }
         issuer::Error::Ca(e) => match e {
             ca::Error::Backend(castellan_signer::Error::Unavailable(_))
             | ca::Error::KeyMismatch { .. }

@@ -22,6 +22,8 @@ pub struct Issuer {
     ca: Arc<CaHandle>,
     /// NotBefore is backdated this much for clock skew.
     skew: Duration,
+    /// Workload certificates are never issued shorter (`issuance.min_ttl_secs`).
+    min_lifetime: Duration,
 }
 
 /// A workload certificate, ready to return.
@@ -34,9 +36,26 @@ pub struct Issued {
     /// Lower-case hex.
     pub serial: String,
     pub not_after: SystemTime,
-    /// What the signer reported that an operator should know.
+    /// When the certificate was asked to end, if it ends more than a minute
+    /// earlier (the signing certificate's expiry, a Vault role's max_ttl).
+    pub cut_from: Option<SystemTime>,
+    /// What the back end reported that an operator should know.
     pub warnings: Vec<String>,
 }
+
+/// A certificate's validity, and the NotAfter the request asked for.
+struct Validity {
+    not_before: SystemTime,
+    not_after: SystemTime,
+    asked: SystemTime,
+}
+
+/// A NotAfter this much (or a tenth of the lifetime) shorter than asked
+/// for is reported as cut.
+const CUT_TOLERANCE: Duration = Duration::from_secs(60);
+/// castellan's own serving certificate is not renewed below this lifetime:
+/// the current one is kept and the operator alerted.
+pub const MIN_SERVING_LIFETIME: Duration = Duration::from_secs(600);
 
 /// A server certificate for castellan itself.
 #[derive(Debug)]
@@ -49,8 +68,18 @@ pub struct ServerCert {
 /// Why issuance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the signing certificate expired at {0}")]
-    CaExpired(String),
+    #[error("the signing certificate expired at {}", ca::date(*.0))]
+    CaExpired(SystemTime),
+    #[error(
+        "the signing certificate expires at {}, less than the shortest useful lifetime ({} s) \
+         from now: renew the intermediate",
+        ca::date(*not_after),
+        min.as_secs()
+    )]
+    CaExpiring {
+        not_after: SystemTime,
+        min: Duration,
+    },
     #[error(transparent)]
     Ca(#[from] ca::Error),
     #[error("encoding the certificate: {0}")]
@@ -62,8 +91,12 @@ pub enum Error {
 // === impl Issuer ===
 
 impl Issuer {
-    pub fn new(ca: Arc<CaHandle>, skew: Duration) -> Self {
-        Self { ca, skew }
+    pub fn new(ca: Arc<CaHandle>, skew: Duration, min_lifetime: Duration) -> Self {
+        Self {
+            ca,
+            skew,
+            min_lifetime,
+        }
     }
 
     pub fn ca(&self) -> &Arc<CaHandle> {
@@ -76,7 +109,11 @@ impl Issuer {
     /// [`Error`] when the CA has expired or the signer fails.
     pub async fn issue(&self, approved: &Approved) -> Result<Issued, Error> {
         let ca = self.ca.current();
-        let (not_before, not_after) = self.validity(&ca, approved.ttl())?;
+        let Validity {
+            not_before,
+            not_after,
+            asked,
+        } = self.validity(&ca, approved.ttl(), self.min_lifetime)?;
         let leaf = ca
             .issue_leaf(&LeafRequest {
                 subject: Subject::Workload(approved.identity()),
@@ -91,10 +128,18 @@ impl Issuer {
         chain.push(pem::certificate(&leaf.der)?);
         chain.extend(ca.chain_pem().iter().cloned());
         chain.push(ca.roots_pem().to_owned());
+        let tolerance = CUT_TOLERANCE.min(approved.ttl() / 10);
+        let cut_from = (leaf
+            .not_after
+            .checked_add(tolerance)
+            .unwrap_or(leaf.not_after)
+            < asked)
+            .then_some(asked);
         Ok(Issued {
             chain,
             serial: leaf.serial,
             not_after: leaf.not_after,
+            cut_from,
             warnings: leaf.warnings,
         })
     }
@@ -111,7 +156,11 @@ impl Issuer {
         ttl: Duration,
     ) -> Result<ServerCert, Error> {
         let ca = self.ca.current();
-        let (not_before, not_after) = self.validity(&ca, ttl)?;
+        let Validity {
+            not_before,
+            not_after,
+            ..
+        } = self.validity(&ca, ttl, MIN_SERVING_LIFETIME.min(ttl))?;
         let leaf = ca
             .issue_leaf(&LeafRequest {
                 subject: Subject::Server {
@@ -131,21 +180,31 @@ impl Issuer {
     }
 
     /// NotBefore backdated for skew (not before the CA's own), NotAfter cut
-    /// to the CA's: a certificate never outlives its issuer.
-    fn validity(&self, ca: &SigningCa, ttl: Duration) -> Result<(SystemTime, SystemTime), Error> {
+    /// to the CA's: a certificate never outlives its issuer. Below `min` of
+    /// life left the CA is refused rather than handing out certificates that
+    /// make their holders renew in a loop.
+    fn validity(&self, ca: &SigningCa, ttl: Duration, min: Duration) -> Result<Validity, Error> {
         let now = SystemTime::now();
         let facts = ca.facts();
         if facts.not_after <= now {
-            return Err(Error::CaExpired(ca::date(facts.not_after)));
+            return Err(Error::CaExpired(facts.not_after));
         }
         let not_before = now
             .checked_sub(self.skew)
             .unwrap_or(now)
             .max(facts.not_before);
-        let not_after = now
-            .checked_add(ttl)
-            .unwrap_or(facts.not_after)
-            .min(facts.not_after);
-        Ok((not_before, not_after))
+        let asked = now.checked_add(ttl).unwrap_or(facts.not_after);
+        let not_after = asked.min(facts.not_after);
+        if not_after.duration_since(now).unwrap_or_default() < min {
+            return Err(Error::CaExpiring {
+                not_after: facts.not_after,
+                min,
+            });
+        }
+        Ok(Validity {
+            not_before,
+            not_after,
+            asked,
+        })
     }
 }

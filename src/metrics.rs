@@ -27,6 +27,7 @@ pub struct Metrics {
     pub authn_cache_hits: IntCounter,
     pub authn_cache_misses: IntCounter,
     pub signer_warnings: IntCounter,
+    pub lifetime_cut: IntCounter,
     pub key_mismatches: IntCounter,
     pub refused_leaves: IntCounter,
     pub signer_healthy: IntGauge,
@@ -121,7 +122,11 @@ impl Metrics {
             )?,
             signer_warnings: counter(
                 "castellan_signer_warnings_count",
-                "Warnings from the signer (a Vault TTL clamp, a lifetime cut below the request).",
+                "Certificates for which the back end reported warnings (e.g. Vault's).",
+            )?,
+            lifetime_cut: counter(
+                "castellan_lifetime_cut_count",
+                "Certificates that end earlier than asked (the signing certificate's expiry, a Vault role's max_ttl).",
             )?,
             authn_cache_hits: counter(
                 "castellan_authn_cache_hits_count",

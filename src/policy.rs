@@ -19,7 +19,8 @@ pub struct Approved {
     key: KeyKind,
     identity: SpiffeId,
     ttl: Duration,
-    /// Set when the request asked for more than the maximum and got less.
+    /// Set when the request asked for a lifetime outside the bounds and got
+    /// the nearest bound.
     clamped_from: Option<Duration>,
 }
 
@@ -27,6 +28,7 @@ pub struct Approved {
 #[derive(Clone, Copy, Debug)]
 pub struct TtlRules {
     pub default: Duration,
+    pub min: Duration,
     pub max: Duration,
     pub over_max: OverMaxTtl,
 }
@@ -77,6 +79,7 @@ impl From<&Issuance> for TtlRules {
     fn from(i: &Issuance) -> Self {
         Self {
             default: Duration::from_secs(i.default_ttl_secs),
+            min: Duration::from_secs(i.min_ttl_secs),
             max: Duration::from_secs(i.max_ttl_secs),
             over_max: i.over_max_ttl,
         }
@@ -84,15 +87,18 @@ impl From<&Issuance> for TtlRules {
 }
 
 impl TtlRules {
-    /// 0 means "no preference"; negative is an error; above the maximum is
-    /// clamped or refused as configured. Returns the TTL and, when clamped,
-    /// what was asked for.
+    /// 0 means "no preference"; negative is an error; below the minimum is
+    /// raised to it; above the maximum is clamped or refused as configured.
+    /// Returns the TTL and, when it differs, what was asked for.
     fn decide(&self, requested_secs: i64) -> Result<(Duration, Option<Duration>), Error> {
         let requested = match u64::try_from(requested_secs) {
             Ok(0) => return Ok((self.default, None)),
             Ok(secs) => Duration::from_secs(secs),
             Err(_) => return Err(Error::NegativeTtl(requested_secs)),
         };
+        if requested < self.min {
+            return Ok((self.min, Some(requested)));
+        }
         if requested <= self.max {
             return Ok((requested, None));
         }
@@ -157,6 +163,7 @@ mod tests {
     fn rules(over_max: OverMaxTtl) -> TtlRules {
         TtlRules {
             default: Duration::from_secs(3600),
+            min: Duration::from_secs(600),
             max: Duration::from_secs(7200),
             over_max,
         }
@@ -204,7 +211,12 @@ mod tests {
             check(csr(None), &c, s, r).map(|a| (a.ttl().as_secs(), a.clamped_from()))
         };
         assert_eq!(ttl(&clamp, 0).unwrap(), (3600, None));
-        assert_eq!(ttl(&clamp, 60).unwrap(), (60, None));
+        assert_eq!(
+            ttl(&clamp, 1).unwrap(),
+            (600, Some(Duration::from_secs(1))),
+            "raised to the minimum"
+        );
+        assert_eq!(ttl(&clamp, 600).unwrap(), (600, None));
         assert_eq!(ttl(&clamp, 7200).unwrap(), (7200, None));
         assert_eq!(
             ttl(&clamp, 9000).unwrap(),

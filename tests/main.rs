@@ -15,6 +15,7 @@ mod demo;
 mod integrity;
 mod issue;
 mod kubernetes;
+mod lifetimes;
 mod limits;
 mod pkcs11;
 mod refusals;

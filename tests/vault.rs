@@ -271,8 +271,10 @@ async fn a_clamping_role_is_reported_and_a_role_breaking_the_profile_is_refused(
     // castellan allows 24 h; the role clamps to 2 h and only says so in a warning.
     ca.send(&csr, "ns", "sa", 86400).await.unwrap();
     let (_, m) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
+    // One certificate with a warning, one cut lifetime: each counted once.
     assert!(
-        m.contains("castellan_signer_warnings_count 2"),
+        m.contains("castellan_signer_warnings_count 1\n")
+            && m.contains("castellan_lifetime_cut_count 1\n"),
         "Vault's warning and the cut lifetime: {m}"
     );
 

@@ -99,12 +99,20 @@ impl VerdictCache {
                 };
                 Ok::<_, Error>(Entry {
                     verdict: verdict.map(|(caller, _)| Arc::new(caller)),
-                    until: Instant::now() + reuse,
+                    until: later(reuse),
                 })
             })
             .await?;
         entry.verdict
     }
+}
+
+/// `now + d`, or a far future for a `d` no clock can add (never a panic).
+fn later(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 fn key(cluster: Option<&str>, token: &str) -> [u8; 32] {

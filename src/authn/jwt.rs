@@ -144,10 +144,12 @@ impl JwtAuthenticator {
         for key in keys {
             match decode::<Claims>(token, &key, &validation) {
                 Ok(data) => {
-                    let expires = UNIX_EPOCH + Duration::from_secs(data.claims.exp);
+                    // `exp` is the token's: an absurd one means "no expiry
+                    // known", and the cache's own bound applies.
+                    let expires = UNIX_EPOCH.checked_add(Duration::from_secs(data.claims.exp));
                     return self
                         .caller(data.claims)
-                        .map(|c| (c, Some(expires)))
+                        .map(|c| (c, expires))
                         .map_err(reject);
                 }
                 Err(e) => last = Some(e),

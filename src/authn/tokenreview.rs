@@ -178,5 +178,5 @@ fn expiry(token: &str) -> Option<SystemTime> {
     insecure_decode_claims::<Exp>(token)
         .ok()?
         .exp
-        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
 }

@@ -2,7 +2,7 @@
 //! end, or issued by the back end from the CSR; either way checked against
 //! the signing certificate before it is handed out.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use castellan_signer::{Backend, LeafOrder};
 use der::Decode;
@@ -11,9 +11,6 @@ use x509_cert::Certificate;
 
 use super::{Error, SigningCa};
 use crate::profile::{self, Subject, Template};
-
-/// A NotAfter this much shorter than asked for is reported as cut.
-const CUT_TOLERANCE: Duration = Duration::from_secs(60);
 
 /// What to certify.
 #[derive(Clone, Copy, Debug)]
@@ -115,15 +112,7 @@ impl SigningCa {
                 let cert = Certificate::from_der(&der)?;
                 let tbs = cert.tbs_certificate();
                 let not_after = tbs.validity().not_after.to_system_time();
-                let mut warnings = issued.warnings;
-                if not_after + CUT_TOLERANCE < req.not_after {
-                    warnings.push(format!(
-                        "the back end cut the lifetime to {} (asked until {}); check the role's \
-                         max_ttl",
-                        super::date(not_after),
-                        super::date(req.not_after)
-                    ));
-                }
+                let warnings = issued.warnings;
                 let serial = tbs
                     .serial_number()
                     .as_bytes()

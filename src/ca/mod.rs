@@ -35,6 +35,8 @@ use crate::{pem, profile};
 pub struct Rules {
     pub trust_domain: TrustDomain,
     pub default_ttl: std::time::Duration,
+    /// Below this much life left the CA issues nothing (`issuance.min_ttl_secs`).
+    pub min_ttl: std::time::Duration,
     pub max_ttl: std::time::Duration,
     /// The enterprise roots from `ca.roots_file`; when unset, the roots that
     /// came with the signing material.
@@ -72,6 +74,7 @@ pub struct SigningCa {
     fingerprint: Option<Fingerprint>,
     assessment: Assessment,
     proof: proof::KeyProof,
+    min_ttl: std::time::Duration,
     rng: SystemRandom,
 }
 
@@ -201,6 +204,7 @@ impl SigningCa {
             fingerprint: material.fingerprint,
             assessment: Assessment::default(),
             proof,
+            min_ttl: rules.min_ttl,
             rng: SystemRandom::new(),
         };
         ca.assessment = assess::run(&ca, &cert, &material.cert_source, rules).await?;
@@ -264,6 +268,18 @@ impl SigningCa {
     pub fn why_unhealthy(&self) -> Option<String> {
         if let Some(reason) = self.proof.broken() {
             return Some(reason);
+        }
+        let left = self
+            .facts
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if left < self.min_ttl {
+            return Some(format!(
+                "the signing certificate expires at {}, in less than issuance.min_ttl_secs; \
+                 renew the intermediate",
+                date(self.facts.not_after)
+            ));
         }
         let backend_ok = match &self.backend {
             Backend::Signs(s) => s.healthy(),

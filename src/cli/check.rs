@@ -24,6 +24,7 @@ pub(super) async fn run(path: &Path) -> ExitCode {
     let rules = Rules {
         trust_domain: config.trust_domain.clone(),
         default_ttl: Duration::from_secs(config.issuance.default_ttl_secs),
+        min_ttl: Duration::from_secs(config.issuance.min_ttl_secs),
         max_ttl: Duration::from_secs(config.issuance.max_ttl_secs),
         roots,
         counters: match Metrics::new() {

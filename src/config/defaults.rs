@@ -35,6 +35,7 @@ impl Default for Issuance {
     fn default() -> Self {
         Self {
             default_ttl_secs: DEFAULT_TTL_SECS,
+            min_ttl_secs: DEFAULT_MIN_TTL_SECS,
             max_ttl_secs: DEFAULT_MAX_TTL_SECS,
             over_max_ttl: OverMaxTtl::Clamp,
             not_before_skew_secs: DEFAULT_NOT_BEFORE_SKEW_SECS,

@@ -25,6 +25,11 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
 pub const DEFAULT_MAX_TTL_SECS: u64 = 24 * 3600;
+pub const DEFAULT_MIN_TTL_SECS: u64 = 600;
+/// Durations above this (a year) are refused: no lifetime, cache age or
+/// timeout castellan uses needs more, and bounded values keep time
+/// arithmetic exact.
+pub const MAX_DURATION_SECS: u64 = 365 * 24 * 3600;
 pub const DEFAULT_NOT_BEFORE_SKEW_SECS: u64 = 120;
 pub const DEFAULT_SERVING_TTL_SECS: u64 = 24 * 3600;
 pub const DEFAULT_RELOAD_INTERVAL_SECS: u64 = 5;
@@ -105,6 +110,10 @@ pub struct ServerTls {
 pub struct Issuance {
     /// Used when the request asks for 0 (no preference).
     pub default_ttl_secs: u64,
+    /// Shorter requests are raised to this: clients renew at about half the
+    /// lifetime less the backdating, so a few seconds would make them renew
+    /// in a loop.
+    pub min_ttl_secs: u64,
     pub max_ttl_secs: u64,
     /// What a request above `max_ttl_secs` gets.
     pub over_max_ttl: OverMaxTtl,

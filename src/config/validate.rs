@@ -1,7 +1,7 @@
 //! The rules a parsed configuration must meet, each failure naming the key
 //! and what to change.
 
-use super::{Authn, Config, Error, Jwt, Signer, TokenReview};
+use super::{Authn, Config, Error, Jwt, MAX_DURATION_SECS, Signer, TokenReview};
 
 fn invalid(key: &'static str, problem: &str) -> Result<(), Error> {
     Err(Error::Invalid {
@@ -12,14 +12,21 @@ fn invalid(key: &'static str, problem: &str) -> Result<(), Error> {
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), Error> {
+        self.bounded()?;
         let i = &self.issuance;
         if i.max_ttl_secs == 0 {
             return invalid("issuance.max_ttl_secs", "must be above 0");
         }
-        if i.default_ttl_secs == 0 || i.default_ttl_secs > i.max_ttl_secs {
+        if i.min_ttl_secs == 0 || i.min_ttl_secs > i.max_ttl_secs {
+            return invalid(
+                "issuance.min_ttl_secs",
+                "must be above 0 and at most issuance.max_ttl_secs",
+            );
+        }
+        if i.default_ttl_secs < i.min_ttl_secs || i.default_ttl_secs > i.max_ttl_secs {
             return invalid(
                 "issuance.default_ttl_secs",
-                "must be above 0 and at most issuance.max_ttl_secs",
+                "must be between issuance.min_ttl_secs and issuance.max_ttl_secs",
             );
         }
         if self.server.max_in_flight == 0 {
@@ -102,6 +109,56 @@ impl Config {
                 "impersonation.trusted_node_accounts",
                 "needs a [[authn]] type = \"tokenreview\" section: node authorization reads pods from that cluster",
             );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Every duration below [`MAX_DURATION_SECS`], so no time arithmetic
+    /// on configured values can overflow.
+    fn bounded(&self) -> Result<(), Error> {
+        let mut durations = vec![
+            ("issuance.default_ttl_secs", self.issuance.default_ttl_secs),
+            ("issuance.min_ttl_secs", self.issuance.min_ttl_secs),
+            ("issuance.max_ttl_secs", self.issuance.max_ttl_secs),
+            (
+                "issuance.not_before_skew_secs",
+                self.issuance.not_before_skew_secs,
+            ),
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs,
+            ),
+            (
+                "server.shutdown_grace_secs",
+                self.server.shutdown_grace_secs,
+            ),
+            ("server.tls.ttl_secs", self.server.tls.ttl_secs),
+            ("ca.reload_interval_secs", self.ca.reload_interval_secs),
+            ("authn_cache.max_age_secs", self.authn_cache.max_age_secs),
+            (
+                "authn_cache.negative_max_age_secs",
+                self.authn_cache.negative_max_age_secs,
+            ),
+        ];
+        for a in &self.authn {
+            match a {
+                Authn::Jwt(j) => {
+                    durations.push(("authn.jwks_refresh_secs", j.jwks_refresh_secs));
+                    durations.push(("authn.clock_skew_secs", j.clock_skew_secs));
+                }
+                Authn::TokenReview(t) => durations.push(("authn.timeout_secs", t.timeout_secs)),
+                Authn::ClientCert(_) => {}
+            }
+        }
+        for (key, secs) in durations {
+            if secs > MAX_DURATION_SECS {
+                return Err(Error::Invalid {
+                    key,
+                    problem: format!("is {secs} s; at most {MAX_DURATION_SECS} (a year)"),
+                });
+            }
         }
         Ok(())
     }

@@ -125,6 +125,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     let rules = Rules {
         trust_domain: config.trust_domain.clone(),
         default_ttl: Duration::from_secs(config.issuance.default_ttl_secs),
+        min_ttl: Duration::from_secs(config.issuance.min_ttl_secs),
         max_ttl: Duration::from_secs(config.issuance.max_ttl_secs),
         roots,
         counters: metrics.ca_counters(),
@@ -162,7 +163,11 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     )
     .await?;
     let skew = Duration::from_secs(config.issuance.not_before_skew_secs);
-    let issuer = Issuer::new(Arc::clone(&ca), skew);
+    let issuer = Issuer::new(
+        Arc::clone(&ca),
+        skew,
+        Duration::from_secs(config.issuance.min_ttl_secs),
+    );
 
     let (serving, renewal) = serving::start(&config.server.tls, &issuer, poll).await?;
     background.push(renewal);

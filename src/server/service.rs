@@ -170,29 +170,49 @@ impl Inner {
         match result {
             Ok(issued) => {
                 self.metrics.issued.inc();
-                for warning in &issued.warnings {
-                    self.metrics.signer_warnings.inc();
-                    tracing::warn!(caller, %warning, "signer warning");
-                }
                 self.metrics.observe_latency(tonic::Code::Ok, elapsed);
-                if let Some(asked) = trace.clamped_from {
+                if trace.clamped_from.is_some() {
                     self.metrics.ttl_clamped.inc();
+                }
+                if !issued.warnings.is_empty() {
+                    self.metrics.signer_warnings.inc();
+                }
+                if issued.cut_from.is_some() {
+                    self.metrics.lifetime_cut.inc();
+                }
+                let requested_secs = trace
+                    .clamped_from
+                    .map_or_else(|| "-".to_owned(), |d| d.as_secs().to_string());
+                let cut_from = issued.cut_from.map_or_else(|| "-".to_owned(), ca::date);
+                let warnings = issued.warnings.join("; ");
+                if issued.warnings.is_empty() && issued.cut_from.is_none() {
                     tracing::info!(
                         caller,
-                        requested_secs = asked.as_secs(),
-                        "validity clamped to the maximum"
+                        on_behalf_of,
+                        cluster,
+                        outcome = "issued",
+                        serial = %issued.serial,
+                        not_after = %ca::date(issued.not_after),
+                        ttl_clamped_from_secs = %requested_secs,
+                        latency_ms,
+                        "CreateCertificate"
+                    );
+                } else {
+                    // What the operator should act on, in the same one line.
+                    tracing::warn!(
+                        caller,
+                        on_behalf_of,
+                        cluster,
+                        outcome = "issued",
+                        serial = %issued.serial,
+                        not_after = %ca::date(issued.not_after),
+                        asked_until = %cut_from,
+                        ttl_clamped_from_secs = %requested_secs,
+                        signer_warnings = %warnings,
+                        latency_ms,
+                        "CreateCertificate"
                     );
                 }
-                tracing::info!(
-                    caller,
-                    on_behalf_of,
-                    cluster,
-                    outcome = "issued",
-                    serial = %issued.serial,
-                    not_after = %ca::date(issued.not_after),
-                    latency_ms,
-                    "CreateCertificate"
-                );
                 Ok(Response::new(IstioCertificateResponse {
                     cert_chain: issued.chain,
                 }))
@@ -233,6 +253,7 @@ impl Inner {
 fn sign_error_label(e: &issuer::Error) -> &'static str {
     match e {
         issuer::Error::CaExpired(_) => "ca_expired",
+        issuer::Error::CaExpiring { .. } => "ca_expiring",
         issuer::Error::Ca(
             ca::Error::Backend(castellan_signer::Error::Unavailable(_)) | ca::Error::Unhealthy(_),
         ) => "signer_unavailable",

@@ -109,6 +109,7 @@ async fn renew(
 ) {
     let mut ca_changes = issuer.ca().subscribe();
     let mut wait = renewal_delay(not_after);
+    let mut expiring_logged = false;
     loop {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
@@ -122,7 +123,21 @@ async fn renew(
             Ok((key, not_after)) => {
                 serving.current.store(Arc::new(key));
                 tracing::info!(not_after = %crate::ca::date(not_after), "serving certificate renewed");
+                expiring_logged = false;
                 renewal_delay(not_after)
+            }
+            Err(Error::Issue(e @ crate::issuer::Error::CaExpiring { .. })) => {
+                // Renewing would only shorten it: keep the current one, say so
+                // once, and wait for new signing material.
+                if !expiring_logged {
+                    tracing::error!(
+                        error = %e,
+                        "serving certificate not renewed; the current one is kept until the \
+                         signing certificate is renewed"
+                    );
+                    expiring_logged = true;
+                }
+                RETRY
             }
             Err(e) => {
                 tracing::error!(error = %e, "serving certificate renewal failed; retrying");

@@ -64,6 +64,8 @@ pub struct Setup {
     pub root: Option<Ca>,
     /// Replaces the body of `[server.tls]`.
     pub tls: Option<String>,
+    /// How long the intermediate is valid from now (default: the test CA's).
+    pub intermediate_life: Option<Duration>,
 }
 
 impl Default for Setup {
@@ -81,6 +83,7 @@ impl Default for Setup {
             signer: None,
             root: None,
             tls: None,
+            intermediate_life: None,
         }
     }
 }
@@ -150,6 +153,38 @@ impl TestCa {
     pub fn metrics_url(&self) -> String {
         format!("http://{}", self.running.metrics_addr.unwrap())
     }
+
+    /// A metric's value from `/metrics` (0 when absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, text) = http_get(&format!("{}/metrics", self.metrics_url())).await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// `/readyz`'s status code.
+    pub async fn readyz(&self) -> u16 {
+        http_get(&format!("{}/readyz", self.metrics_url())).await.0
+    }
+
+    /// `[server.tls]` lines for a serving certificate from files, issued by
+    /// this CA's root (for tests that must not depend on the intermediate).
+    pub fn serving_files(root: &Ca, dir: &std::path::Path) -> String {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        let leaf = root.sign(params, pki::key(KeyAlg::EcP256));
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("serving.pem"), &leaf.pem).unwrap();
+        std::fs::write(dir.join("serving-key.pem"), leaf.key.serialize_pem()).unwrap();
+        format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.join("serving.pem").display(),
+            dir.join("serving-key.pem").display()
+        )
+    }
 }
 
 /// Everything a castellan needs on disk, written but not started (for
@@ -171,7 +206,12 @@ impl Files {
             .root
             .take()
             .unwrap_or_else(|| Ca::root("Test Root", setup.ca_alg));
-        let intermediate = root.intermediate("Test Intermediate", setup.ca_alg, |_| {});
+        let life = setup.intermediate_life;
+        let intermediate = root.intermediate("Test Intermediate", setup.ca_alg, |p| {
+            if let Some(life) = life {
+                p.not_after = time::OffsetDateTime::now_utc() + life;
+            }
+        });
         let mut roots = root.pem.clone();
         if setup.extra_root {
             roots.push_str(&Ca::root("Next Root", KeyAlg::EcP384).pem);

@@ -18,6 +18,8 @@ use crate::{Auth, Error, client::Vault, setting};
 /// A root or periodic token without TTL is still checked this often (a
 /// token file may have been replaced).
 const NO_TTL_RECHECK: Duration = Duration::from_secs(60);
+/// A token is looked at again at least this often, whatever its TTL.
+const MAX_RECHECK: Duration = Duration::from_secs(24 * 3600);
 /// After a failed renewal or login, try again this soon.
 const RETRY: Duration = Duration::from_secs(2);
 
@@ -84,7 +86,11 @@ impl Token {
         let mut b = [0u8; 1];
         let _ = aws_lc_rs::rand::fill(&mut b);
         let f = 0.6 + 0.13 * f64::from(b[0]) / 255.0;
-        self.obtained + self.ttl.mul_f64(f)
+        // Vault's lease duration is outside input: a huge one is a day.
+        let wait = self.ttl.min(MAX_RECHECK).mul_f64(f);
+        self.obtained
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + MAX_RECHECK)
     }
 }
 
@@ -255,7 +261,7 @@ async fn refresh(vault: &Vault) -> Result<(), Error> {
                 let renewed = Token::from_auth(&answer["auth"])?;
                 // Renewal that no longer gives back the full period means the
                 // token reached its max TTL: a fresh login is due.
-                let capped = renewed.ttl + Duration::from_secs(1) < token.ttl;
+                let capped = renewed.ttl.saturating_add(Duration::from_secs(1)) < token.ttl;
                 if capped && login.can_login() {
                     tracing::info!(ttl = ?renewed.ttl, "Vault token at its max TTL; logging in again");
                     vault.relogin(Some(&token)).await?;

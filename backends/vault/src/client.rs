@@ -202,6 +202,7 @@ impl Vault {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, Error> {
+        // `timeout` is validated to 1–300 s.
         let deadline = Instant::now() + self.timeout;
         let mut backoff = FIRST_BACKOFF;
         loop {

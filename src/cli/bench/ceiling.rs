@@ -107,6 +107,7 @@ pub(super) async fn pipeline(
     let rules = Rules {
         trust_domain: trust_domain.clone(),
         default_ttl: Duration::from_secs(issuance.default_ttl_secs),
+        min_ttl: Duration::from_secs(issuance.min_ttl_secs),
         max_ttl: Duration::from_secs(issuance.max_ttl_secs),
         roots: None,
         counters: crate::metrics::Metrics::new()
@@ -119,6 +120,7 @@ pub(super) async fn pipeline(
     let issuer = Issuer::new(
         Arc::new(ca),
         Duration::from_secs(issuance.not_before_skew_secs),
+        Duration::from_secs(issuance.min_ttl_secs),
     );
     let ttl = TtlRules::from(&issuance);
     let start = Instant::now();
