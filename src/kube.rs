@@ -22,20 +22,20 @@ pub enum Error {
     Client(kube::Error),
 }
 
-/// A client for one cluster; `timeout` bounds every read and write.
+/// One cluster's connection settings, from `kubeconfig` + `context`, or
+/// the standard resolution.
 ///
 /// # Errors
 /// When the kubeconfig cannot be read or names no usable cluster.
-pub async fn client(
+pub async fn config(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
-    timeout: Duration,
-) -> Result<Client, Error> {
+) -> Result<kube::Config, Error> {
     let options = KubeConfigOptions {
         context: context.map(str::to_owned),
         ..KubeConfigOptions::default()
     };
-    let mut config = match kubeconfig {
+    match kubeconfig {
         Some(path) => {
             let err = |source| Error::Kubeconfig {
                 path: path.to_owned(),
@@ -44,13 +44,36 @@ pub async fn client(
             let file = Kubeconfig::read_from(path).map_err(err)?;
             kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(err)?
+                .map_err(err)
         }
-        None => kube::Config::infer().await.map_err(Error::Infer)?,
-    };
+        None => kube::Config::infer().await.map_err(Error::Infer),
+    }
+}
+
+/// A client for requests: `timeout` bounds connecting and every read and
+/// write, so a hung API server fails the request instead of holding it.
+///
+/// # Errors
+/// When the configuration names no usable cluster.
+pub fn request_client(config: &kube::Config, timeout: Duration) -> Result<Client, Error> {
+    let mut config = config.clone();
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(timeout);
     config.write_timeout = Some(timeout);
+    Client::try_from(config).map_err(Error::Client)
+}
+
+/// A client for watches: a watch is silent between events for minutes, so
+/// no read timeout; the server ends each watch after its `timeoutSeconds`
+/// and kube-rs detects a dead connection a few seconds after that.
+///
+/// # Errors
+/// When the configuration names no usable cluster.
+pub fn watch_client(config: &kube::Config, connect_timeout: Duration) -> Result<Client, Error> {
+    let mut config = config.clone();
+    config.connect_timeout = Some(connect_timeout);
+    config.read_timeout = None;
+    config.write_timeout = Some(connect_timeout);
     Client::try_from(config).map_err(Error::Client)
 }
 

@@ -240,3 +240,95 @@ async fn impersonation_without_configuration_is_permission_denied() {
         .unwrap_err();
     assert_eq!(s.code(), Code::PermissionDenied);
 }
+
+/// A real API server is silent between events for minutes: the watch must
+/// survive silence longer than castellan's request timeout (1 s here), so
+/// a deleted pod's identity stops being impersonable at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_watch_survives_silence_and_deletions_take_effect_promptly() {
+    let (kube, ca, zt) = ambient().await;
+    impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+        .await
+        .unwrap();
+    // Idle for three times the request timeout, no bookmarks.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kube.delete_pod("bookinfo", "reviews-1");
+    let started = std::time::Instant::now();
+    let refused = eventually(Duration::from_secs(5), async || {
+        impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+            .await
+            .is_err_and(|s| s.code() == Code::PermissionDenied)
+    })
+    .await;
+    assert!(refused);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a deleted pod's identity was still impersonable after {:?}",
+        started.elapsed()
+    );
+}
+
+/// Authorization never rests on an index older than
+/// `impersonation.max_staleness_secs`: with the API server gone, requests
+/// turn UNAVAILABLE (retried by ztunnel), and work again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pod_index_is_unavailable_until_the_api_server_is_back() {
+    let kube = FakeKube::start().await;
+    kube.put_pod(
+        "istio-system",
+        "ztunnel-n1",
+        "zt-uid-1",
+        "ztunnel",
+        "node-1",
+        "Running",
+    );
+    kube.put_pod(
+        "bookinfo",
+        "reviews-1",
+        "rv-uid",
+        "reviews",
+        "node-1",
+        "Running",
+    );
+    let ca = with_kube(
+        &kube,
+        "",
+        "[impersonation]\ntrusted_node_accounts = [\"istio-system/ztunnel\"]\nmax_staleness_secs = 2\n",
+    )
+    .await;
+    let zt = token(
+        &ca,
+        &kube,
+        "istio-system",
+        "ztunnel",
+        Some(("ztunnel-n1", "zt-uid-1")),
+    );
+    impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+        .await
+        .unwrap();
+    // Idle past the staleness bound: the watch's own renewals keep it fresh.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+        .await
+        .expect("an idle cluster's index stays fresh");
+
+    kube.stop();
+    let unavailable = eventually(Duration::from_secs(6), async || {
+        impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+            .await
+            .is_err_and(|s| s.code() == Code::Unavailable)
+    })
+    .await;
+    assert!(
+        unavailable,
+        "the caller's token is cached; the index is what is stale"
+    );
+    kube.restart().await;
+    let back = eventually(Duration::from_secs(6), async || {
+        impersonate(&ca, &zt, &id("bookinfo", "reviews"))
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(back);
+}

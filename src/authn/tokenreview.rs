@@ -25,6 +25,7 @@ const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 #[derive(Clone)]
 pub struct TokenReviewAuthenticator {
     client: Client,
+    watch_client: Client,
     cluster_id: String,
     aliases: Vec<String>,
     audiences: Vec<String>,
@@ -42,18 +43,18 @@ impl TokenReviewAuthenticator {
         trust_domain: TrustDomain,
     ) -> Result<Self, super::SetupError> {
         let timeout = Duration::from_secs(config.timeout_secs);
-        let client = crate::kube::client(
-            config.kubeconfig.as_deref(),
-            config.context.as_deref(),
-            timeout,
-        )
-        .await
-        .map_err(|source| super::SetupError::Cluster {
+        let setup = |source| super::SetupError::Cluster {
             cluster: config.cluster_id.clone(),
             source,
-        })?;
+        };
+        let kube = crate::kube::config(config.kubeconfig.as_deref(), config.context.as_deref())
+            .await
+            .map_err(setup)?;
+        let client = crate::kube::request_client(&kube, timeout).map_err(setup)?;
+        let watch_client = crate::kube::watch_client(&kube, timeout).map_err(setup)?;
         Ok(Self {
             client,
+            watch_client,
             cluster_id: config.cluster_id.clone(),
             aliases: config.cluster_aliases.clone(),
             audiences: config.audiences.clone(),
@@ -69,6 +70,11 @@ impl TokenReviewAuthenticator {
     /// Whether `cluster` (from the `clusterid` header) names this cluster.
     pub fn serves(&self, cluster: &str) -> bool {
         self.cluster_id == cluster || self.aliases.iter().any(|a| a == cluster)
+    }
+
+    /// A client without read timeout, for watches of this cluster.
+    pub fn watch_client(&self) -> &Client {
+        &self.watch_client
     }
 
     pub fn client(&self) -> &Client {

@@ -91,3 +91,12 @@ pub(super) fn default_jwks_refresh() -> u64 {
 pub(super) fn default_jwt_skew() -> u64 {
     DEFAULT_JWT_SKEW_SECS
 }
+
+impl Default for Impersonation {
+    fn default() -> Self {
+        Self {
+            trusted_node_accounts: Vec::new(),
+            max_staleness_secs: DEFAULT_MAX_STALENESS_SECS,
+        }
+    }
+}

@@ -41,6 +41,7 @@ pub const DEFAULT_AUTHN_CACHE_MAX_AGE_SECS: u64 = 300;
 pub const DEFAULT_AUTHN_CACHE_NEGATIVE_SECS: u64 = 10;
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 pub const DEFAULT_API_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_MAX_STALENESS_SECS: u64 = 30;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -189,12 +190,15 @@ pub struct TokenReview {
 pub struct ClientCert {}
 
 /// ztunnel asking for certificates on behalf of the pods on its node.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Impersonation {
     /// `namespace/serviceaccount` of the node agents allowed to impersonate,
     /// e.g. `istio-system/ztunnel` (istiod's CA_TRUSTED_NODE_ACCOUNTS).
     pub trusted_node_accounts: Vec<String>,
+    /// Impersonation is refused (UNAVAILABLE) while the pod index behind it
+    /// is older than this; each watch is renewed every half of it.
+    pub max_staleness_secs: u64,
 }
 
 /// JWT bearer tokens (Kubernetes projected service-account tokens) checked

@@ -91,6 +91,9 @@ impl Config {
                 Authn::ClientCert(_) => {}
             }
         }
+        if self.impersonation.max_staleness_secs < 2 {
+            return invalid("impersonation.max_staleness_secs", "must be at least 2");
+        }
         for account in &self.impersonation.trusted_node_accounts {
             if account.split('/').filter(|p| !p.is_empty()).count() != 2 {
                 return invalid(
@@ -137,6 +140,10 @@ impl Config {
             ("server.tls.ttl_secs", self.server.tls.ttl_secs),
             ("ca.reload_interval_secs", self.ca.reload_interval_secs),
             ("authn_cache.max_age_secs", self.authn_cache.max_age_secs),
+            (
+                "impersonation.max_staleness_secs",
+                self.impersonation.max_staleness_secs,
+            ),
             (
                 "authn_cache.negative_max_age_secs",
                 self.authn_cache.negative_max_age_secs,

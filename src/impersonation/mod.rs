@@ -91,7 +91,12 @@ impl NodeAuthorizer {
         let clusters = chain
             .clusters()
             .map(|c| {
-                let index = pods::PodIndex::start(c.client().clone(), c.cluster_id().to_owned());
+                let index = pods::PodIndex::start(
+                    c.watch_client().clone(),
+                    c.client().clone(),
+                    c.cluster_id().to_owned(),
+                    Duration::from_secs(config.max_staleness_secs),
+                );
                 (c.cluster_id().to_owned(), Arc::new(index))
             })
             .collect();
@@ -118,6 +123,15 @@ impl NodeAuthorizer {
             return Err(Error::Unavailable(
                 cluster.to_owned(),
                 "pod watch not synced".into(),
+            ));
+        }
+        if let Some(age) = index.stale() {
+            return Err(Error::Unavailable(
+                cluster.to_owned(),
+                format!(
+                    "the pod index was last confirmed {} s ago (impersonation.max_staleness_secs)",
+                    age.as_secs()
+                ),
             ));
         }
         let ns = &caller.service_account.namespace;

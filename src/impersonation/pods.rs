@@ -12,9 +12,9 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
-    runtime::{WatchStreamExt, watcher},
+    api::{ListParams, WatchEvent, WatchParams},
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 
 /// Istio's node authorizer ignores Failed pods; so does the watch.
 const NOT_FAILED: &str = "status.phase!=Failed";
@@ -40,7 +40,17 @@ pub(super) struct PodIndex {
     state: Arc<RwLock<State>>,
     client: Client,
     synced: watch::Receiver<bool>,
+    /// When the index was last known to match the API server: a list, a
+    /// watch accepted, an event or a bookmark.
+    fresh: Arc<std::sync::Mutex<Instant>>,
+    max_age: Duration,
 }
+
+/// After a failed list or watch, try again this soon, doubling up to
+/// [`MAX_RETRY`]: an outage ends, a restarted API server is picked up within
+/// a second.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(1);
 
 // === impl PodIndex ===
 
@@ -53,50 +63,47 @@ impl std::fmt::Debug for PodIndex {
 }
 
 impl PodIndex {
-    /// Starts watching the cluster's pods in the background.
-    pub(super) fn start(client: Client, cluster: String) -> Self {
+    /// Starts watching the cluster's pods in the background: `watch_client`
+    /// has no read timeout (a watch is silent for minutes), `client` answers
+    /// single reads. The index is trusted for `max_age`: each watch is asked
+    /// to end after half of it (and restarted at once from where it was), so
+    /// an idle cluster's index is refreshed too.
+    pub(super) fn start(
+        watch_client: Client,
+        client: Client,
+        cluster: String,
+        max_age: Duration,
+    ) -> Self {
         let state = Arc::new(RwLock::new(State::default()));
         let (synced_tx, synced) = watch::channel(false);
-        let api: Api<Pod> = Api::all(client.clone());
-        let config = watcher::Config::default().fields(NOT_FAILED);
-        let writer = Arc::clone(&state);
-        tokio::spawn(async move {
-            let mut buffer: Option<State> = None;
-            let mut events = watcher(api, config).default_backoff().boxed();
-            while let Some(event) = events.next().await {
-                match event {
-                    Ok(watcher::Event::Init) => buffer = Some(State::default()),
-                    Ok(watcher::Event::InitApply(pod)) => {
-                        if let Some(b) = buffer.as_mut() {
-                            b.upsert(&pod);
-                        }
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        if let (Some(b), Ok(mut s)) = (buffer.take(), writer.write()) {
-                            *s = b;
-                        }
-                        synced_tx.send_replace(true);
-                        tracing::info!(%cluster, "pod index synced");
-                    }
-                    Ok(watcher::Event::Apply(pod)) => {
-                        if let Ok(mut s) = writer.write() {
-                            s.upsert(&pod);
-                        }
-                    }
-                    Ok(watcher::Event::Delete(pod)) => {
-                        if let Ok(mut s) = writer.write() {
-                            s.remove(&key(&pod));
-                        }
-                    }
-                    Err(e) => tracing::warn!(%cluster, error = %e, "pod watch failed; retrying"),
-                }
-            }
-        });
+        let fresh = Arc::new(std::sync::Mutex::new(Instant::now()));
+        let watcher = Watcher {
+            api: Api::all(watch_client),
+            state: Arc::clone(&state),
+            fresh: Arc::clone(&fresh),
+            synced: synced_tx,
+            cluster,
+            session: u32::try_from((max_age / 2).as_secs().max(1)).unwrap_or(u32::MAX),
+        };
+        tokio::spawn(watcher.run());
         Self {
             state,
             client,
             synced,
+            fresh,
+            max_age,
         }
+    }
+
+    /// How long since the index was last known to be current, if longer than
+    /// it may be trusted.
+    pub(super) fn stale(&self) -> Option<Duration> {
+        let age = self
+            .fresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed();
+        (age > self.max_age).then_some(age)
     }
 
     /// Waits up to `limit` for the first full listing.
@@ -141,6 +148,150 @@ impl PodIndex {
                 ))
                 .is_some_and(|n| *n > 0)
         })
+    }
+}
+
+/// The loop keeping one cluster's index: list, then watch from the list's
+/// resourceVersion with bookmarks, re-watch at once when the server ends a
+/// watch, list again when the version has expired (410 Gone).
+struct Watcher {
+    api: Api<Pod>,
+    state: Arc<RwLock<State>>,
+    fresh: Arc<std::sync::Mutex<Instant>>,
+    synced: watch::Sender<bool>,
+    cluster: String,
+    /// Seconds each watch is asked to last.
+    session: u32,
+}
+
+/// How a watch session ended.
+enum Ended {
+    /// The server closed it (its timeout): watch again from `version`.
+    Closed,
+    /// The version is too old: list again.
+    Gone,
+    /// The connection or the server failed.
+    Failed(String),
+}
+
+impl Watcher {
+    async fn run(self) {
+        let mut retry = FIRST_RETRY;
+        let mut failing = false;
+        loop {
+            let version = match self.list().await {
+                Ok(v) => v,
+                Err(e) => {
+                    self.failed(&mut failing, &e);
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(MAX_RETRY);
+                    continue;
+                }
+            };
+            let mut version = version;
+            loop {
+                match self.watch(&mut version).await {
+                    Ended::Closed => {
+                        retry = FIRST_RETRY;
+                        if failing {
+                            tracing::info!(cluster = %self.cluster, "pod watch restored");
+                            failing = false;
+                        }
+                    }
+                    Ended::Gone => break,
+                    Ended::Failed(e) => {
+                        self.failed(&mut failing, &e);
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(MAX_RETRY);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One warning per outage, not per retry.
+    fn failed(&self, failing: &mut bool, e: &str) {
+        if !*failing {
+            tracing::warn!(
+                cluster = %self.cluster,
+                error = %e,
+                "pod watch failed; retrying (impersonation answers UNAVAILABLE once the index \
+                 is older than impersonation.max_staleness_secs)"
+            );
+            *failing = true;
+        }
+    }
+
+    fn touch(&self) {
+        *self
+            .fresh
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+    }
+
+    async fn list(&self) -> Result<String, String> {
+        let list = self
+            .api
+            .list(&ListParams::default().fields(NOT_FAILED))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut fresh = State::default();
+        for pod in &list.items {
+            fresh.upsert(pod);
+        }
+        if let Ok(mut s) = self.state.write() {
+            *s = fresh;
+        }
+        self.touch();
+        if !self.synced.send_replace(true) {
+            tracing::info!(cluster = %self.cluster, pods = list.items.len(), "pod index synced");
+        }
+        Ok(list.metadata.resource_version.unwrap_or_default())
+    }
+
+    async fn watch(&self, version: &mut String) -> Ended {
+        let params = WatchParams::default()
+            .fields(NOT_FAILED)
+            .timeout(self.session);
+        let events = match self.api.watch(&params, version).await {
+            Ok(events) => events,
+            Err(kube::Error::Api(s)) if s.code == 410 => return Ended::Gone,
+            Err(e) => return Ended::Failed(e.to_string()),
+        };
+        // The server accepted a watch from our version: nothing was missed.
+        self.touch();
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => return Ended::Failed(e.to_string()),
+            };
+            match event {
+                WatchEvent::Added(pod) | WatchEvent::Modified(pod) => {
+                    remember(version, &pod);
+                    if let Ok(mut s) = self.state.write() {
+                        s.upsert(&pod);
+                    }
+                }
+                WatchEvent::Deleted(pod) => {
+                    remember(version, &pod);
+                    if let Ok(mut s) = self.state.write() {
+                        s.remove(&key(&pod));
+                    }
+                }
+                WatchEvent::Bookmark(b) => *version = b.metadata.resource_version,
+                WatchEvent::Error(s) if s.code == 410 => return Ended::Gone,
+                WatchEvent::Error(s) => return Ended::Failed(s.message.clone()),
+            }
+            self.touch();
+        }
+        Ended::Closed
+    }
+}
+
+fn remember(version: &mut String, pod: &Pod) {
+    if let Some(v) = &pod.metadata.resource_version {
+        version.clone_from(v);
     }
 }
 

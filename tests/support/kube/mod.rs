@@ -79,6 +79,7 @@ struct Inner {
     watch_paused: Mutex<bool>,
     reviews: AtomicUsize,
     review_delay: Mutex<Duration>,
+    bookmark_every: Mutex<Duration>,
 }
 
 /// A running fake API server.
@@ -107,6 +108,7 @@ impl FakeKube {
             watch_paused: Mutex::new(false),
             reviews: AtomicUsize::new(0),
             review_delay: Mutex::new(Duration::ZERO),
+            bookmark_every: Mutex::new(Duration::from_secs(60)),
         });
         let root = Ca::root("Fake Kubernetes CA", KeyAlg::EcP256);
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
@@ -228,6 +230,12 @@ impl FakeKube {
 
     pub fn set_review_delay(&self, d: Duration) {
         *self.inner.review_delay.lock().unwrap() = d;
+    }
+
+    /// How often watches that asked for bookmarks get one (60 s by default,
+    /// as a real API server roughly does).
+    pub fn set_bookmark_interval(&self, every: Duration) {
+        *self.inner.bookmark_every.lock().unwrap() = every;
     }
 
     pub fn pause_watches(&self, paused: bool) {

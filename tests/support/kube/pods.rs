@@ -136,6 +136,12 @@ fn watch(inner: Arc<Inner>, selector: Selector, q: &HashMap<String, String>) -> 
             .and_then(|v| v.parse().ok())
             .unwrap_or(290),
     );
+    // Like the real API server: with allowWatchBookmarks, a BOOKMARK now and
+    // then carrying the current resourceVersion (about every minute there).
+    let bookmarks = q
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true" || b == "1");
+    let bookmark_every = *inner.bookmark_every.lock().unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
     let mut live = inner.events.subscribe();
     let backlog: Vec<Event> = inner
@@ -149,6 +155,8 @@ fn watch(inner: Arc<Inner>, selector: Selector, q: &HashMap<String, String>) -> 
         .collect();
     tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut bookmark =
+            tokio::time::interval_at(tokio::time::Instant::now() + bookmark_every, bookmark_every);
         let mut held: Vec<Event> = backlog;
         let mut sent_up_to = from;
         loop {
@@ -174,6 +182,19 @@ fn watch(inner: Arc<Inner>, selector: Selector, q: &HashMap<String, String>) -> 
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 () = tokio::time::sleep_until(deadline) => return,
+                _ = bookmark.tick(), if bookmarks => {
+                    if *inner.watch_paused.lock().unwrap() {
+                        continue;
+                    }
+                    let rv = sent_up_to.max(inner.pods.lock().unwrap().rv);
+                    let line = format!(
+                        "{}\n",
+                        json!({"type": "BOOKMARK", "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}})
+                    );
+                    if tx.send(Ok(Bytes::from(line))).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     });
