@@ -60,6 +60,10 @@ pub fn request_client(config: &kube::Config, timeout: Duration) -> Result<Client
     config.connect_timeout = Some(timeout);
     config.read_timeout = Some(timeout);
     config.write_timeout = Some(timeout);
+    // One attempt per request: an API server that is down makes the request
+    // UNAVAILABLE (remembered for a second, retried by the client), and
+    // castellan logs one line for it, not one per internal retry.
+    config.default_retry = false;
     Client::try_from(config).map_err(Error::Client)
 }
 
@@ -83,5 +87,21 @@ pub fn is_unavailable(e: &kube::Error) -> bool {
     match e {
         kube::Error::Api(status) => status.code >= 500 || status.code == 429,
         _ => true,
+    }
+}
+
+/// A failed API call in words: `HTTP 503 ServiceUnavailable: the server is
+/// currently unable to handle the request`, not a debug dump.
+pub fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => {
+            let reason = if s.reason.is_empty() {
+                "-"
+            } else {
+                s.reason.as_str()
+            };
+            format!("HTTP {} {reason}: {}", s.code, s.message)
+        }
+        other => other.to_string(),
     }
 }

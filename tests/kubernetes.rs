@@ -203,6 +203,9 @@ async fn verdicts_are_cached_and_concurrent_misses_share_one_review() {
     assert_eq!(kube.reviews(), 3, "single flight");
     let (_, m) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
     assert!(m.contains("castellan_authn_cache_misses_count 3"), "{m}");
+    // Every other request was a hit, those that waited for the one review
+    // in flight included: 65 requests in all.
+    assert!(m.contains("castellan_authn_cache_hits_count 62"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

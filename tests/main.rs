@@ -17,6 +17,7 @@ mod issue;
 mod kubernetes;
 mod lifetimes;
 mod limits;
+mod logs;
 mod pkcs11;
 mod refusals;
 mod reload;

@@ -134,6 +134,22 @@ async fn invalid_new_material_is_refused_and_the_old_ca_keeps_serving() {
     })
     .await;
     assert!(refused, "the reload was refused");
+    // Judged, logged and counted once per distinct content, not at every
+    // re-check (reload_interval_secs = 1).
+    let count = || async {
+        let (_, m) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("castellan_signer_reload_refused_count "))
+            .unwrap()
+            .to_owned()
+    };
+    let settled = count().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        count().await,
+        settled,
+        "the same refused files were counted again"
+    );
     let resp = ca.send(&csr, "ns", "sa", 600).await.unwrap();
     assert_eq!(issuer_of(&resp.cert_chain), "CN=Test Intermediate");
     assert_eq!(

@@ -84,9 +84,11 @@ impl VerdictCache {
             }
             None => {}
         }
+        let verified_here = std::sync::atomic::AtomicBool::new(false);
         let entry = self
             .entries
             .get_or_insert_async(&key, async {
+                verified_here.store(true, std::sync::atomic::Ordering::Relaxed);
                 self.misses.inc();
                 let verdict = verify.await;
                 let reuse = match &verdict {
@@ -103,6 +105,10 @@ impl VerdictCache {
                 })
             })
             .await?;
+        if !verified_here.load(std::sync::atomic::Ordering::Relaxed) {
+            // Waited for a verification another request started: a hit.
+            self.hits.inc();
+        }
         entry.verdict
     }
 }

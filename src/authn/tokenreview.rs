@@ -99,13 +99,14 @@ impl TokenReviewAuthenticator {
             .await
             .map_err(|_| unavailable(format!("cluster {}: TokenReview timed out", self.cluster_id)))?
             .map_err(|e| {
+                let what = crate::kube::describe(&e);
                 if crate::kube::is_unavailable(&e) {
-                    unavailable(format!("cluster {}: {e}", self.cluster_id))
+                    unavailable(format!("cluster {}: {what}", self.cluster_id))
                 } else {
                     // 401/403/404: castellan itself is misconfigured (RBAC);
                     // callers should retry once it is fixed, so UNAVAILABLE.
                     unavailable(format!(
-                        "cluster {}: {e} (castellan needs `create tokenreviews`: bind system:auth-delegator)",
+                        "cluster {}: {what} (castellan needs `create tokenreviews`: bind system:auth-delegator)",
                         self.cluster_id
                     ))
                 }

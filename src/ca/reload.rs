@@ -24,6 +24,17 @@ pub struct CaHandle {
     rules: Rules,
     /// Bumped on every swap, for whoever derives state from the CA.
     generation: watch::Sender<u64>,
+    /// The material last refused: the same content is not judged (nor
+    /// logged, nor counted) again; a change is.
+    refused: std::sync::Mutex<Option<Refused>>,
+}
+
+/// What was last refused: content that did not pass, or files that could
+/// not be read (by the reason given).
+#[derive(Debug, PartialEq, Eq)]
+enum Refused {
+    Content(castellan_signer::Fingerprint),
+    Unreadable(String),
 }
 
 // === impl CaHandle ===
@@ -41,6 +52,7 @@ impl CaHandle {
             source,
             rules,
             generation: watch::Sender::new(0),
+            refused: std::sync::Mutex::new(None),
         })
     }
 
@@ -60,20 +72,56 @@ impl CaHandle {
         self.source.describe()
     }
 
-    /// Reloads if the material changed. `Ok(true)` when a new CA was swapped in.
+    /// Reloads if the material changed. `Ok(true)` when a new CA was swapped
+    /// in; `Ok(false)` when nothing changed, or the change is content already
+    /// refused once.
     ///
     /// # Errors
     /// Why the new material was refused; the old CA keeps serving.
     pub async fn reload_if_changed(&self) -> Result<bool, Error> {
-        let now = self.source.fingerprint().await?;
-        if now.is_none() || now == self.current().fingerprint() {
+        let refused = || {
+            self.refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let now = match self.source.fingerprint().await {
+            Ok(Some(now)) => now,
+            Ok(None) => return Ok(false),
+            Err(e) => {
+                let seen = Some(Refused::Unreadable(e.to_string()));
+                if *refused() == seen {
+                    return Ok(false);
+                }
+                *refused() = seen;
+                return Err(e.into());
+            }
+        };
+        if Some(now) == self.current().fingerprint() {
+            *refused() = None;
             return Ok(false);
         }
-        let loaded = self.source.load().await?;
-        let ca = SigningCa::new(loaded.backend, loaded.material, &self.rules).await?;
-        self.current.store(Arc::new(ca));
-        self.generation.send_modify(|g| *g += 1);
-        Ok(true)
+        if *refused() == Some(Refused::Content(now)) {
+            return Ok(false);
+        }
+        let judged = match self.source.load().await {
+            Ok(loaded) => SigningCa::new(loaded.backend, loaded.material, &self.rules).await,
+            Err(e) => Err(e.into()),
+        };
+        match judged {
+            Ok(ca) => {
+                *refused() = None;
+                self.current.store(Arc::new(ca));
+                self.generation.send_modify(|g| *g += 1);
+                Ok(true)
+            }
+            // A back end that is down says nothing about the material: try
+            // the same content again next time.
+            Err(e @ Error::Backend(castellan_signer::Error::Unavailable(_))) => Err(e),
+            Err(e) => {
+                *refused() = Some(Refused::Content(now));
+                Err(e)
+            }
+        }
     }
 }
 

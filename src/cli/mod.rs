@@ -122,8 +122,17 @@ impl Cli {
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let from_env = std::env::var("RUST_LOG").ok();
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube-rs logs every failed HTTP exchange at ERROR; castellan logs the
+    // outcome of each request once, with its reason. Asking for kube_client
+    // in RUST_LOG brings them back.
+    if !from_env.is_some_and(|f| f.contains("kube_client"))
+        && let Ok(quiet) = "kube_client::client::builder=off".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

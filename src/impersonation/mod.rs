@@ -143,7 +143,7 @@ impl NodeAuthorizer {
             found = index
                 .fetch(ns, &pod.name)
                 .await
-                .map_err(|e| Error::Unavailable(cluster.to_owned(), e.to_string()))?;
+                .map_err(|e| Error::Unavailable(cluster.to_owned(), crate::kube::describe(&e)))?;
         }
         let found = found.ok_or_else(|| Error::CallerPodMissing(pod_name.clone()))?;
         if found.uid != pod.uid {

@@ -238,14 +238,17 @@ impl Inner {
     fn count(&self, e: &Error) {
         let m = &self.metrics;
         match e {
-            Error::Authn(_) => m.authentication_failures.inc(),
+            Error::Impersonation(impersonation::Error::Unavailable(..))
+            | Error::Policy(_)
+            | Error::Timeout(_) => {}
+            // istiod counts a refused impersonation as an authentication failure.
+            Error::Authn(_) | Error::Impersonation(_) => m.authentication_failures.inc(),
             Error::Csr(_) => m.csr_parsing_errors.inc(),
             Error::Issue(e) => m
                 .sign_errors
                 .with_label_values(&[sign_error_label(e)])
                 .inc(),
             Error::Overloaded(_) => m.overloaded.inc(),
-            Error::Policy(_) | Error::Impersonation(_) | Error::Timeout(_) => {}
         }
     }
 }

@@ -1,0 +1,178 @@
+//! What reaches castellan's log, read from a real `castellan serve`
+//! process: untrusted request values never do, and each request is one line
+//! even when the API server fails underneath it.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use castellan::cli::request;
+use tonic::Code;
+
+use crate::support::{
+    Files, Setup, csr, eventually, id,
+    kube::{FakeKube, Mode},
+};
+
+/// A castellan process whose stderr is collected.
+struct Process {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    addr: std::net::SocketAddr,
+    files: Files,
+}
+
+impl Process {
+    async fn start(setup: Setup) -> Self {
+        let files = Files::write(setup);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_castellan"))
+            .args(["serve", "--config"])
+            .arg(&files.config)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                sink.lock().unwrap().push(line.unwrap_or_default());
+            }
+        });
+        let found = Arc::clone(&log);
+        let mut addr = None;
+        eventually(Duration::from_secs(20), async || {
+            addr = found.lock().unwrap().iter().find_map(|l| {
+                l.split("addr=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            addr.is_some()
+        })
+        .await;
+        Self {
+            child,
+            log,
+            addr: addr.expect("castellan started"),
+            files,
+        }
+    }
+
+    async fn send(
+        &self,
+        csr: &str,
+        token: &str,
+        cluster: &str,
+        meta: Option<(&str, &str)>,
+    ) -> Result<(), Code> {
+        let mut req = request::request_for(csr, 600, token, cluster).unwrap();
+        if let Some((k, v)) = meta {
+            req.get_mut().metadata.as_mut().unwrap().fields.insert(
+                k.into(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(v.to_owned())),
+                },
+            );
+        }
+        let mut client = request::connect(
+            &format!("https://localhost:{}", self.addr.port()),
+            self.files.root.pem.as_bytes(),
+        )
+        .await
+        .unwrap();
+        client
+            .create_certificate(req)
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    }
+
+    /// The log so far, after it has settled.
+    async fn log(&self) -> Vec<String> {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_request_values_never_reach_the_log() {
+    let p = Process::start(Setup::default()).await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    let token = p.files.tokens.mint("ns", "sa", "istio-ca", 3600).unwrap();
+    // A token pasted into the clusterid header, junk as the impersonated identity.
+    let secret_cluster = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0LWluLXRoZS1oZWFkZXI.c2ln";
+    let junk_identity = "eyJzZWNyZXQiOiJub3QtYW4taWRlbnRpdHkifQ";
+    let _ = p.send(&csr, &token, secret_cluster, None).await;
+    let _ = p
+        .send(
+            &csr,
+            &token,
+            "Kubernetes",
+            Some(("ImpersonatedIdentity", junk_identity)),
+        )
+        .await;
+    let log = p.log().await.join("\n");
+    assert!(!log.contains(secret_cluster), "{log}");
+    assert!(!log.contains("c2VjcmV0LWluLXRoZS1oZWFkZXI"), "{log}");
+    assert!(!log.contains(junk_identity), "{log}");
+    assert!(log.contains("<not a SPIFFE ID>"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_answering_503_is_one_line_per_request() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig(dir.path(), "local");
+    let p = Process::start(Setup {
+        authn_sections: Some(format!(
+            "[[authn]]\ntype = \"tokenreview\"\nkubeconfig = \"{}\"\ntimeout_secs = 2\n",
+            kubeconfig.display()
+        )),
+        ..Setup::default()
+    })
+    .await;
+    kube.set_mode(Mode::Unavailable);
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    for n in 0..3 {
+        let t = p
+            .files
+            .tokens
+            .mint("ns", &format!("sa{n}"), "istio-ca", 3600)
+            .unwrap();
+        assert_eq!(
+            p.send(&csr, &t, "Kubernetes", None).await,
+            Err(Code::Unavailable)
+        );
+    }
+    let log = p.log().await;
+    let requests = log
+        .iter()
+        .filter(|l| l.contains("CreateCertificate"))
+        .count();
+    let errors = log.iter().filter(|l| l.contains("ERROR")).count();
+    assert_eq!(requests, 3, "{log:#?}");
+    assert_eq!(errors, 0, "no ERROR line per internal retry: {log:#?}");
+    // An unknown cluster is named as such, not as a malformed token.
+    let t = p.files.tokens.mint("ns", "sa", "istio-ca", 3600).unwrap();
+    assert_eq!(
+        p.send(&csr, &t, "elsewhere", None).await,
+        Err(Code::Unauthenticated)
+    );
+    let log = p.log().await.join("\n");
+    assert!(log.contains("names no configured cluster"), "{log}");
+    assert!(!log.contains("not a JWT"), "{log}");
+}
