@@ -139,6 +139,7 @@ fn main() {
             max_ttl: Duration::from_secs(86400),
             roots: None,
             counters: castellan::metrics::Metrics::new().unwrap().ca_counters(),
+            waived: Vec::new(),
         };
         let handle = Arc::new(CaHandle::load(ca::source(&config.signer), rules).await.unwrap());
         let issuer = Issuer::new(handle, Duration::from_secs(120), Duration::from_secs(600));

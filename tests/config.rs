@@ -83,3 +83,36 @@ fn missing_file_is_named() {
         .to_string();
     assert!(err.contains("/nonexistent/castellan.toml"), "{err}");
 }
+
+/// Paths in a config file are relative to the file's folder, wherever
+/// castellan is started from.
+#[test]
+fn relative_paths_are_relative_to_the_config_file() {
+    let files = crate::support::Files::write(crate::support::Setup::default());
+    let dir = files.dir.path();
+    let text = std::fs::read_to_string(&files.config)
+        .unwrap()
+        .replace(&format!("{}/", dir.display()), "");
+    assert!(
+        text.contains("dir = \"ca\"") && text.contains("jwks_file = \"jwks.json\""),
+        "{text}"
+    );
+    std::fs::write(&files.config, text).unwrap();
+    let parsed = Config::load(&files.config).unwrap();
+    let castellan::config::Signer::File(signer) = &parsed.signer else {
+        panic!("file signer");
+    };
+    assert_eq!(signer.dir.as_deref(), Some(dir.join("ca").as_path()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .args(["check", "--config"])
+        .arg(&files.config)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -2,20 +2,14 @@
 //! certificate from it like istio-agent would, `castellan check` reports.
 
 use std::{
+    io::BufRead,
     path::Path,
     process::{Child, Command, Output, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_castellan");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn castellan(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -23,52 +17,119 @@ fn castellan(args: &[&str]) -> Output {
 
 struct Demo {
     child: Child,
+    stopped: bool,
     port: u16,
     metrics: u16,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Demo {
+    /// The demo on ports the kernel picks; its hint says which.
     async fn start(dir: &Path, extra: &[&str]) -> Self {
-        let (port, metrics) = (free_port(), free_port());
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["demo", "--dir"])
             .arg(dir)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--metrics-listen",
-                &format!("127.0.0.1:{metrics}"),
-            ])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let url = format!("http://127.0.0.1:{metrics}/readyz");
-        let ready = crate::support::eventually(Duration::from_secs(20), async || {
-            reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (sink, stderr) = (Arc::clone(&log), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                sink.lock().unwrap().push(line.unwrap_or_default());
+            }
+        });
+        let mut ports = None;
+        let found = crate::support::eventually(Duration::from_secs(20), async || {
+            ports = log.lock().unwrap().iter().find_map(|l| {
+                let rest = l.split("serving on 127.0.0.1:").nth(1)?;
+                let (port, rest) = rest.split_once(',')?;
+                let metrics = rest
+                    .split("metrics on 127.0.0.1:")
+                    .nth(1)?
+                    .split(';')
+                    .next()?;
+                Some((port.parse().ok()?, metrics.parse().ok()?))
+            });
+            ports.is_some()
         })
         .await;
-        assert!(ready, "demo did not become ready");
+        assert!(found, "no hint with the ports: {:?}", log.lock().unwrap());
+        let (port, metrics) = ports.unwrap();
         Self {
             child,
+            stopped: false,
             port,
             metrics,
+            log,
         }
     }
 
+    /// `castellan serve` on a config; its first log line says the address.
+    async fn serve(config: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (sink, stderr) = (Arc::clone(&log), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                sink.lock().unwrap().push(line.unwrap_or_default());
+            }
+        });
+        let mut port = None;
+        crate::support::eventually(Duration::from_secs(20), async || {
+            port = log.lock().unwrap().iter().find_map(|l| {
+                let rest = l
+                    .split("addr=127.0.0.1:")
+                    .nth(1)
+                    .or_else(|| l.split("\"addr\":\"127.0.0.1:").nth(1))?;
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+            port.is_some()
+        })
+        .await;
+        Self {
+            child,
+            stopped: false,
+            port: port.expect("serve started"),
+            metrics: 0,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
     /// SIGTERM, then the exit status and everything it logged.
-    fn stop(self) -> (bool, String) {
+    fn stop(mut self) -> (bool, String) {
         Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .unwrap();
-        let out = self.child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let status = self.child.wait().unwrap();
+        self.stopped = true;
+        std::thread::sleep(Duration::from_millis(100));
+        (status.success(), self.log())
+    }
+}
+
+impl Drop for Demo {
+    /// A failed test must not leave a castellan running.
+    fn drop(&mut self) {
+        if !self.stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -117,6 +178,7 @@ async fn demo_serves_and_request_gets_a_verified_certificate() {
         let verify = Command::new("openssl")
             .args([
                 "verify",
+                "-x509_strict",
                 "-CAfile",
                 &d("root-cert.pem"),
                 "-untrusted",
@@ -137,16 +199,18 @@ async fn demo_serves_and_request_gets_a_verified_certificate() {
         );
     }
 
-    // A token for another identity, minted with the demo's token key.
-    let key = std::fs::read(d("token-signing-key.pem")).unwrap();
-    let issuer =
-        castellan::cli::token::TokenIssuer::from_pkcs8_pem(castellan::cli::demo::DEMO_ISSUER, &key)
-            .unwrap();
-    std::fs::write(
-        d("token2"),
-        issuer.mint("payments", "api", "istio-ca", 600).unwrap(),
-    )
-    .unwrap();
+    // A token for another identity, minted from the command line.
+    let minted = castellan(&[
+        "token",
+        "--dir",
+        &d(""),
+        "--namespace",
+        "payments",
+        "--service-account",
+        "api",
+    ]);
+    assert!(minted.status.success(), "{minted:?}");
+    std::fs::write(d("token2"), &minted.stdout).unwrap();
     let out = castellan(&[
         "request",
         "--addr",
@@ -163,7 +227,7 @@ async fn demo_serves_and_request_gets_a_verified_certificate() {
     let check = castellan(&["check", "--config", &d("castellan.toml")]);
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{report}");
-    assert_eq!(report.matches("PASS").count(), 7, "{report}");
+    assert_eq!(report.matches("PASS").count(), 8, "{report}");
 
     let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", demo.metrics))
         .await
@@ -263,7 +327,6 @@ fn check_fails_on_a_practice_and_serve_refuses_self_signed() {
 async fn serve_logs_one_json_line_per_request() {
     let dir = tempfile::tempdir().unwrap();
     let demo = Demo::start(dir.path(), &[]).await;
-    let port = demo.port;
     let _ = demo.stop();
     let config_path = dir.path().join("castellan.toml");
     let config = std::fs::read_to_string(&config_path).unwrap();
@@ -272,14 +335,9 @@ async fn serve_logs_one_json_line_per_request() {
         format!("{config}\n[log]\nformat = \"json\"\n"),
     )
     .unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let served = Demo::serve(&config_path).await;
     let d = |f: &str| dir.path().join(f).display().to_string();
-    let addr = format!("https://localhost:{port}");
+    let addr = format!("https://localhost:{}", served.port);
     let ok = crate::support::eventually(Duration::from_secs(10), async || {
         castellan(&[
             "request",
@@ -295,12 +353,7 @@ async fn serve_logs_one_json_line_per_request() {
     })
     .await;
     assert!(ok);
-    let (_, logs) = Demo {
-        child,
-        port,
-        metrics: 0,
-    }
-    .stop();
+    let (_, logs) = served.stop();
     let issued: Vec<serde_json::Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -18,6 +18,7 @@ mod kubernetes;
 mod lifetimes;
 mod limits;
 mod logs;
+mod one_truth;
 mod pkcs11;
 mod refusals;
 mod reload;

@@ -13,7 +13,7 @@ use x509_cert::{
 };
 
 use super::LeafRequest;
-use super::{Error, Rules, SigningCa, chain::is_self_issued};
+use super::{Error, Rules, SigningCa, Waivable, chain::is_self_issued};
 use crate::{profile::Subject, verify};
 
 /// The ceiling of NIST SP 800-204A SM-DR13 ("on the order of hours").
@@ -73,6 +73,7 @@ pub(super) async fn run(
     let tbs = cert.tbs_certificate();
     let subject = tbs.subject().to_string();
 
+    let shared = shared_key(ca, cert);
     a.record(
         "SM-DR12 signing certificate is not self-signed",
         true,
@@ -82,8 +83,17 @@ pub(super) async fn run(
                  with an intermediate issued by the enterprise root: issue one from the root and \
                  configure it instead"
             ))
+        } else if let Some(other) = shared {
+            Err(format!(
+                "{source} has the same key as `{other}`, a certificate above it: a CA that shares \
+                 its key with the root is the root (self-signed in disguise); give the \
+                 intermediate a key of its own"
+            ))
         } else {
-            Ok(format!("`{subject}` is issued by `{}`", tbs.issuer()))
+            Ok(format!(
+                "`{subject}` is issued by `{}`, with a key no certificate above it has",
+                tbs.issuer()
+            ))
         },
     );
 
@@ -152,15 +162,19 @@ pub(super) async fn run(
         "default {:.1} h, maximum {max_hours:.1} h",
         rules.default_ttl.as_secs_f64() / 3600.0
     );
+    let waived = rules.waived.contains(&Waivable::SmDr13);
     a.record(
         "SM-DR13 workload certificates live hours, not days",
-        false,
-        if rules.max_ttl <= SM_DR13_MAX {
-            Ok(lifetime)
-        } else {
-            Err(format!(
-                "{lifetime}: lower issuance.max_ttl_secs to 86400 or less"
-            ))
+        !waived,
+        match (rules.max_ttl <= SM_DR13_MAX, waived) {
+            (true, _) => Ok(lifetime),
+            (false, false) => Err(format!(
+                "{lifetime}: lower issuance.max_ttl_secs to 86400 or less (or waive the \
+                 practice with practices.waive = [\"SM-DR13\"])"
+            )),
+            (false, true) => Err(format!(
+                "{lifetime}: WAIVED by practices.waive in the configuration"
+            )),
         },
     );
 
@@ -174,6 +188,19 @@ pub(super) async fn run(
         },
     );
     Ok(a)
+}
+
+/// The subject of a certificate above the signing certificate (chain or
+/// roots) that carries the signing certificate's own key, if one does.
+fn shared_key(ca: &SigningCa, cert: &Certificate) -> Option<String> {
+    let key = cert.tbs_certificate().subject_public_key_info();
+    ca.chain()
+        .iter()
+        .skip(1)
+        .chain(ca.roots())
+        .filter_map(|der| Certificate::from_der(der).ok())
+        .find(|above| above.tbs_certificate().subject_public_key_info() == key)
+        .map(|above| above.tbs_certificate().subject().to_string())
 }
 
 fn ca_constraints(cert: &Certificate, source: &str) -> Result<Result<String, String>, Error> {

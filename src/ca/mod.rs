@@ -43,6 +43,17 @@ pub struct Rules {
     pub roots: Option<Vec<CertificateDer<'static>>>,
     /// Where integrity failures are counted.
     pub counters: Counters,
+    /// Practices the operator waived (`practices.waive`): reported, not enforced.
+    pub waived: Vec<Waivable>,
+}
+
+/// The practices an operator may waive. The others (no self-signed CA,
+/// rooted in the enterprise roots, leaves never CAs) cannot be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub enum Waivable {
+    /// Workload certificates live hours, not days.
+    #[serde(rename = "SM-DR13")]
+    SmDr13,
 }
 
 /// What the integrity checks count, for `/metrics` (made by
@@ -106,8 +117,8 @@ pub enum Error {
     /// A signature or a leaf does not verify under the signing certificate:
     /// the key behind the back end is not the certified one.
     #[error(
-        "{cert_source}: {what} does not verify under the signing certificate's key; the key \
-         behind the back end changed"
+        "{cert_source}: {what} does not verify under the signing certificate's key (the back \
+         end holds another key)"
     )]
     KeyMismatch {
         cert_source: String,

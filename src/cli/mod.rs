@@ -41,8 +41,9 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:15012")]
         listen: SocketAddr,
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
+        /// `/healthz`, `/readyz`, `/metrics` (loopback, like the CA itself).
+        #[arg(long, default_value = "127.0.0.1:15014")]
+        metrics_listen: SocketAddr,
         /// Key type of the demo root and intermediate.
         #[arg(long, value_enum, default_value_t = KeyType::EcP256)]
         ca_key_type: KeyType,
@@ -53,6 +54,19 @@ enum Command {
     },
     /// Ask a CA for a certificate the way istio-agent does, verify it, save it.
     Request(request::Args),
+    /// Mint a demo token for another identity with the key `castellan demo`
+    /// left in DIR; prints it.
+    Token {
+        #[arg(long, default_value = "castellan-demo")]
+        dir: PathBuf,
+        #[arg(long)]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// Lifetime of the token.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
     /// Load-test a CA and measure this machine's crypto ceiling in the same run.
     Bench(bench::Args),
 }
@@ -89,12 +103,12 @@ impl Cli {
             Command::Serve { config } => {
                 let config = match Config::load(&config) {
                     Ok(c) => c,
-                    Err(e) => return fail(&e),
+                    Err(e) => return fail(&e, EXIT_UNUSABLE),
                 };
                 init_logging(config.log.format);
                 match crate::server::run(&config).await {
                     Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(&e),
+                    Err(e) => fail(&e, exit_code(&e)),
                 }
             }
             Command::Check { config } => check::run(&config).await,
@@ -115,6 +129,24 @@ impl Cli {
                 demo::run(&dir, &options).await
             }
             Command::Request(args) => request::run(args).await,
+            Command::Token {
+                dir,
+                namespace,
+                service_account,
+                ttl_secs,
+            } => match demo::mint(&dir, &namespace, &service_account, ttl_secs) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "castellan token: {e} (run `castellan demo --dir {}` first)",
+                        dir.display()
+                    );
+                    ExitCode::from(EXIT_UNUSABLE)
+                }
+            },
             Command::Bench(args) => bench::run(args).await,
         }
     }
@@ -133,9 +165,13 @@ pub fn init_logging(format: LogFormat) {
     {
         filter = filter.add_directive(quiet);
     }
+    // A log sink that went away (a closed pipe) loses lines; it must not
+    // take requests down: tracing-subscriber would report the failed write
+    // with eprintln!, which panics on that same closed stderr.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -143,7 +179,34 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+/// An enforced practice failed: the material is readable but unfit.
+pub const EXIT_PRACTICE: u8 = 1;
+/// The configuration, or something it names (a file, a back end, an
+/// address), cannot be used.
+pub const EXIT_UNUSABLE: u8 = 2;
+
+/// The exit code for a server that could not start or stopped failing:
+/// the same scheme as `castellan check`.
+fn exit_code(e: &crate::server::Error) -> u8 {
+    use crate::server::Error as S;
+    match e {
+        S::Ca(crate::ca::Error::Practice(_)) => EXIT_PRACTICE,
+        // A server that failed while running.
+        S::Transport(_) | S::Task(_) => EXIT_PRACTICE,
+        S::Ca(_)
+        | S::Issue(_)
+        | S::Authn(_)
+        | S::Io { .. }
+        | S::Tls(_)
+        | S::Pem { .. }
+        | S::NoCertificate { .. }
+        | S::ServingKey(_)
+        | S::KeyGeneration(_)
+        | S::Metrics(_) => EXIT_UNUSABLE,
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
     eprintln!("castellan: {e}");
-    ExitCode::FAILURE
+    ExitCode::from(code)
 }

@@ -10,15 +10,24 @@ use time::{Duration, OffsetDateTime};
 use super::KeyType;
 
 /// A root and an intermediate. The root's key is gone once this exists.
-#[derive(Debug)]
 pub struct DemoPki {
     pub root_pem: String,
     pub intermediate_pem: String,
     /// PKCS#8 PEM of the intermediate's key.
-    pub intermediate_key_pem: String,
+    pub intermediate_key_pem: zeroize::Zeroizing<String>,
 }
 
 // === impl DemoPki ===
+
+impl std::fmt::Debug for DemoPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoPki")
+            .field("root_pem", &self.root_pem)
+            .field("intermediate_pem", &self.intermediate_pem)
+            .field("intermediate_key_pem", &"[redacted]")
+            .finish()
+    }
+}
 
 impl DemoPki {
     /// # Errors
@@ -30,13 +39,15 @@ impl DemoPki {
         let root = Issuer::new(root_params, root_key);
 
         let int_key = generate_key(key_type)?;
-        let int_params = ca_params(&format!("{name} intermediate"), Some(0), 365)?;
+        let mut int_params = ca_params(&format!("{name} intermediate"), Some(0), 365)?;
+        // RFC 5280 §4.2.1.1: strict verifiers (openssl -x509_strict) want it.
+        int_params.use_authority_key_identifier_extension = true;
         let int_cert = int_params.signed_by(&int_key, &root)?;
         // `root`, holding the root key, is dropped here: the demo root is offline.
         Ok(Self {
             root_pem: root_cert.pem(),
             intermediate_pem: int_cert.pem(),
-            intermediate_key_pem: int_key.serialize_pem(),
+            intermediate_key_pem: zeroize::Zeroizing::new(int_key.serialize_pem()),
         })
     }
 }

@@ -70,7 +70,7 @@ async fn request(args: &Args) -> Result<(), String> {
     let response = client
         .create_certificate(request_for(&csr, args.ttl, &token, &args.cluster_id)?)
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|s| format!("{}: {}", s.code().description(), s.message()))?
         .into_inner();
 
     let roots = CertificateDer::pem_slice_iter(&root_pem)
@@ -94,12 +94,18 @@ async fn request(args: &Args) -> Result<(), String> {
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
         let last = response.cert_chain.last().cloned().unwrap_or_default();
-        for (name, contents) in [
-            ("cert-chain.pem", response.cert_chain.concat()),
-            ("key.pem", key.serialize_pem()),
-            ("root-cert.pem", last),
+        let key_pem = zeroize::Zeroizing::new(key.serialize_pem());
+        for (name, contents, secret) in [
+            (
+                "cert-chain.pem",
+                response.cert_chain.concat().as_str(),
+                false,
+            ),
+            ("key.pem", key_pem.as_str(), true),
+            ("root-cert.pem", last.as_str(), false),
         ] {
-            std::fs::write(out.join(name), contents).map_err(|e| format!("{name}: {e}"))?;
+            super::demo::write(&out.join(name), contents, secret)
+                .map_err(|e| format!("{name}: {e}"))?;
         }
         println!(
             "wrote      {}/{{cert-chain,key,root-cert}}.pem",
@@ -134,7 +140,7 @@ pub async fn connect(
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| format!("connecting to {addr}: {e:?}"))?;
+        .map_err(|e| format!("connecting to {addr}: {}", causes(&e)))?;
     Ok(IstioCertificateServiceClient::new(channel))
 }
 
@@ -249,4 +255,20 @@ fn identity_of(token: &str, trust_domain: &str) -> Result<String, String> {
         "spiffe://{trust_domain}/ns/{}/sa/{}",
         sa.namespace, sa.name
     ))
+}
+
+/// An error and its causes in words: "transport error: invalid peer
+/// certificate: UnknownIssuer", not a debug dump.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }

@@ -69,6 +69,17 @@ pub struct Config {
     pub impersonation: Impersonation,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub practices: Practices,
+}
+
+/// Practices the operator deliberately does not follow.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Practices {
+    /// E.g. `["SM-DR13"]` to allow workload certificates of days. Logged
+    /// loudly at every start and shown by `castellan check`.
+    pub waive: Vec<crate::ca::Waivable>,
 }
 
 /// The gRPC listener and the operational (health, metrics) listener.
@@ -295,12 +306,37 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        let config: Self = toml::from_str(text).map_err(|e| Error::Parse {
+        let mut config: Self = toml::from_str(text).map_err(|e| Error::Parse {
             path: path.to_owned(),
             source: Box::new(e),
         })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        config.resolve_paths(base);
         config.validate()?;
         Ok(config)
+    }
+
+    /// Relative paths in the file are relative to the file's folder.
+    fn resolve_paths(&mut self, base: &Path) {
+        use castellan_signer::resolve_opt;
+        resolve_opt(base, &mut self.ca.roots_file);
+        resolve_opt(base, &mut self.server.tls.cert_file);
+        resolve_opt(base, &mut self.server.tls.key_file);
+        match &mut self.signer {
+            Signer::File(c) => c.resolve_paths(base),
+            Signer::Pkcs11(c) => c.resolve_paths(base),
+            Signer::Vault(c) => c.resolve_paths(base),
+        }
+        for a in &mut self.authn {
+            match a {
+                Authn::Jwt(j) => {
+                    resolve_opt(base, &mut j.jwks_file);
+                    resolve_opt(base, &mut j.jwks_ca_file);
+                }
+                Authn::TokenReview(t) => resolve_opt(base, &mut t.kubeconfig),
+                Authn::ClientCert(_) => {}
+            }
+        }
     }
 
     pub fn request_timeout(&self) -> Duration {

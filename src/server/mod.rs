@@ -118,18 +118,14 @@ impl Running {
 /// [`Error`] naming what stops it from starting.
 pub async fn start(config: &Config) -> Result<Running, Error> {
     let metrics = Metrics::new()?;
-    let roots = match &config.ca.roots_file {
-        Some(path) => Some(read_roots(path)?),
-        None => None,
-    };
-    let rules = Rules {
-        trust_domain: config.trust_domain.clone(),
-        default_ttl: Duration::from_secs(config.issuance.default_ttl_secs),
-        min_ttl: Duration::from_secs(config.issuance.min_ttl_secs),
-        max_ttl: Duration::from_secs(config.issuance.max_ttl_secs),
-        roots,
-        counters: metrics.ca_counters(),
-    };
+    let rules = rules(config, metrics.ca_counters())?;
+    for waived in &rules.waived {
+        tracing::warn!(
+            practice = ?waived,
+            "practice WAIVED by practices.waive: castellan serves what `castellan check` reports \
+             as a waived failure"
+        );
+    }
     let ca = Arc::new(CaHandle::load(ca::source(&config.signer), rules).await?);
     observe(&metrics, &ca.current());
     let mut background = Vec::new();
@@ -254,6 +250,14 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
 /// As [`start`], or when the server fails.
 pub async fn run(config: &Config) -> Result<(), Error> {
     let running = start(config).await?;
+    run_until_terminated(running, config).await
+}
+
+/// Serves a started server until SIGTERM or Ctrl-C, then shuts down gracefully.
+///
+/// # Errors
+/// When the server fails.
+pub async fn run_until_terminated(running: Running, config: &Config) -> Result<(), Error> {
     terminated().await;
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     running.shutdown();
@@ -279,6 +283,62 @@ async fn terminated() {
 
 fn observe(metrics: &Metrics, ca: &ca::SigningCa) {
     metrics.observe_ca(ca.roots_not_after(), ca.facts().not_after);
+}
+
+/// What the signing material is judged against, from the configuration:
+/// the one place `serve` and `castellan check` get it from.
+///
+/// # Errors
+/// When `ca.roots_file` cannot be read.
+pub fn rules(config: &Config, counters: ca::Counters) -> Result<Rules, Error> {
+    let roots = match &config.ca.roots_file {
+        Some(path) => Some(read_roots(path)?),
+        None => None,
+    };
+    Ok(Rules {
+        trust_domain: config.trust_domain.clone(),
+        default_ttl: Duration::from_secs(config.issuance.default_ttl_secs),
+        min_ttl: Duration::from_secs(config.issuance.min_ttl_secs),
+        max_ttl: Duration::from_secs(config.issuance.max_ttl_secs),
+        roots,
+        counters,
+        waived: config.practices.waive.clone(),
+    })
+}
+
+/// Binds both listeners and lets them go, so `castellan check` tells what
+/// `serve` would find. An address in use is reported, not refused: it is
+/// what a castellan already serving there looks like. Returns those notes.
+///
+/// # Errors
+/// Which address cannot be bound, and why (not local, privileged…).
+pub async fn check_listeners(config: &Config) -> Result<Vec<String>, Error> {
+    let mut notes = Vec::new();
+    let mut addrs = vec![(config.server.listen, "server.listen")];
+    if let Some(addr) = config.server.metrics_listen {
+        if addr == config.server.listen && addr.port() != 0 {
+            return Err(Error::Io {
+                what: format!("server.metrics_listen {addr}"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "is also server.listen; give them different ports",
+                ),
+            });
+        }
+        addrs.push((addr, "server.metrics_listen"));
+    }
+    for (addr, key) in addrs {
+        match bind(addr, key).await {
+            Ok(_) => {}
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+                notes.push(format!(
+                    "{key} {addr} is in use (by a castellan serving it?)"
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(notes)
 }
 
 /// Reads a PEM bundle of root certificates.

@@ -78,6 +78,20 @@ pub enum Error {
 // === impl Config ===
 
 impl Config {
+    /// Relative paths are relative to `base`, the configuration's folder.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        use castellan_signer::resolve_opt;
+        for p in [
+            &mut self.dir,
+            &mut self.cert_file,
+            &mut self.key_file,
+            &mut self.chain_file,
+            &mut self.root_file,
+        ] {
+            resolve_opt(base, p);
+        }
+    }
+
     /// The rules a file signer's section must meet.
     ///
     /// # Errors

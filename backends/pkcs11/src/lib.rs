@@ -95,6 +95,23 @@ fn default_pool_size() -> usize {
 // === impl Config ===
 
 impl Config {
+    /// Relative paths are relative to `base`, the configuration's folder;
+    /// a bare module file name is left to the dynamic loader's search.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        use castellan_signer::{resolve, resolve_opt};
+        if self.module.components().count() > 1 {
+            resolve(base, &mut self.module);
+        }
+        for p in [
+            &mut self.pin_file,
+            &mut self.cert_file,
+            &mut self.chain_file,
+            &mut self.root_file,
+        ] {
+            resolve_opt(base, p);
+        }
+    }
+
     /// The rules a PKCS#11 signer's section must meet.
     ///
     /// # Errors

@@ -178,3 +178,19 @@ pub fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static
     }
     Ok(certs)
 }
+
+/// Makes `path` relative to `base` (the configuration file's folder) when it
+/// is relative: paths in a config file mean what they say wherever castellan
+/// is started from.
+pub fn resolve(base: &Path, path: &mut PathBuf) {
+    if path.is_relative() {
+        *path = base.join(&*path);
+    }
+}
+
+/// As [`resolve`], for an optional path.
+pub fn resolve_opt(base: &Path, path: &mut Option<PathBuf>) {
+    if let Some(p) = path {
+        resolve(base, p);
+    }
+}

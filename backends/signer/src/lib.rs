@@ -24,7 +24,8 @@ pub use backend::{
 };
 pub use error::{Cause, Error};
 pub use files::{
-    CertFiles, Certs, FileError, Fingerprint, fingerprint_files, parse_certs, read_certs,
+    CertFiles, Certs, FileError, Fingerprint, fingerprint_files, parse_certs, read_certs, resolve,
+    resolve_opt,
 };
 
 /// Re-exported so back ends implement the traits without naming the crate.

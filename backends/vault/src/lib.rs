@@ -117,6 +117,35 @@ pub enum ConfigError {
 // === impl Config ===
 
 impl Config {
+    /// Relative paths are relative to `base`, the configuration's folder.
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        use castellan_signer::{resolve, resolve_opt};
+        for p in [
+            &mut self.ca_file,
+            &mut self.client_cert_file,
+            &mut self.client_key_file,
+        ] {
+            resolve_opt(base, p);
+        }
+        match &mut self.auth {
+            Auth::Token { token_file } => resolve_opt(base, token_file),
+            Auth::Kubernetes { jwt_file, .. } => resolve(base, jwt_file),
+            Auth::Approle {
+                role_id_file,
+                secret_id_file,
+                ..
+            } => {
+                resolve_opt(base, role_id_file);
+                resolve(base, secret_id_file);
+            }
+        }
+        if let Some(t) = &mut self.transit {
+            resolve(base, &mut t.cert_file);
+            resolve_opt(base, &mut t.chain_file);
+            resolve_opt(base, &mut t.root_file);
+        }
+    }
+
     /// The rules a Vault signer's section must meet.
     ///
     /// # Errors

@@ -202,7 +202,25 @@ impl KeySigner for TransitSigner {
     }
 
     async fn sign(&self, tbs: &[u8]) -> Result<Signature, castellan_signer::Error> {
-        let value = self.key.sign(&self.vault, tbs).await?;
+        let value = match self.key.sign(&self.vault, tbs).await {
+            Ok(v) => v,
+            // The pinned key or version is gone (deleted, trimmed): the key
+            // changed behind castellan, an outage until it is back or the
+            // certificate is re-issued, not a request's fault.
+            Err(Error::Refused {
+                status: 400 | 404,
+                path,
+                message,
+            }) => {
+                return Err(castellan_signer::Error::unavailable(Error::Unavailable(
+                    format!(
+                        "transit key {} cannot sign: {path}: {message}",
+                        self.key.describe()
+                    ),
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Vault names the key by name and version on every call; a deleted
         // and recreated key answers to the same name.
         Ok(Signature {

@@ -113,6 +113,7 @@ pub(super) async fn pipeline(
         counters: crate::metrics::Metrics::new()
             .map_err(|e| e.to_string())?
             .ca_counters(),
+        waived: Vec::new(),
     };
     let ca = CaHandle::load(source, rules)
         .await
