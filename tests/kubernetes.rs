@@ -458,3 +458,71 @@ async fn expired_client_certificates_are_refused() {
     };
     assert!(refused);
 }
+
+/// The roots that decide which client certificates are accepted follow the
+/// root bundle in use: after a reload adds a root, a VM certificate under it
+/// is accepted without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_follow_a_reloaded_root_bundle() {
+    use crate::support::{Setup, pki};
+    let ca = TestCa::start_with(Setup {
+        extra: "[[authn]]\ntype = \"client_cert\"\n".into(),
+        ..Setup::default()
+    })
+    .await;
+    // A VM certificate from another enterprise root, not yet trusted.
+    let other = pki::Ca::root("Other Root", pki::KeyAlg::EcP256);
+    let other_int = other.intermediate("Other Intermediate", pki::KeyAlg::EcP256, |_| {});
+    let vm_key = pki::key(pki::KeyAlg::EcP256);
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        id("vms", "billing").try_into().unwrap(),
+    )];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let vm = other_int.sign(params, vm_key);
+    let renew = async || {
+        let identity = tonic::transport::Identity::from_pem(
+            format!("{}{}", vm.pem, other_int.pem),
+            vm.key.serialize_pem(),
+        );
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&ca.root.pem))
+            .domain_name("localhost")
+            .identity(identity);
+        let channel = tonic::transport::Endpoint::from_shared(ca.addr())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client =
+            castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient::new(
+                channel,
+            );
+        let (_, csr) = csr::ztunnel(&id("vms", "billing"));
+        let mut req = request::request_for(&csr, 600, "x", "Kubernetes").unwrap();
+        req.metadata_mut().remove("authorization");
+        client
+            .create_certificate(req)
+            .await
+            .map(|r| r.into_inner().cert_chain)
+            .map_err(|s| format!("{s:?}"))
+    };
+    assert!(renew().await.is_err(), "a root not in the bundle");
+
+    // The root bundle gains the other root (same signing intermediate).
+    let bundle = format!("{}{}", ca.root.pem, other.pem);
+    pki::write_cacerts(
+        &ca.ca_dir(),
+        &ca.intermediate,
+        &[&ca.intermediate, &ca.root],
+        &bundle,
+    );
+    let accepted = eventually(Duration::from_secs(10), async || renew().await.is_ok()).await;
+    assert!(
+        accepted,
+        "the reloaded bundle's root is trusted for client certificates"
+    );
+    assert_eq!(san(&renew().await.unwrap()), [id("vms", "billing")]);
+}

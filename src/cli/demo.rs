@@ -14,8 +14,17 @@ use std::{
 use super::{KeyType, pki::DemoPki, token::TokenIssuer};
 use crate::config::Config;
 
+/// Writes to stderr, ignoring a closed stderr: the demo keeps serving when
+/// whoever started it stops reading (`eprintln!` would panic).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// The `iss` of demo tokens.
-pub const DEMO_ISSUER: &str = "https://castellan.demo";
+pub(super) const DEMO_ISSUER: &str = "https://castellan.demo";
 const TOKEN_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// How the demo runs.
@@ -45,12 +54,12 @@ pub(super) async fn run(dir: &Path, options: &Options) -> ExitCode {
     let (config_path, reused) = match prepare(dir, options) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("castellan demo: {e}");
+            say!("castellan demo: {e}");
             return ExitCode::from(super::EXIT_UNUSABLE);
         }
     };
     if reused {
-        eprintln!(
+        say!(
             "castellan demo: reusing the root, intermediate and token key in {} (certificates \
              saved earlier still verify; remove the folder for a fresh PKI)",
             dir.display()
@@ -59,14 +68,14 @@ pub(super) async fn run(dir: &Path, options: &Options) -> ExitCode {
     let config = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("castellan demo: {e}");
+            say!("castellan demo: {e}");
             return ExitCode::from(super::EXIT_UNUSABLE);
         }
     };
     let running = match crate::server::start(&config).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("castellan demo: {e}");
+            say!("castellan demo: {e}");
             return ExitCode::from(super::EXIT_UNUSABLE);
         }
     };
@@ -74,7 +83,7 @@ pub(super) async fn run(dir: &Path, options: &Options) -> ExitCode {
     let me = std::env::current_exe()
         .map_or_else(|_| "castellan".to_owned(), |p| p.display().to_string());
     let d = dir.display();
-    eprintln!(
+    say!(
         "castellan demo: serving on {addr}, metrics on {metrics}; material in {d}\n  \
          ask for a certificate:  {me} request --addr https://localhost:{port} --root {d}/root-cert.pem --token {d}/token --out {d}/out\n  \
          check the CA:           {me} check --config {d}/castellan.toml\n  \
@@ -88,7 +97,7 @@ pub(super) async fn run(dir: &Path, options: &Options) -> ExitCode {
     match crate::server::run_until_terminated(running, &config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("castellan demo: {e}");
+            say!("castellan demo: {e}");
             ExitCode::from(super::EXIT_PRACTICE)
         }
     }

@@ -1,13 +1,28 @@
 //! The `castellan` command line: serve, check, demo, request, bench.
 
+// The load generator, the demo PKI and the token issuer serve the CLI; the
+// tests and benchmarks reach them with the `testing` feature, so they are
+// not part of castellan's library API.
+#[cfg(feature = "testing")]
 pub mod bench;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub, dead_code)]
+mod bench;
 mod check;
-pub mod demo;
+mod demo;
+#[cfg(feature = "testing")]
 pub mod pki;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub)]
+mod pki;
 pub mod request;
+#[cfg(feature = "testing")]
 pub mod token;
+#[cfg(not(feature = "testing"))]
+#[allow(unreachable_pub, dead_code)]
+mod token;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -207,6 +222,7 @@ fn exit_code(e: &crate::server::Error) -> u8 {
 }
 
 fn fail(e: &dyn std::fmt::Display, code: u8) -> ExitCode {
-    eprintln!("castellan: {e}");
+    // Not eprintln!: a closed stderr must not turn the exit code into a panic's.
+    let _ = writeln!(std::io::stderr(), "castellan: {e}");
     ExitCode::from(code)
 }

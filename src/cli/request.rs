@@ -220,7 +220,7 @@ fn check_chain(
         .map(|p| first(p))
         .collect::<Result<Vec<_>, _>>()?;
     verify::chain(&leaf, &intermediates, roots, verify::Usage::Client)
-        .map_err(|e| format!("issued chain does not verify against the given root: {e:?}"))?;
+        .map_err(|e| format!("issued chain does not verify against the given root: {e}"))?;
     let cert = x509_cert::Certificate::from_der(&leaf).map_err(|e| e.to_string())?;
     let uris: Vec<String> = cert
         .tbs_certificate()
@@ -235,7 +235,10 @@ fn check_chain(
         })
         .collect();
     if uris != [identity] {
-        return Err(format!("the certificate names {uris:?}, not `{identity}`"));
+        return Err(format!(
+            "the certificate names [{}], not `{identity}`",
+            uris.join(", ")
+        ));
     }
     Ok(leaf.to_vec())
 }

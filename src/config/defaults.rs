@@ -100,3 +100,21 @@ impl Default for Impersonation {
         }
     }
 }
+
+/// `IP:port`, with a message that says so for a host name.
+pub(super) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{s}` is not an IP address and port: castellan binds an address, e.g. \
+             \"0.0.0.0:15012\" (every interface), \"127.0.0.1:15012\" or \"[::]:15012\"; \
+             host names are not resolved"
+        ))
+    })
+}
+
+pub(super) fn optional_socket_addr<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    socket_addr(d).map(Some)
+}

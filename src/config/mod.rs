@@ -2,6 +2,7 @@
 //! default a named constant, every error naming the key and the fix.
 
 mod defaults;
+mod tagged;
 mod validate;
 
 use std::{
@@ -86,8 +87,10 @@ pub struct Practices {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Server {
+    #[serde(deserialize_with = "defaults::socket_addr")]
     pub listen: SocketAddr,
     /// Plain HTTP: `/healthz`, `/readyz`, `/metrics`. Unset: not served.
+    #[serde(deserialize_with = "defaults::optional_socket_addr")]
     pub metrics_listen: Option<SocketAddr>,
     /// Requests accepted at once (being received or handled); beyond it
     /// callers get RESOURCE_EXHAUSTED at once.
@@ -153,21 +156,18 @@ pub struct Ca {
     pub reload_interval_secs: u64,
 }
 
-/// Where the signing key lives.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+/// Where the signing key lives (read by `tagged.rs`, by its `type`).
+#[derive(Clone, Debug)]
 pub enum Signer {
     File(castellan_file::Config),
     Pkcs11(castellan_pkcs11::Config),
     Vault(castellan_vault::Config),
 }
 
-/// One authenticator of the chain.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+/// One authenticator of the chain (read by `tagged.rs`, by its `type`).
+#[derive(Clone, Debug)]
 pub enum Authn {
     Jwt(Jwt),
-    #[serde(rename = "tokenreview")]
     TokenReview(TokenReview),
     ClientCert(ClientCert),
 }
@@ -271,19 +271,22 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config {path}: {source}")]
+    #[error("config {path}: {}", human(&source.to_string()))]
     Parse {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
-    #[error("config: `{key}` {problem}")]
+    #[error("`{key}` {problem}")]
     Invalid { key: &'static str, problem: String },
-    #[error("config: {0}")]
+    #[error(transparent)]
     FileSigner(#[from] castellan_file::ConfigError),
-    #[error("config: {0}")]
+    #[error(transparent)]
     Pkcs11Signer(#[from] castellan_pkcs11::ConfigError),
-    #[error("config: {0}")]
+    #[error(transparent)]
     VaultSigner(#[from] castellan_vault::ConfigError),
+    /// A rule the file breaks, with the file named.
+    #[error("config {path}: {source}")]
+    Rule { path: PathBuf, source: Box<Self> },
 }
 
 // === impl Config ===
@@ -312,7 +315,10 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         config.resolve_paths(base);
-        config.validate()?;
+        config.validate().map_err(|e| Error::Rule {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })?;
         Ok(config)
     }
 
@@ -342,4 +348,30 @@ impl Config {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.server.request_timeout_secs)
     }
+}
+
+/// serde's vocabulary in words an operator uses.
+pub(crate) fn human(message: &str) -> String {
+    [
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected usize", "expected a whole number (0 or more)"),
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u16", "expected a whole number (0 to 65535)"),
+        ("expected u8", "expected a whole number (0 to 255)"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected a sequence",
+            "expected a list, e.g. [\"a\", \"b\"]",
+        ),
+        ("invalid type: ", ""),
+        ("invalid value: ", ""),
+    ]
+    .iter()
+    .fold(message.to_owned(), |m, (from, to)| m.replace(from, to))
+    .lines()
+    // toml's own note of the key, said already.
+    .filter(|l| !l.starts_with("in `"))
+    .collect::<Vec<_>>()
+    .join("\n")
 }

@@ -167,7 +167,9 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
 
     let (serving, renewal) = serving::start(&config.server.tls, &issuer, poll).await?;
     background.push(renewal);
-    let tls = tls::server_config(serving, ca.current().roots())?;
+    let client_roots = Arc::new(tls::ClientRoots::new(ca.current().roots())?);
+    background.push(follow_roots(Arc::clone(&ca), Arc::clone(&client_roots)));
+    let tls = tls::server_config(serving, client_roots)?;
 
     let listener = bind(config.server.listen, "server.listen").await?;
     let addr = local_addr(&listener)?;
@@ -279,6 +281,18 @@ async fn terminated() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Keeps client-certificate verification on the roots of the CA in use.
+fn follow_roots(ca: Arc<CaHandle>, client_roots: Arc<tls::ClientRoots>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut changes = ca.subscribe();
+        while changes.changed().await.is_ok() {
+            if let Err(e) = client_roots.update(ca.current().roots()) {
+                tracing::error!(error = %e, "new roots unusable for client certificates; keeping the previous ones");
+            }
+        }
+    })
 }
 
 fn observe(metrics: &Metrics, ca: &ca::SigningCa) {

@@ -97,7 +97,8 @@ async fn issue(
             Duration::from_secs(tls.ttl_secs),
         )
         .await?;
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_ref().to_vec()));
+    // Borrowed from the aws-lc document, which wipes itself when dropped.
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.as_ref()));
     Ok((certified(cert.chain, &key)?, cert.not_after))
 }
 
@@ -154,7 +155,9 @@ fn renewal_delay(not_after: SystemTime) -> Duration {
         .mul_f64(RENEW_AT)
 }
 
-type Contents = (Vec<u8>, Vec<u8>);
+/// The certificate file and the key file as read; the key's bytes are
+/// wiped when dropped.
+type Contents = (Vec<u8>, zeroize::Zeroizing<Vec<u8>>);
 
 async fn load_files(files: &(PathBuf, PathBuf)) -> Result<(CertifiedKey, Contents), Error> {
     let read = |p: &PathBuf| {
@@ -166,7 +169,10 @@ async fn load_files(files: &(PathBuf, PathBuf)) -> Result<(CertifiedKey, Content
             })
         }
     };
-    let (cert_pem, key_pem) = (read(&files.0).await?, read(&files.1).await?);
+    let (cert_pem, key_pem) = (
+        read(&files.0).await?,
+        zeroize::Zeroizing::new(read(&files.1).await?),
+    );
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| Error::Pem {
@@ -178,10 +184,13 @@ async fn load_files(files: &(PathBuf, PathBuf)) -> Result<(CertifiedKey, Content
             path: files.0.clone(),
         });
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| Error::Pem {
-        path: files.1.clone(),
-        source,
-    })?;
+    let key =
+        zeroize::Zeroizing::new(PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| {
+            Error::Pem {
+                path: files.1.clone(),
+                source,
+            }
+        })?);
     Ok((certified(chain, &key)?, (cert_pem, key_pem)))
 }
 

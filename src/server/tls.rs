@@ -14,7 +14,7 @@ use prometheus::IntGauge;
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::{CryptoProvider, aws_lc_rs},
-    server::{ResolvesServerCert, WebPkiClientVerifier},
+    server::{ResolvesServerCert, WebPkiClientVerifier, danger::ClientCertVerifier},
 };
 use rustls_pki_types::CertificateDer;
 use tokio::{
@@ -55,30 +55,112 @@ pub fn provider() -> CryptoProvider {
 }
 
 /// A server configuration that asks for, but does not require, a client
-/// certificate chaining to `client_roots` (VM renewal presents one).
+/// certificate chaining to the current roots (VM renewal presents one).
 ///
 /// # Errors
-/// When the roots cannot be used as trust anchors.
+/// When the protocol versions cannot be set.
 pub(super) fn server_config(
     certs: Arc<dyn ResolvesServerCert>,
-    client_roots: &[CertificateDer<'static>],
+    client_roots: Arc<ClientRoots>,
 ) -> Result<ServerConfig, rustls::Error> {
-    let provider = Arc::new(provider());
-    let mut roots = RootCertStore::empty();
-    for r in client_roots {
-        roots.add(r.clone())?;
-    }
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(client_roots)
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// Client-certificate verification against the roots in use now: when a
+/// reload changes the root bundle, the next handshake is judged by the new
+/// one.
+#[derive(Debug)]
+pub(super) struct ClientRoots {
+    current: arc_swap::ArcSwap<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ClientRoots {
+    /// # Errors
+    /// When the roots cannot be used as trust anchors.
+    pub(super) fn new(roots: &[CertificateDer<'static>]) -> Result<Self, rustls::Error> {
+        Ok(Self {
+            current: arc_swap::ArcSwap::from_pointee(verifier(roots)?),
+        })
+    }
+
+    /// Judges later handshakes by `roots`.
+    ///
+    /// # Errors
+    /// When the roots cannot be used; the previous ones stay in force.
+    pub(super) fn update(&self, roots: &[CertificateDer<'static>]) -> Result<(), rustls::Error> {
+        self.current.store(Arc::new(verifier(roots)?));
+        Ok(())
+    }
+
+    fn now(&self) -> Arc<Arc<dyn ClientCertVerifier>> {
+        self.current.load_full()
+    }
+}
+
+fn verifier(
+    roots: &[CertificateDer<'static>],
+) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
+    let mut store = RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone())?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(store), Arc::new(provider()))
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))
+}
+
+impl ClientCertVerifier for ClientRoots {
+    fn offer_client_auth(&self) -> bool {
+        self.now().offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.now().client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        // Hints borrow from the verifier, which a swap may drop: send none
+        // (clients then offer whatever certificate they have).
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        self.now()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.now().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.now().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.now().supported_verify_schemes()
+    }
 }
 
 /// How many connections are served, and how many handshake at once.

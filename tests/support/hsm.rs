@@ -64,9 +64,20 @@ pub fn rescan() {
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd
+    let mut out = cmd
         .output()
         .expect("softhsm2-util and pkcs11-tool are installed by scripts/test.sh");
+    // SoftHSM's file store can hide a token from another process for the
+    // instant its files are rewritten (castellan's own process included).
+    for _ in 0..5 {
+        if out.status.success()
+            || !String::from_utf8_lossy(&out.stderr).contains("No slot with token")
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        out = cmd.output().unwrap();
+    }
     assert!(
         out.status.success(),
         "{cmd:?}: {}{}",

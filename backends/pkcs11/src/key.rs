@@ -212,7 +212,7 @@ impl Pkcs11Key {
                     return Ok((self.signing.finish(raw)?, key.resolution));
                 }
                 Err(e) => {
-                    last = e.to_string();
+                    last = format!("C_Sign with the configured key: {e}");
                     match classify(&e) {
                         Failure::NotLoggedIn => {
                             tracing::warn!("HSM session lost its login; logging in again");

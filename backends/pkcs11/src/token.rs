@@ -40,14 +40,20 @@ pub(crate) fn connect(config: &Config) -> Result<(Pkcs11, Slot), Error> {
         if label_ok && serial_ok {
             return Ok((ctx, slot));
         }
-        seen.push(format!("`{label}` (serial {serial})"));
+        seen.push(format!("\"{label}\" (serial {serial})"));
     }
     Err(Error::Unavailable(format!(
-        "no token labelled {:?} / serial {:?} in {}; tokens present: [{}]",
-        config.token_label,
-        config.token_serial,
+        "no token {} in {}; tokens present: {}",
+        describe(&[
+            ("labelled", config.token_label.as_deref()),
+            ("with serial", config.token_serial.as_deref()),
+        ]),
         config.module.display(),
-        seen.join(", ")
+        if seen.is_empty() {
+            "none".to_owned()
+        } else {
+            seen.join(", ")
+        }
     )))
 }
 
@@ -88,14 +94,13 @@ pub(crate) fn find_key(session: &Session, config: &Config) -> Result<ObjectHandl
     match found.as_slice() {
         [one] => Ok(*one),
         [] => Err(Error::Config(format!(
-            "no private key with label {:?} / id {:?} on the token (is the PIN for the right token?)",
-            config.key_label, config.key_id
+            "no private key {} on the token (is the PIN for the right token?)",
+            key_names(config)
         ))),
         many => Err(Error::Config(format!(
-            "{} private keys match label {:?} / id {:?}; set key_id too",
+            "{} private keys {}; set key_id too",
             many.len(),
-            config.key_label,
-            config.key_id
+            key_names(config)
         ))),
     }
 }
@@ -156,9 +161,26 @@ pub(crate) fn describe_key(
             spki: encoding::rsa_spki(&m, &e).map_err(der)?,
         }),
         (kind, ..) => Err(Error::Config(format!(
-            "unsupported key type {kind:?}; use EC P-256/P-384 or RSA"
+            "unsupported key type ({}); use EC P-256/P-384 or RSA",
+            kind.map_or_else(|| "not stated".to_owned(), |k| k.to_string())
         ))),
     }
+}
+
+/// `labelled "ca-key" with id 01`, from the settings that are set.
+fn key_names(config: &Config) -> String {
+    describe(&[
+        ("labelled", config.key_label.as_deref()),
+        ("with id", config.key_id.as_deref()),
+    ])
+}
+
+fn describe(parts: &[(&str, Option<&str>)]) -> String {
+    parts
+        .iter()
+        .filter_map(|(what, v)| v.map(|v| format!("{what} \"{v}\"")))
+        .collect::<Vec<_>>()
+        .join(" and ")
 }
 
 fn public_ec_point(session: &Session, config: &Config) -> Result<Option<Vec<u8>>, Error> {

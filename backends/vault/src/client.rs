@@ -334,8 +334,10 @@ fn http_client(config: &Config, address: &str) -> Result<(reqwest::Client, Strin
         &["VAULT_CLIENT_KEY", "BAO_CLIENT_KEY"],
     );
     if let (Some(cert), Some(key)) = (cert, key) {
-        let mut pem = std::fs::read(&cert)
-            .map_err(|e| Error::Config(format!("client_cert_file {cert}: {e}")))?;
+        let mut pem = zeroize::Zeroizing::new(
+            std::fs::read(&cert)
+                .map_err(|e| Error::Config(format!("client_cert_file {cert}: {e}")))?,
+        );
         let key_pem = zeroize::Zeroizing::new(
             std::fs::read(&key)
                 .map_err(|e| Error::Config(format!("client_key_file {key}: {e}")))?,
