@@ -41,3 +41,26 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked
+
+# Fuzzing smoke: each target a few seconds on its seed corpus (copied, so
+# the checked-in seeds stay as they are). The long runs are documented in
+# BENCHMARKS.md. cargo-fuzz drives libFuzzer, which needs nightly flags:
+# RUSTC_BOOTSTRAP lets the one stable toolchain here accept them.
+if ! command -v cargo-fuzz >/dev/null; then
+    echo "==> installing cargo-fuzz"
+    cargo install --locked cargo-fuzz >/dev/null 2>&1
+fi
+echo "==> cargo fuzz (smoke, ${FUZZ_SECONDS:-5} s per target)"
+fuzz_corpus="$work/fuzz-corpus"
+for target in csr jwt config vault_answer; do
+    mkdir -p "$fuzz_corpus/$target"
+    cp fuzz/corpus/"$target"/* "$fuzz_corpus/$target/"
+    log="$work/fuzz-$target.log"
+    if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" "$fuzz_corpus/$target" -- \
+        -max_total_time="${FUZZ_SECONDS:-5}" >"$log" 2>&1); then
+        tail -40 "$log" >&2
+        echo "fuzz target $target failed (its input is under fuzz/artifacts/$target)" >&2
+        exit 1
+    fi
+    grep -E '^Done' "$log" | sed "s/^/    $target: /"
+done

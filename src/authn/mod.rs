@@ -9,6 +9,8 @@ mod cache;
 mod client_cert;
 mod jwks;
 mod jwt;
+#[cfg(feature = "testing")]
+pub use jwt::fuzz as fuzz_jwt;
 mod tokenreview;
 
 pub use client_cert::ClientCertAuthenticator;

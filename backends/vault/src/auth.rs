@@ -66,7 +66,7 @@ impl Token {
         Arc::ptr_eq(&self.secret, &other.secret) || *self.secret == *other.secret
     }
 
-    fn from_auth(auth: &Value) -> Result<Self, Error> {
+    pub(crate) fn from_auth(auth: &Value) -> Result<Self, Error> {
         let secret = auth["client_token"]
             .as_str()
             .ok_or_else(|| Error::Invalid("login answer without auth.client_token".into()))?;

@@ -284,7 +284,7 @@ impl std::fmt::Debug for Vault {
 }
 
 /// Vault's `{"errors": [...]}`, joined; never the request.
-fn errors(body: &str) -> String {
+pub(crate) fn errors(body: &str) -> String {
     serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| v.get("errors").cloned())

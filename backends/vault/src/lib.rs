@@ -247,3 +247,28 @@ fn setting(value: Option<&str>, vars: &[&str]) -> Option<String> {
             .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
     })
 }
+
+/// Every parser of what Vault answers, fed one untrusted body: for the
+/// fuzzer. An answer castellan cannot use must be an error, never a panic.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_answer(body: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(body) {
+        let _ = client::errors(text);
+    }
+    let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let _ = pki::signed(&answer, "pki/sign/r");
+    let _ = pki::issuer_answer(&answer, "pki/issuer/default/json");
+    let _ = transit::signature(&answer, "transit/sign/k");
+    let transit = TransitConfig {
+        mount: "transit".into(),
+        key: "k".into(),
+        rsa_padding: RsaPadding::Pss,
+        cert_file: PathBuf::new(),
+        chain_file: None,
+        root_file: None,
+    };
+    let _ = transit::pick(&answer, &transit, b"", "transit");
+    let _ = auth::Token::from_auth(&answer["auth"]);
+}

@@ -61,16 +61,7 @@ impl Pki {
             "exclude_cn_from_sans": true,
         });
         let answer = vault.call(Method::POST, &path, Some(&body)).await?;
-        let data = &answer["data"];
-        let certificate = data["certificate"]
-            .as_str()
-            .ok_or_else(|| Error::Invalid(format!("{path}: no data.certificate")))?
-            .to_owned();
-        Ok(Signed {
-            certificate,
-            ca_chain: strings(&data["ca_chain"]),
-            warnings: strings(&answer["warnings"]),
-        })
+        signed(&answer, &path)
     }
 
     /// The issuing certificate and its chain, as Vault publishes them.
@@ -81,16 +72,35 @@ impl Pki {
         let issuer = self.issuer.as_deref().unwrap_or("default");
         let path = format!("{}/issuer/{issuer}/json", self.mount);
         let answer = vault.call(Method::GET, &path, None).await?;
-        let data = &answer["data"];
-        let mut chain = vec![
-            data["certificate"]
-                .as_str()
-                .ok_or_else(|| Error::Invalid(format!("{path}: no data.certificate")))?
-                .to_owned(),
-        ];
-        chain.extend(strings(&data["ca_chain"]));
-        Ok(chain)
+        issuer_answer(&answer, &path)
     }
+}
+
+/// What `<mount>/sign/<role>` answered.
+pub(crate) fn signed(answer: &Value, path: &str) -> Result<Signed, Error> {
+    let data = &answer["data"];
+    let certificate = data["certificate"]
+        .as_str()
+        .ok_or_else(|| Error::Invalid(format!("{path}: no data.certificate")))?
+        .to_owned();
+    Ok(Signed {
+        certificate,
+        ca_chain: strings(&data["ca_chain"]),
+        warnings: strings(&answer["warnings"]),
+    })
+}
+
+/// What `<mount>/issuer/<ref>/json` answered: the certificate, then its chain.
+pub(crate) fn issuer_answer(answer: &Value, path: &str) -> Result<Vec<String>, Error> {
+    let data = &answer["data"];
+    let mut chain = vec![
+        data["certificate"]
+            .as_str()
+            .ok_or_else(|| Error::Invalid(format!("{path}: no data.certificate")))?
+            .to_owned(),
+    ];
+    chain.extend(strings(&data["ca_chain"]));
+    Ok(chain)
 }
 
 fn strings(v: &Value) -> Vec<String> {

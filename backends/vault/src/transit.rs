@@ -5,7 +5,7 @@
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use castellan_signer::KeyAlgorithm;
 
@@ -37,40 +37,7 @@ impl TransitKey {
         let mount = config.mount.trim_matches('/').to_owned();
         let path = format!("{mount}/keys/{}", config.key);
         let answer = vault.call(Method::GET, &path, None).await?;
-        let data = &answer["data"];
-        let kind = data["type"].as_str().unwrap_or_default();
-        let algorithm = match (kind, config.rsa_padding) {
-            ("ecdsa-p256", _) => KeyAlgorithm::EcdsaP256Sha256,
-            ("ecdsa-p384", _) => KeyAlgorithm::EcdsaP384Sha384,
-            ("rsa-2048" | "rsa-3072" | "rsa-4096", RsaPadding::Pkcs1) => {
-                KeyAlgorithm::RsaPkcs1Sha256
-            }
-            ("rsa-2048" | "rsa-3072" | "rsa-4096", RsaPadding::Pss) => KeyAlgorithm::RsaPssSha256,
-            (other, _) => {
-                return Err(Error::Config(format!(
-                    "transit key {} is of type `{other}`; use ecdsa-p256, ecdsa-p384 or rsa-2048/3072/4096",
-                    config.key
-                )));
-            }
-        };
-        let versions = data["keys"].as_object().cloned().unwrap_or_default();
-        let mut matching = None;
-        for (version, key) in &versions {
-            let Some(pem) = key["public_key"].as_str() else {
-                continue;
-            };
-            if der::pem::decode_vec(pem.as_bytes()).is_ok_and(|(_, der)| der == spki_der) {
-                matching = version.parse::<u64>().ok();
-            }
-        }
-        let version = matching.ok_or_else(|| {
-            Error::Config(format!(
-                "no version of transit key {mount}/{} has the intermediate certificate's public key \
-                 (versions: {}); issue the certificate for the key Vault holds",
-                config.key,
-                versions.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })?;
+        let (algorithm, version) = pick(&answer, config, spki_der, &mount)?;
         Ok(Self {
             mount,
             key: config.key.clone(),
@@ -121,13 +88,61 @@ impl TransitKey {
         }
         let path = format!("{}/sign/{}/{name}", self.mount, self.key);
         let answer = vault.call(Method::POST, &path, Some(&body)).await?;
-        let signature = answer["data"]["signature"]
-            .as_str()
-            .ok_or_else(|| Error::Invalid(format!("{path}: no data.signature")))?;
-        // `vault:v<N>:<base64>`; the prefix may gain fields, the payload is last.
-        let encoded = signature.rsplit(':').next().unwrap_or_default();
-        STANDARD
-            .decode(encoded)
-            .map_err(|e| Error::Invalid(format!("{path}: signature is not base64: {e}")))
+        signature(&answer, &path)
     }
+}
+
+/// The signature in a `transit/sign` answer.
+pub(crate) fn signature(answer: &Value, path: &str) -> Result<Vec<u8>, Error> {
+    let signature = answer["data"]["signature"]
+        .as_str()
+        .ok_or_else(|| Error::Invalid(format!("{path}: no data.signature")))?;
+    // `vault:v<N>:<base64>`; the prefix may gain fields, the payload is last.
+    let encoded = signature.rsplit(':').next().unwrap_or_default();
+    STANDARD
+        .decode(encoded)
+        .map_err(|e| Error::Invalid(format!("{path}: signature is not base64: {e}")))
+}
+
+/// The key type and the version whose public key is `spki_der`, from a
+/// `transit/keys/<key>` answer.
+pub(crate) fn pick(
+    answer: &Value,
+    config: &TransitConfig,
+    spki_der: &[u8],
+    mount: &str,
+) -> Result<(KeyAlgorithm, u64), Error> {
+    let data = &answer["data"];
+    let kind = data["type"].as_str().unwrap_or_default();
+    let algorithm = match (kind, config.rsa_padding) {
+        ("ecdsa-p256", _) => KeyAlgorithm::EcdsaP256Sha256,
+        ("ecdsa-p384", _) => KeyAlgorithm::EcdsaP384Sha384,
+        ("rsa-2048" | "rsa-3072" | "rsa-4096", RsaPadding::Pkcs1) => KeyAlgorithm::RsaPkcs1Sha256,
+        ("rsa-2048" | "rsa-3072" | "rsa-4096", RsaPadding::Pss) => KeyAlgorithm::RsaPssSha256,
+        (other, _) => {
+            return Err(Error::Config(format!(
+                "transit key {} is of type `{other}`; use ecdsa-p256, ecdsa-p384 or rsa-2048/3072/4096",
+                config.key
+            )));
+        }
+    };
+    let versions = data["keys"].as_object().cloned().unwrap_or_default();
+    let mut matching = None;
+    for (version, key) in &versions {
+        let Some(pem) = key["public_key"].as_str() else {
+            continue;
+        };
+        if der::pem::decode_vec(pem.as_bytes()).is_ok_and(|(_, der)| der == spki_der) {
+            matching = version.parse::<u64>().ok();
+        }
+    }
+    let version = matching.ok_or_else(|| {
+        Error::Config(format!(
+            "no version of transit key {mount}/{} has the intermediate certificate's public key \
+         (versions: {}); issue the certificate for the key Vault holds",
+            config.key,
+            versions.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+    })?;
+    Ok((algorithm, version))
 }
