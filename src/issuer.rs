@@ -155,6 +155,29 @@ impl Issuer {
         ip_addresses: &[IpAddr],
         ttl: Duration,
     ) -> Result<ServerCert, Error> {
+        self.issue_tls(
+            spki_der,
+            Subject::Server {
+                dns_names,
+                ip_addresses,
+            },
+            false,
+            ttl,
+        )
+        .await
+    }
+
+    /// Issues a TLS certificate (castellan's own, istiod's) for `spki_der`.
+    ///
+    /// # Errors
+    /// As [`Issuer::issue`].
+    pub async fn issue_tls(
+        &self,
+        spki_der: &[u8],
+        subject: Subject<'_>,
+        rsa: bool,
+        ttl: Duration,
+    ) -> Result<ServerCert, Error> {
         let ca = self.ca.current();
         let Validity {
             not_before,
@@ -163,13 +186,10 @@ impl Issuer {
         } = self.validity(&ca, ttl, MIN_SERVING_LIFETIME.min(ttl))?;
         let leaf = ca
             .issue_leaf(&LeafRequest {
-                subject: Subject::Server {
-                    dns_names,
-                    ip_addresses,
-                },
+                subject,
                 spki_der,
                 csr_pem: None,
-                rsa: false,
+                rsa,
                 not_before,
                 not_after,
             })

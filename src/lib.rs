@@ -21,6 +21,7 @@ pub mod identity;
 pub mod impersonation;
 pub mod issuer;
 pub mod kube;
+pub mod mesh;
 pub mod metrics;
 pub mod pem;
 pub mod policy;

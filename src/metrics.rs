@@ -33,6 +33,12 @@ pub struct Metrics {
     pub signer_healthy: IntGauge,
     pub connections: IntGauge,
     pub connections_refused: IntCounter,
+    pub leader: IntGauge,
+    pub trust_bundle_namespaces: IntGauge,
+    pub trust_bundle_last_publish: Gauge,
+    pub trust_bundle_writes: IntCounterVec,
+    pub kube_errors: IntCounterVec,
+    pub istiod_cert_expiry: Gauge,
 }
 
 // === impl Metrics ===
@@ -86,6 +92,35 @@ impl Metrics {
             "Client connections open now (TLS established).",
         )?;
         registry.register(Box::new(connections.clone()))?;
+        let int_gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let leader = int_gauge(
+            "castellan_leader",
+            "1 while this replica holds the Lease and writes to the cluster, else 0.",
+        )?;
+        let trust_bundle_namespaces = int_gauge(
+            "castellan_trust_bundle_namespaces",
+            "Namespaces whose trust-bundle ConfigMap holds the root bundle in use (as seen by the leader).",
+        )?;
+        let trust_bundle_writes = counter_vec(
+            "castellan_trust_bundle_writes_count",
+            "Trust-bundle ConfigMaps written, by reason (created, updated, repaired).",
+            &["reason"],
+        )?;
+        let kube_errors = counter_vec(
+            "castellan_kube_errors_count",
+            "Failed Kubernetes API calls of the cluster writers, by resource and reason (forbidden, unavailable, conflict, not_found).",
+            &["resource", "reason"],
+        )?;
         Ok(Self {
             csr_count: counter("citadel_server_csr_count", "CSRs received.")?,
             authentication_failures: counter(
@@ -145,6 +180,18 @@ impl Metrics {
                 "Leaves an issuing back end returned outside castellan's profile, refused.",
             )?,
             signer_healthy,
+            leader,
+            trust_bundle_namespaces,
+            trust_bundle_last_publish: gauge(
+                "castellan_trust_bundle_last_publish_timestamp",
+                "Unix time of the last successful trust-bundle write.",
+            )?,
+            trust_bundle_writes,
+            kube_errors,
+            istiod_cert_expiry: gauge(
+                "castellan_istiod_cert_expiry_timestamp",
+                "Unix time istiod's certificate (the Secret castellan keeps) expires.",
+            )?,
             connections,
             connections_refused: counter(
                 "castellan_connections_refused_count",

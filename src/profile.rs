@@ -52,6 +52,12 @@ pub enum Subject<'a> {
         dns_names: &'a [String],
         ip_addresses: &'a [IpAddr],
     },
+    /// istiod's serving certificate: its Service names and its SPIFFE ID,
+    /// for TLS server and client.
+    Istiod {
+        dns_names: &'a [String],
+        identity: &'a SpiffeId,
+    },
 }
 
 /// Everything that varies between two certificates of one profile.
@@ -207,6 +213,19 @@ fn extensions(
                 names.push(GeneralName::IpAddress(OctetString::new(bytes)?));
             }
             (names, vec![OID_SERVER_AUTH])
+        }
+        Subject::Istiod {
+            dns_names,
+            identity,
+        } => {
+            let mut names = Vec::with_capacity(dns_names.len() + 1);
+            for dns in dns_names {
+                names.push(GeneralName::DnsName(Ia5String::new(dns)?));
+            }
+            names.push(GeneralName::UniformResourceIdentifier(Ia5String::new(
+                &identity.to_string(),
+            )?));
+            (names, vec![OID_SERVER_AUTH, OID_CLIENT_AUTH])
         }
     };
     let authority = AuthorityKeyIdentifier {

@@ -18,6 +18,7 @@ mod kubernetes;
 mod lifetimes;
 mod limits;
 mod logs;
+mod mesh;
 mod one_truth;
 mod pkcs11;
 mod refusals;

@@ -217,7 +217,8 @@ fn exit_code(e: &crate::server::Error) -> u8 {
         | S::NoCertificate { .. }
         | S::ServingKey(_)
         | S::KeyGeneration(_)
-        | S::Metrics(_) => EXIT_UNUSABLE,
+        | S::Metrics(_)
+        | S::Mesh(_) => EXIT_UNUSABLE,
     }
 }
 

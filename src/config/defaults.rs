@@ -118,3 +118,39 @@ pub(super) fn optional_socket_addr<'de, D: Deserializer<'de>>(
 ) -> Result<Option<SocketAddr>, D::Error> {
     socket_addr(d).map(Some)
 }
+
+impl Default for LeaderElection {
+    fn default() -> Self {
+        Self {
+            lease_name: DEFAULT_LEASE_NAME.to_owned(),
+            lease_duration_secs: DEFAULT_LEASE_DURATION_SECS,
+            renew_deadline_secs: DEFAULT_RENEW_DEADLINE_SECS,
+            retry_period_secs: DEFAULT_RETRY_PERIOD_SECS,
+        }
+    }
+}
+
+impl Default for TrustBundle {
+    fn default() -> Self {
+        Self {
+            configmap_name: DEFAULT_TRUST_BUNDLE_NAME.to_owned(),
+            namespace_selector: String::new(),
+            cluster_trust_bundle: false,
+            concurrency: DEFAULT_PUBLISH_CONCURRENCY,
+        }
+    }
+}
+
+impl Default for IstiodCert {
+    fn default() -> Self {
+        Self {
+            namespace: DEFAULT_ISTIOD_NAMESPACE.to_owned(),
+            secret_name: DEFAULT_ISTIOD_SECRET.to_owned(),
+            service_account: DEFAULT_ISTIOD_SERVICE_ACCOUNT.to_owned(),
+            revisions: Vec::new(),
+            dns_names: Vec::new(),
+            ttl_secs: DEFAULT_ISTIOD_TTL_SECS,
+            key_type: IstiodKeyType::EcP256,
+        }
+    }
+}

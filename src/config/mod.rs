@@ -43,6 +43,16 @@ pub const DEFAULT_AUTHN_CACHE_NEGATIVE_SECS: u64 = 10;
 pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
 pub const DEFAULT_API_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_MAX_STALENESS_SECS: u64 = 30;
+pub const DEFAULT_LEASE_NAME: &str = "castellan";
+pub const DEFAULT_LEASE_DURATION_SECS: u64 = 15;
+pub const DEFAULT_RENEW_DEADLINE_SECS: u64 = 10;
+pub const DEFAULT_RETRY_PERIOD_SECS: u64 = 2;
+pub const DEFAULT_TRUST_BUNDLE_NAME: &str = "istio-ca-root-cert";
+pub const DEFAULT_PUBLISH_CONCURRENCY: usize = 8;
+pub const DEFAULT_ISTIOD_NAMESPACE: &str = "istio-system";
+pub const DEFAULT_ISTIOD_SECRET: &str = "istiod-tls";
+pub const DEFAULT_ISTIOD_SERVICE_ACCOUNT: &str = "istiod";
+pub const DEFAULT_ISTIOD_TTL_SECS: u64 = 6 * 3600;
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -72,6 +82,85 @@ pub struct Config {
     pub log: Log,
     #[serde(default)]
     pub practices: Practices,
+    /// The cluster castellan runs in, for what it writes there (trust
+    /// bundle, istiod's certificate). Unset: castellan writes nothing.
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// The cluster castellan runs in and what it keeps there.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// A kubeconfig; unset: in-cluster configuration, or `KUBECONFIG` /
+    /// `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// castellan's own namespace (the Lease lives there). Unset: the
+    /// `POD_NAMESPACE` environment variable, the in-cluster service account's
+    /// namespace, else `istio-system`.
+    pub namespace: Option<String>,
+    /// This replica's name in the Lease. Unset: `POD_NAME` or the host
+    /// name, with a random suffix.
+    pub identity: Option<String>,
+    /// One API request may take this long.
+    #[serde(default = "defaults::default_api_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub leader_election: LeaderElection,
+    pub trust_bundle: Option<TrustBundle>,
+    pub istiod_cert: Option<IstiodCert>,
+}
+
+/// client-go's leader election timings, and the Lease's name.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    /// How long a Lease not renewed keeps others away.
+    pub lease_duration_secs: u64,
+    /// The leader stops writing when it could not renew for this long.
+    pub renew_deadline_secs: u64,
+    /// How often acquiring and renewing are tried.
+    pub retry_period_secs: u64,
+}
+
+/// The root bundle, published where workloads read it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustBundle {
+    /// Istio's `values.global.trustBundleName`.
+    pub configmap_name: String,
+    /// Namespaces to publish in, as a label selector; empty: all.
+    pub namespace_selector: String,
+    /// Also keep the ClusterTrustBundle `istio.io:istiod-ca:<configmap_name>`
+    /// (Istio's `ENABLE_CLUSTER_TRUST_BUNDLE_API`; needs RBAC `attest`).
+    pub cluster_trust_bundle: bool,
+    /// ConfigMaps written at once when many namespaces need it.
+    pub concurrency: usize,
+}
+
+/// istiod's serving certificate, from the same PKI.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IstiodCert {
+    /// istiod's namespace; the Secret is written there.
+    pub namespace: String,
+    pub secret_name: String,
+    /// istiod's service account (its SPIFFE ID's last segment).
+    pub service_account: String,
+    /// Revisions other than `default` add `istiod-<rev>.<ns>.svc`.
+    pub revisions: Vec<String>,
+    /// More DNS names.
+    pub dns_names: Vec<String>,
+    pub ttl_secs: u64,
+    pub key_type: IstiodKeyType,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum IstiodKeyType {
+    EcP256,
+    Rsa2048,
 }
 
 /// Practices the operator deliberately does not follow.
@@ -342,6 +431,9 @@ impl Config {
                 Authn::TokenReview(t) => resolve_opt(base, &mut t.kubeconfig),
                 Authn::ClientCert(_) => {}
             }
+        }
+        if let Some(k) = &mut self.kubernetes {
+            resolve_opt(base, &mut k.kubeconfig);
         }
     }
 

@@ -91,6 +91,18 @@ impl Config {
                 Authn::ClientCert(_) => {}
             }
         }
+        if let Some(k) = &self.kubernetes {
+            k.validate()?;
+            if let (Some(_), Signer::Vault(v)) = (&k.istiod_cert, &self.signer)
+                && v.pki.is_some()
+            {
+                return invalid(
+                    "kubernetes.istiod_cert",
+                    "needs a signer castellan builds certificates with (file, pkcs11, Vault \
+                     Transit): the Vault PKI role issues SPIFFE certificates only",
+                );
+            }
+        }
         if self.impersonation.max_staleness_secs < 2 {
             return invalid("impersonation.max_staleness_secs", "must be at least 2");
         }
@@ -219,6 +231,66 @@ impl Jwt {
         }
         if self.jwks_refresh_secs == 0 {
             return invalid("authn.jwks_refresh_secs", "must be above 0");
+        }
+        Ok(())
+    }
+}
+
+impl super::Kubernetes {
+    fn validate(&self) -> Result<(), Error> {
+        let le = &self.leader_election;
+        if self.timeout_secs == 0 || self.timeout_secs > 300 {
+            return invalid("kubernetes.timeout_secs", "must be between 1 and 300");
+        }
+        if le.lease_name.is_empty() {
+            return invalid("kubernetes.leader_election.lease_name", "must not be empty");
+        }
+        // client-go's rules: duration > deadline > retry period, all set.
+        if le.retry_period_secs == 0 {
+            return invalid(
+                "kubernetes.leader_election.retry_period_secs",
+                "must be above 0",
+            );
+        }
+        if le.renew_deadline_secs <= le.retry_period_secs {
+            return invalid(
+                "kubernetes.leader_election.renew_deadline_secs",
+                "must be longer than retry_period_secs",
+            );
+        }
+        if le.lease_duration_secs <= le.renew_deadline_secs || le.lease_duration_secs > 3600 {
+            return invalid(
+                "kubernetes.leader_election.lease_duration_secs",
+                "must be longer than renew_deadline_secs, and at most 3600",
+            );
+        }
+        if let Some(t) = &self.trust_bundle {
+            if t.configmap_name.is_empty() {
+                return invalid(
+                    "kubernetes.trust_bundle.configmap_name",
+                    "must not be empty",
+                );
+            }
+            if t.concurrency == 0 || t.concurrency > 256 {
+                return invalid(
+                    "kubernetes.trust_bundle.concurrency",
+                    "must be between 1 and 256",
+                );
+            }
+        }
+        if let Some(c) = &self.istiod_cert {
+            if c.namespace.is_empty() || c.secret_name.is_empty() || c.service_account.is_empty() {
+                return invalid(
+                    "kubernetes.istiod_cert",
+                    "namespace, secret_name and service_account must not be empty",
+                );
+            }
+            if !(5..=30 * 24 * 3600).contains(&c.ttl_secs) {
+                return invalid(
+                    "kubernetes.istiod_cert.ttl_secs",
+                    "must be between 5 and 2592000 (30 days); hours are the norm",
+                );
+            }
         }
         Ok(())
     }

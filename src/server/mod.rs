@@ -63,6 +63,8 @@ pub enum Error {
     Task(#[from] tokio::task::JoinError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -78,6 +80,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Vec<JoinHandle<()>>,
+    /// Tasks that end by themselves on shutdown (the Lease released).
+    releasing: Vec<JoinHandle<()>>,
 }
 
 // === impl Running ===
@@ -88,12 +92,24 @@ impl Running {
         self.shutdown.send_replace(true);
     }
 
+    /// Stops everything at once, as a crash would: nothing is released
+    /// (for tests of what the other replicas do then).
+    pub fn kill(self) {
+        self.server.abort();
+        for task in self.background.iter().chain(&self.releasing) {
+            task.abort();
+        }
+    }
+
     /// Waits for the server to stop (after [`Running::shutdown`]), at most `grace`.
     ///
     /// # Errors
     /// When the gRPC server failed.
     pub async fn wait(mut self, grace: Duration) -> Result<(), Error> {
         let outcome = tokio::time::timeout(grace, &mut self.server).await;
+        for task in self.releasing.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
         for task in &self.background {
             task.abort();
         }
@@ -193,6 +209,19 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         None => None,
     };
 
+    let mut releasing = Vec::new();
+    if let Some(k) = &config.kubernetes {
+        // The elector releases the Lease when shutdown starts; the writers
+        // stop with it.
+        releasing = crate::mesh::start(
+            k,
+            &config.trust_domain,
+            &issuer,
+            &metrics,
+            shutdown_rx.clone(),
+        )
+        .await?;
+    }
     let nodes = NodeAuthorizer::start(&config.impersonation, &authn, &config.trust_domain);
     let service = CaService::new(
         authn,
@@ -243,6 +272,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         shutdown,
         server,
         background,
+        releasing,
     })
 }
 

@@ -162,6 +162,20 @@ impl TestCa {
             .unwrap_or(0.0)
     }
 
+    /// The sum of a labelled metric's series that carry every `labels` pair.
+    pub async fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, text) = http_get(&format!("{}/metrics", self.metrics_url())).await;
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// `/readyz`'s status code.
     pub async fn readyz(&self) -> u16 {
         http_get(&format!("{}/readyz", self.metrics_url())).await.0

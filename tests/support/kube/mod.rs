@@ -21,7 +21,7 @@ use axum::{
     Json, Router,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get, post},
 };
 use base64::Engine;
 use rcgen::{CertificateParams, DnType, IsCa, SanType};
@@ -30,8 +30,11 @@ use tokio::sync::broadcast;
 
 use super::pki::{Ca, KeyAlg};
 
+mod objects;
 mod pods;
 mod tokenreview;
+
+pub use objects::Kind;
 
 /// The bearer token castellan's kubeconfig carries.
 pub const CASTELLAN_TOKEN: &str = "castellan-sa-token";
@@ -80,6 +83,57 @@ struct Inner {
     reviews: AtomicUsize,
     review_delay: Mutex<Duration>,
     bookmark_every: Mutex<Duration>,
+    objects: Mutex<objects::Objects>,
+    changes: broadcast::Sender<objects::Change>,
+    /// Requests by (verb, resource).
+    calls: Mutex<HashMap<(String, String), usize>>,
+    /// (verb, resource) castellan's RBAC does not grant.
+    forbidden: Mutex<std::collections::HashSet<(String, String)>>,
+    /// (verb, resource) answered with this status.
+    failing: Mutex<HashMap<(String, String), StatusCode>>,
+}
+
+impl Inner {
+    fn count(&self, verb: &str, resource: &str) {
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .entry((verb.to_owned(), resource.to_owned()))
+            .or_default() += 1;
+    }
+
+    fn is_forbidden(&self, verb: &str, resource: &str) -> bool {
+        self.forbidden
+            .lock()
+            .unwrap()
+            .contains(&(verb.to_owned(), resource.to_owned()))
+    }
+
+    fn failing(&self, verb: &str, resource: &str) -> Option<StatusCode> {
+        self.failing
+            .lock()
+            .unwrap()
+            .get(&(verb.to_owned(), resource.to_owned()))
+            .copied()
+    }
+
+    /// The namespace controller's part: contents go, then the namespace.
+    fn finish_namespace(&self, name: &str) {
+        let mut objects = self.objects.lock().unwrap();
+        for kind in [Kind::ConfigMap, Kind::Secret, Kind::Lease] {
+            for o in objects.of_kind(kind) {
+                if o["metadata"]["namespace"] == name {
+                    let n = o["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
+                    objects.remove(&self.changes, kind, name, &n);
+                }
+            }
+        }
+        objects.remove(&self.changes, Kind::Namespace, "", name);
+    }
 }
 
 /// A running fake API server.
@@ -109,6 +163,11 @@ impl FakeKube {
             reviews: AtomicUsize::new(0),
             review_delay: Mutex::new(Duration::ZERO),
             bookmark_every: Mutex::new(Duration::from_secs(60)),
+            objects: Mutex::default(),
+            changes: broadcast::channel(65536).0,
+            calls: Mutex::default(),
+            forbidden: Mutex::default(),
+            failing: Mutex::default(),
         });
         let root = Ca::root("Fake Kubernetes CA", KeyAlg::EcP256);
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
@@ -250,6 +309,132 @@ impl FakeKube {
         }
     }
 
+    /// A namespace, as `kubectl create namespace` makes it, with labels.
+    pub fn create_namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        let ns = json!({"metadata": {"name": name, "labels": labels}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        let mut objects = self.inner.objects.lock().unwrap();
+        objects.put(&self.inner.changes, Kind::Namespace, "", ns);
+    }
+
+    /// Sets a label on a namespace (`kubectl label`).
+    pub fn label_namespace(&self, name: &str, key: &str, value: Option<&str>) {
+        let mut objects = self.inner.objects.lock().unwrap();
+        let Some(mut ns) = objects.get(Kind::Namespace, "", name).cloned() else {
+            return;
+        };
+        match value {
+            Some(v) => ns["metadata"]["labels"][key] = json!(v),
+            None => {
+                if let Some(l) = ns["metadata"]["labels"].as_object_mut() {
+                    l.remove(key);
+                }
+            }
+        }
+        objects.put(&self.inner.changes, Kind::Namespace, "", ns);
+    }
+
+    /// Deletes a namespace: Terminating at once, gone with its contents soon after.
+    pub fn delete_namespace(&self, name: &str) {
+        let mut objects = self.inner.objects.lock().unwrap();
+        let Some(mut ns) = objects.get(Kind::Namespace, "", name).cloned() else {
+            return;
+        };
+        ns["status"]["phase"] = json!("Terminating");
+        ns["metadata"]["deletionTimestamp"] = json!("2026-12-01T00:00:00Z");
+        objects.put(&self.inner.changes, Kind::Namespace, "", ns);
+        drop(objects);
+        let inner = Arc::clone(&self.inner);
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            inner.finish_namespace(&name);
+        });
+    }
+
+    /// An object as stored (`ns` empty for cluster-scoped kinds).
+    pub fn object(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
+        self.inner
+            .objects
+            .lock()
+            .unwrap()
+            .get(kind, ns, name)
+            .cloned()
+    }
+
+    /// Every object of a kind.
+    pub fn objects(&self, kind: Kind) -> Vec<Value> {
+        self.inner.objects.lock().unwrap().of_kind(kind)
+    }
+
+    /// Writes an object as someone else would (an edit behind castellan's back).
+    pub fn put_object(&self, kind: Kind, ns: &str, obj: Value) -> Value {
+        self.inner
+            .objects
+            .lock()
+            .unwrap()
+            .put(&self.inner.changes, kind, ns, obj)
+    }
+
+    /// Deletes an object as someone else would.
+    pub fn delete_object(&self, kind: Kind, ns: &str, name: &str) {
+        self.inner
+            .objects
+            .lock()
+            .unwrap()
+            .remove(&self.inner.changes, kind, ns, name);
+    }
+
+    /// Requests by (verb, resource) so far.
+    pub fn calls(&self) -> HashMap<(String, String), usize> {
+        self.inner.calls.lock().unwrap().clone()
+    }
+
+    /// Requests of `verb` on `resource` so far.
+    pub fn calls_of(&self, verb: &str, resource: &str) -> usize {
+        self.calls()
+            .get(&(verb.to_owned(), resource.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests that are not watches (writes and reads), so far.
+    pub fn non_watch_calls(&self) -> usize {
+        self.calls()
+            .iter()
+            .filter(|((v, _), _)| v != "watch")
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Refuses `verb` on `resource` (403, the RBAC message), or grants it again.
+    pub fn forbid(&self, verb: &str, resource: &str, forbidden: bool) {
+        let key = (verb.to_owned(), resource.to_owned());
+        let mut f = self.inner.forbidden.lock().unwrap();
+        if forbidden {
+            f.insert(key);
+        } else {
+            f.remove(&key);
+        }
+    }
+
+    /// Answers `verb` on `resource` with `code` (or normally again with `None`).
+    pub fn fail(&self, verb: &str, resource: &str, code: Option<StatusCode>) {
+        let key = (verb.to_owned(), resource.to_owned());
+        let mut f = self.inner.failing.lock().unwrap();
+        match code {
+            Some(c) => {
+                f.insert(key, c);
+            }
+            None => {
+                f.remove(&key);
+            }
+        }
+    }
+
     /// How many TokenReviews were answered.
     pub fn reviews(&self) -> usize {
         self.inner.reviews.load(Ordering::SeqCst)
@@ -303,6 +488,32 @@ fn router(inner: Arc<Inner>) -> Router {
         )
         .route("/api/v1/pods", get(pods::list_or_watch))
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(pods::get))
+        .route("/api/v1/{resource}", any(objects::core_all))
+        .route("/api/v1/namespaces/{name}", any(objects::namespace_one))
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}",
+            any(objects::namespaced_all),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/{resource}/{name}",
+            any(objects::namespaced_one),
+        )
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{ns}/{resource}",
+            any(objects::namespaced_all),
+        )
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{ns}/{resource}/{name}",
+            any(objects::namespaced_one),
+        )
+        .route(
+            "/apis/certificates.k8s.io/v1beta1/{resource}",
+            any(objects::cluster_all),
+        )
+        .route(
+            "/apis/certificates.k8s.io/v1beta1/{resource}/{name}",
+            any(objects::cluster_one),
+        )
         .with_state(inner)
 }
 

@@ -1,0 +1,489 @@
+//! The trust bundle where workloads read it: a ConfigMap (Istio's
+//! `trustBundleName`, key `root-cert.pem`, label `istio.io/config: "true"`)
+//! in every namespace the selector matches, kept equal to the root bundle in
+//! use. Driven by two watches (namespaces, and ConfigMaps of that name in
+//! every namespace) and by the CA's changes: at steady state the only API
+//! traffic is the watches. A namespace that appears gets its ConfigMap; one
+//! edited or deleted by someone else is repaired; a new root bundle is
+//! written once per namespace; an existing ConfigMap (istiod's) is adopted.
+//! Bundles are compared as sets of certificates, whatever their order.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use tokio::sync::{Notify, mpsc};
+
+use super::{api::Trouble, lease::Leadership};
+use crate::{ca::CaHandle, config, metrics::Metrics};
+
+/// The ConfigMap key Istio's injector mounts.
+pub(crate) const KEY: &str = "root-cert.pem";
+const LABEL: (&str, &str) = ("istio.io/config", "true");
+
+/// Keeps the trust-bundle ConfigMaps while this replica leads.
+pub(crate) struct Publisher {
+    client: Client,
+    watch_client: Client,
+    name: String,
+    selector: String,
+    concurrency: usize,
+    ca: Arc<CaHandle>,
+    metrics: Metrics,
+    leadership: Leadership,
+    state: Mutex<State>,
+    queue: mpsc::UnboundedSender<String>,
+    queued: Mutex<HashSet<String>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Namespaces the selector matches: true while active, false while
+    /// terminating.
+    namespaces: HashMap<String, bool>,
+    /// The ConfigMap of that name in each namespace, as last seen.
+    maps: HashMap<String, ConfigMap>,
+    /// Namespaces whose ConfigMap holds the bundle in use.
+    in_sync: HashSet<String>,
+    /// Every bundle this process has written: finding one of them is an
+    /// update, finding anything else a repair.
+    written: HashSet<BTreeSet<Vec<u8>>>,
+    /// Namespaces this process has published in: a ConfigMap missing there
+    /// was deleted, and writing it again is a repair.
+    published: HashSet<String>,
+    synced_namespaces: bool,
+    synced_maps: bool,
+}
+
+// === impl Publisher ===
+
+impl Publisher {
+    /// Runs until dropped (leadership lost).
+    pub(crate) async fn run(
+        client: Client,
+        watch_client: Client,
+        config: &config::TrustBundle,
+        ca: Arc<CaHandle>,
+        metrics: Metrics,
+        leadership: Leadership,
+    ) {
+        let (queue, mut work) = mpsc::unbounded_channel();
+        let me = Arc::new(Self {
+            client,
+            watch_client,
+            name: config.configmap_name.clone(),
+            selector: config.namespace_selector.clone(),
+            concurrency: config.concurrency,
+            ca,
+            metrics,
+            leadership,
+            state: Mutex::default(),
+            queue,
+            queued: Mutex::default(),
+        });
+        let synced = Arc::new(Notify::new());
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(Arc::clone(&me).watch_namespaces(Arc::clone(&synced)));
+        tasks.spawn(Arc::clone(&me).watch_maps(Arc::clone(&synced)));
+        tasks.spawn(Arc::clone(&me).follow_roots());
+        // Nothing is written before both lists are in: every decision is
+        // made knowing what already exists.
+        while !me.lock().synced_namespaces || !me.lock().synced_maps {
+            synced.notified().await;
+        }
+        me.enqueue_all();
+        let slots = Arc::new(tokio::sync::Semaphore::new(me.concurrency));
+        while let Some(ns) = work.recv().await {
+            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+                break;
+            };
+            let me = Arc::clone(&me);
+            tasks.spawn(async move {
+                me.queued_done(&ns);
+                let outcome = me.reconcile(&ns).await;
+                drop(slot);
+                if let Err(trouble) = outcome {
+                    trouble.report(&me.metrics, "configmaps", &ns);
+                    // Tried again after a pause, not in a tight loop; a
+                    // missing permission too, so fixing the RBAC is enough.
+                    let pause = match trouble {
+                        Trouble::Gone(_) => return,
+                        Trouble::Forbidden(_) => std::time::Duration::from_secs(5),
+                        Trouble::Unavailable(_) | Trouble::Conflict(_) => {
+                            std::time::Duration::from_secs(2)
+                        }
+                    };
+                    tokio::time::sleep(pause).await;
+                    me.enqueue(&ns);
+                }
+            });
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn enqueue(&self, ns: &str) {
+        let fresh = self
+            .queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(ns.to_owned());
+        if fresh {
+            let _ = self.queue.send(ns.to_owned());
+        }
+    }
+
+    fn queued_done(&self, ns: &str) {
+        self.queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(ns);
+    }
+
+    fn enqueue_all(&self) {
+        let active: Vec<String> = self
+            .lock()
+            .namespaces
+            .iter()
+            .filter(|(_, active)| **active)
+            .map(|(ns, _)| ns.clone())
+            .collect();
+        for ns in active {
+            self.enqueue(&ns);
+        }
+    }
+
+    fn publish_metrics(&self) {
+        let state = self.lock();
+        let count = state.in_sync.len();
+        drop(state);
+        self.metrics
+            .trust_bundle_namespaces
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    async fn watch_namespaces(self: Arc<Self>, synced: Arc<Notify>) {
+        let mut config = watcher::Config::default();
+        if !self.selector.is_empty() {
+            config = config.labels(&self.selector);
+        }
+        let api: Api<Namespace> = Api::all(self.watch_client.clone());
+        let mut events = watcher(api, config).default_backoff().boxed();
+        let mut buffer: Option<HashMap<String, bool>> = None;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => buffer = Some(HashMap::new()),
+                Ok(watcher::Event::InitApply(ns)) => {
+                    if let (Some(b), Some(name)) = (buffer.as_mut(), ns.metadata.name.clone()) {
+                        b.insert(name, active(&ns));
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(b) = buffer.take() {
+                        let mut state = self.lock();
+                        state.in_sync.retain(|ns| b.get(ns) == Some(&true));
+                        state.namespaces = b;
+                        state.synced_namespaces = true;
+                    }
+                    synced.notify_one();
+                    self.enqueue_all();
+                }
+                Ok(watcher::Event::Apply(ns)) => {
+                    let Some(name) = ns.metadata.name.clone() else {
+                        continue;
+                    };
+                    let is_active = active(&ns);
+                    let mut state = self.lock();
+                    state.namespaces.insert(name.clone(), is_active);
+                    if !is_active {
+                        state.in_sync.remove(&name);
+                    }
+                    drop(state);
+                    if is_active {
+                        self.enqueue(&name);
+                    }
+                }
+                Ok(watcher::Event::Delete(ns)) => {
+                    if let Some(name) = ns.metadata.name {
+                        let mut state = self.lock();
+                        state.namespaces.remove(&name);
+                        state.in_sync.remove(&name);
+                    }
+                }
+                Err(e) => {
+                    Trouble::Unavailable(e.to_string()).report(&self.metrics, "namespaces", "watch")
+                }
+            }
+            self.publish_metrics();
+        }
+    }
+
+    async fn watch_maps(self: Arc<Self>, synced: Arc<Notify>) {
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let api: Api<ConfigMap> = Api::all(self.watch_client.clone());
+        let mut events = watcher(api, config).default_backoff().boxed();
+        let mut buffer: Option<HashMap<String, ConfigMap>> = None;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => buffer = Some(HashMap::new()),
+                Ok(watcher::Event::InitApply(cm)) => {
+                    if let (Some(b), Some(ns)) = (buffer.as_mut(), cm.metadata.namespace.clone()) {
+                        b.insert(ns, cm);
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(b) = buffer.take() {
+                        let mut state = self.lock();
+                        state.maps = b;
+                        state.synced_maps = true;
+                    }
+                    synced.notify_one();
+                    self.enqueue_all();
+                }
+                Ok(watcher::Event::Apply(cm)) => {
+                    let Some(ns) = cm.metadata.namespace.clone() else {
+                        continue;
+                    };
+                    let good = self.holds_current(&cm);
+                    let mut state = self.lock();
+                    let wanted = state.namespaces.get(&ns) == Some(&true);
+                    state.maps.insert(ns.clone(), cm);
+                    if good {
+                        state.in_sync.insert(ns.clone());
+                    } else {
+                        state.in_sync.remove(&ns);
+                    }
+                    drop(state);
+                    if wanted && !good {
+                        self.enqueue(&ns);
+                    }
+                }
+                Ok(watcher::Event::Delete(cm)) => {
+                    let Some(ns) = cm.metadata.namespace else {
+                        continue;
+                    };
+                    let mut state = self.lock();
+                    state.maps.remove(&ns);
+                    state.in_sync.remove(&ns);
+                    let wanted = state.namespaces.get(&ns) == Some(&true);
+                    drop(state);
+                    if wanted {
+                        self.enqueue(&ns);
+                    }
+                }
+                Err(e) => {
+                    Trouble::Unavailable(e.to_string()).report(&self.metrics, "configmaps", "watch")
+                }
+            }
+            self.publish_metrics();
+        }
+    }
+
+    /// A new root bundle is written everywhere.
+    async fn follow_roots(self: Arc<Self>) {
+        let mut changes = self.ca.subscribe();
+        let mut last = certs(self.ca.current().roots_pem());
+        while changes.changed().await.is_ok() {
+            let now = certs(self.ca.current().roots_pem());
+            if now != last {
+                tracing::info!(
+                    roots = now.len(),
+                    "root bundle changed: publishing it to every namespace"
+                );
+                last = now;
+                self.lock().in_sync.clear();
+                self.enqueue_all();
+            }
+        }
+    }
+
+    /// Whether `cm` holds the bundle in use and the label.
+    fn holds_current(&self, cm: &ConfigMap) -> bool {
+        let want = certs(self.ca.current().roots_pem());
+        let data = cm.data.as_ref().and_then(|d| d.get(KEY));
+        let labeled = cm
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL.0))
+            .is_some_and(|v| v == LABEL.1);
+        labeled && data.is_some_and(|d| certs(d) == want)
+    }
+
+    /// Makes namespace `ns`'s ConfigMap hold the bundle in use.
+    async fn reconcile(&self, ns: &str) -> Result<(), Trouble> {
+        if !self.leadership.is_leader() || self.lock().namespaces.get(ns) != Some(&true) {
+            return Ok(());
+        }
+        let bundle = self.ca.current().roots_pem().to_owned();
+        let want = certs(&bundle);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        let mut seen = self.lock().maps.get(ns).cloned();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                seen = api.get_opt(&self.name).await?;
+            }
+            if !self.leadership.is_leader() {
+                return Ok(());
+            }
+            let written = match seen.take() {
+                None => match api
+                    .create(&PostParams::default(), &self.fresh(ns, &bundle))
+                    .await
+                {
+                    Ok(cm) if self.lock().published.contains(ns) => (cm, "repaired"),
+                    Ok(cm) => (cm, "created"),
+                    // Created meanwhile (by istiod, or before our watch saw it).
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => return Err(self.in_namespace(ns, e)),
+                },
+                Some(cm) if self.holds_current(&cm) => {
+                    self.remember(ns, cm, &want);
+                    return Ok(());
+                }
+                Some(cm) => {
+                    let previous = cm.data.as_ref().and_then(|d| d.get(KEY)).map(|d| certs(d));
+                    let reason = match previous {
+                        Some(p) if self.lock().written.contains(&p) => "updated",
+                        Some(_) | None => "repaired",
+                    };
+                    let mut update = cm;
+                    update
+                        .data
+                        .get_or_insert_with(Default::default)
+                        .insert(KEY.to_owned(), bundle.clone());
+                    update
+                        .metadata
+                        .labels
+                        .get_or_insert_with(Default::default)
+                        .insert(LABEL.0.to_owned(), LABEL.1.to_owned());
+                    match api
+                        .replace(&self.name, &PostParams::default(), &update)
+                        .await
+                    {
+                        Ok(cm) => (cm, reason),
+                        // Stale (someone wrote since) or gone: read again.
+                        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => continue,
+                        Err(e) => return Err(self.in_namespace(ns, e)),
+                    }
+                }
+            };
+            let (cm, reason) = written;
+            if reason == "repaired" {
+                tracing::info!(
+                    namespace = %ns,
+                    configmap = %self.name,
+                    "ConfigMap did not hold the trust bundle (edited, or written by another): repaired"
+                );
+            }
+            self.metrics
+                .trust_bundle_writes
+                .with_label_values(&[reason])
+                .inc();
+            self.metrics.trust_bundle_last_publish.set(unix_now());
+            self.remember(ns, cm, &want);
+            return Ok(());
+        }
+        Err(Trouble::Conflict(format!(
+            "ConfigMap {ns}/{} kept changing under castellan",
+            self.name
+        )))
+    }
+
+    /// A namespace that went away while castellan wrote is not a failure.
+    fn in_namespace(&self, ns: &str, e: kube::Error) -> Trouble {
+        let terminating = self.lock().namespaces.get(ns) != Some(&true);
+        match Trouble::from(e) {
+            Trouble::Gone(_) | Trouble::Forbidden(_) if terminating => {
+                Trouble::Gone(format!("namespace {ns} is going away"))
+            }
+            other => other,
+        }
+    }
+
+    fn remember(&self, ns: &str, cm: ConfigMap, want: &BTreeSet<Vec<u8>>) {
+        let mut state = self.lock();
+        state.maps.insert(ns.to_owned(), cm);
+        state.in_sync.insert(ns.to_owned());
+        state.published.insert(ns.to_owned());
+        state.written.insert(want.clone());
+        drop(state);
+        self.publish_metrics();
+    }
+
+    fn fresh(&self, ns: &str, bundle: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(ns.to_owned()),
+                labels: Some([(LABEL.0.to_owned(), LABEL.1.to_owned())].into()),
+                annotations: Some(
+                    [(
+                        "castellan.io/published-by".to_owned(),
+                        "castellan: the enterprise root bundle".to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            data: Some([(KEY.to_owned(), bundle.to_owned())].into()),
+            ..ConfigMap::default()
+        }
+    }
+}
+
+fn active(ns: &Namespace) -> bool {
+    ns.metadata.deletion_timestamp.is_none()
+        && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
+}
+
+/// The certificates of a PEM bundle as a set: order and spacing do not
+/// matter (Istio restarted every workload over an order-only change,
+/// istio#59909); what does not parse is left out, as Istio leaves it out.
+pub(crate) fn certs(pem: &str) -> BTreeSet<Vec<u8>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+pub(crate) fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bundles_compare_as_sets() {
+        let a = rcgen::generate_simple_self_signed(vec!["a".into()])
+            .unwrap()
+            .cert
+            .pem();
+        let b = rcgen::generate_simple_self_signed(vec!["b".into()])
+            .unwrap()
+            .cert
+            .pem();
+        assert_eq!(
+            super::certs(&format!("{a}{b}")),
+            super::certs(&format!("{b}\n{a}"))
+        );
+        assert_ne!(super::certs(&a), super::certs(&format!("{a}{b}")));
+        assert_eq!(super::certs(&format!("{a}junk")), super::certs(&a));
+    }
+}

@@ -1,0 +1,125 @@
+//! The optional ClusterTrustBundle `istio.io:istiod-ca:<bundle name>`
+//! (`certificates.k8s.io/v1beta1`, signer `istio.io/istiod-ca`), for Istio's
+//! `ENABLE_CLUSTER_TRUST_BUNDLE_API`: kept equal to the root bundle in use,
+//! repaired when edited or deleted, driven by a watch of that one object.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::certificates::v1beta1::{ClusterTrustBundle, ClusterTrustBundleSpec};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio::sync::Notify;
+
+use super::{
+    api::Trouble,
+    bundle::{certs, unix_now},
+    lease::Leadership,
+};
+use crate::{ca::CaHandle, metrics::Metrics};
+
+/// The signer Istio's ClusterTrustBundle carries.
+pub(crate) const SIGNER: &str = "istio.io/istiod-ca";
+
+/// Keeps the ClusterTrustBundle while this replica leads; runs until dropped.
+pub(crate) async fn run(
+    client: Client,
+    watch_client: Client,
+    bundle_name: &str,
+    ca: Arc<CaHandle>,
+    metrics: Metrics,
+    leadership: Leadership,
+) {
+    let name = format!("istio.io:istiod-ca:{bundle_name}");
+    let api: Api<ClusterTrustBundle> = Api::all(client);
+    let poke = Arc::new(Notify::new());
+    let watching = {
+        let (poke, name) = (Arc::clone(&poke), name.clone());
+        let api: Api<ClusterTrustBundle> = Api::all(watch_client);
+        tokio::spawn(async move {
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let mut events = watcher(api, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                if event.is_ok() {
+                    poke.notify_one();
+                }
+            }
+        })
+    };
+    let roots = {
+        let (poke, ca) = (Arc::clone(&poke), Arc::clone(&ca));
+        tokio::spawn(async move {
+            let mut changes = ca.subscribe();
+            while changes.changed().await.is_ok() {
+                poke.notify_one();
+            }
+        })
+    };
+    let _stop = super::AbortOnDrop(vec![watching, roots]);
+    loop {
+        poke.notified().await;
+        if !leadership.is_leader() {
+            continue;
+        }
+        if let Err(t) = reconcile(&api, &name, &ca).await {
+            t.report(&metrics, "clustertrustbundles", &name);
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            poke.notify_one();
+        } else {
+            metrics.trust_bundle_last_publish.set(unix_now());
+        }
+    }
+}
+
+async fn reconcile(
+    api: &Api<ClusterTrustBundle>,
+    name: &str,
+    ca: &CaHandle,
+) -> Result<(), Trouble> {
+    let bundle = ca.current().roots_pem().to_owned();
+    for _ in 0..3 {
+        match api.get_opt(name).await? {
+            None => {
+                let ctb = ClusterTrustBundle {
+                    metadata: ObjectMeta {
+                        name: Some(name.to_owned()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: ClusterTrustBundleSpec {
+                        signer_name: Some(SIGNER.to_owned()),
+                        trust_bundle: bundle.clone(),
+                    },
+                };
+                match api.create(&PostParams::default(), &ctb).await {
+                    Ok(_) => return Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Some(ctb)
+                if certs(&ctb.spec.trust_bundle) == certs(&bundle)
+                    && ctb.spec.signer_name.as_deref() == Some(SIGNER) =>
+            {
+                return Ok(());
+            }
+            Some(mut ctb) => {
+                ctb.spec.trust_bundle = bundle.clone();
+                ctb.spec.signer_name = Some(SIGNER.to_owned());
+                match api.replace(name, &PostParams::default(), &ctb).await {
+                    Ok(_) => {
+                        tracing::info!(clustertrustbundle = %name, "ClusterTrustBundle written");
+                        return Ok(());
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Err(Trouble::Conflict(format!(
+        "ClusterTrustBundle {name} kept changing"
+    )))
+}
