@@ -91,7 +91,7 @@ impl Trouble {
 fn rbac_fix(resource: &str) -> &'static str {
     match resource {
         "configmaps" => {
-            "ClusterRole: configmaps get, list, watch, create, update, patch (deploy/kubernetes/base/rbac-trust-bundle.yaml)"
+            "ClusterRole: configmaps get, list, watch, create, update (deploy/kubernetes/base/rbac-trust-bundle.yaml)"
         }
         "namespaces" => {
             "ClusterRole: namespaces get, list, watch (deploy/kubernetes/base/rbac-trust-bundle.yaml)"
@@ -103,7 +103,7 @@ fn rbac_fix(resource: &str) -> &'static str {
             "Role in castellan's namespace: leases get, create, update (deploy/kubernetes/base/rbac-leader-election.yaml)"
         }
         "clustertrustbundles" => {
-            "ClusterRole: clustertrustbundles get, list, watch, create, update, and attest on signers istio.io/istiod-ca (deploy/kubernetes/components/cluster-trust-bundle)"
+            "ClusterRole: clustertrustbundles get, list, watch, create, update, and attest on signers istio.io/istiod-ca (deploy/kubernetes/components/cluster-trust-bundle/rbac.yaml)"
         }
         _ => "see deploy/kubernetes/",
     }
