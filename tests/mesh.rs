@@ -98,6 +98,7 @@ async fn only_the_leader_writes_and_another_takes_over_when_it_dies() {
     let b = castellan(&kube, &root, "b", PUBLISH).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(b.metric("castellan_leader").await, 0.0, "one leader");
+    assert_eq!(b.readyz().await, 200, "a follower is ready");
     assert_eq!(holder(&kube), "a");
     let writes = |ca: &TestCa| {
         let ca = ca.metrics_url();
