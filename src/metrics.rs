@@ -35,6 +35,7 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     pub leader: IntGauge,
     pub trust_bundle_namespaces: IntGauge,
+    pub trust_bundle_selected: IntGauge,
     pub trust_bundle_last_publish: Gauge,
     pub trust_bundle_writes: IntCounterVec,
     pub kube_errors: IntCounterVec,
@@ -111,6 +112,10 @@ impl Metrics {
             "castellan_trust_bundle_namespaces",
             "Namespaces whose trust-bundle ConfigMap holds the root bundle in use (as seen by the leader).",
         )?;
+        let trust_bundle_selected = int_gauge(
+            "castellan_trust_bundle_namespaces_selected",
+            "Active namespaces the trust-bundle selector matches (as seen by the leader).",
+        )?;
         let trust_bundle_writes = counter_vec(
             "castellan_trust_bundle_writes_count",
             "Trust-bundle ConfigMaps written, by reason (created, updated, repaired).",
@@ -121,6 +126,22 @@ impl Metrics {
             "Failed Kubernetes API calls of the cluster writers, by resource and reason (forbidden, unavailable, conflict, not_found).",
             &["resource", "reason"],
         )?;
+        // Every series that can appear exists from the start, at zero, so
+        // rates and alerts see the first event instead of a new series.
+        for code in CODE_LABELS {
+            latency.with_label_values(&[code]);
+        }
+        for error in SIGN_ERROR_LABELS {
+            sign_errors.with_label_values(&[error]);
+        }
+        for resource in KUBE_RESOURCES {
+            for reason in KUBE_ERROR_REASONS {
+                kube_errors.with_label_values(&[resource, reason]);
+            }
+        }
+        for reason in TRUST_BUNDLE_WRITES {
+            trust_bundle_writes.with_label_values(&[reason]);
+        }
         Ok(Self {
             csr_count: counter("citadel_server_csr_count", "CSRs received.")?,
             authentication_failures: counter(
@@ -145,7 +166,7 @@ impl Metrics {
             )?,
             root_expiry: gauge(
                 "citadel_server_root_cert_expiry_timestamp",
-                "Unix time the first root of the bundle expires.",
+                "Unix time the root of the bundle that expires first expires.",
             )?,
             chain_expiry: gauge(
                 "citadel_server_cert_chain_expiry_timestamp",
@@ -182,6 +203,7 @@ impl Metrics {
             signer_healthy,
             leader,
             trust_bundle_namespaces,
+            trust_bundle_selected,
             trust_bundle_last_publish: gauge(
                 "castellan_trust_bundle_last_publish_timestamp",
                 "Unix time of the last successful trust-bundle write.",
@@ -241,6 +263,42 @@ fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
+
+/// The `code` label's values.
+const CODE_LABELS: [&str; 9] = [
+    "OK",
+    "INVALID_ARGUMENT",
+    "UNAUTHENTICATED",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "INTERNAL",
+    "OTHER",
+];
+
+/// The `error` label's values of `citadel_server_csr_sign_err_count`.
+pub(crate) const SIGN_ERROR_LABELS: [&str; 7] = [
+    "ca_expired",
+    "ca_expiring",
+    "signer_unavailable",
+    "key_mismatch",
+    "leaf_refused",
+    "signer_failed",
+    "encoding",
+];
+
+/// The resources the cluster writers call, and why a call fails.
+pub(crate) const KUBE_RESOURCES: [&str; 5] = [
+    "configmaps",
+    "namespaces",
+    "secrets",
+    "leases",
+    "clustertrustbundles",
+];
+pub(crate) const KUBE_ERROR_REASONS: [&str; 4] =
+    ["forbidden", "unavailable", "conflict", "not_found"];
+pub(crate) const TRUST_BUNDLE_WRITES: [&str; 3] = ["created", "updated", "repaired"];
 
 fn code_label(code: tonic::Code) -> &'static str {
     use tonic::Code;

@@ -224,6 +224,33 @@ async fn demo_serves_and_request_gets_a_verified_certificate() {
         String::from_utf8_lossy(&out.stdout).contains("spiffe://cluster.local/ns/payments/sa/api")
     );
 
+    // Through a port-forward the address is loopback and the name is the
+    // Service's: --server-name is what the serving certificate must carry.
+    let named = |name: &str| {
+        castellan(&[
+            "request",
+            "--addr",
+            &format!("https://127.0.0.1:{}", demo.port),
+            "--server-name",
+            name,
+            "--root",
+            &d("root-cert.pem"),
+            "--token",
+            &d("token2"),
+        ])
+    };
+    let right = named("localhost");
+    assert!(right.status.success(), "{right:?}");
+    let wrong = named("castellan.istio-system.svc");
+    assert!(
+        !wrong.status.success(),
+        "a name the certificate lacks is refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("connecting to"),
+        "{wrong:?}"
+    );
+
     let check = castellan(&["check", "--config", &d("castellan.toml")]);
     let report = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{report}");
@@ -236,7 +263,8 @@ async fn demo_serves_and_request_gets_a_verified_certificate() {
         .await
         .unwrap();
     assert!(
-        metrics.contains("citadel_server_success_cert_issuance_count 3"),
+        // Two key types, the other identity, and the --server-name request.
+        metrics.contains("citadel_server_success_cert_issuance_count 4"),
         "{metrics}"
     );
 

@@ -83,6 +83,7 @@ impl Process {
         }
         let mut client = request::connect(
             &format!("https://localhost:{}", self.addr.port()),
+            None,
             self.files.root.pem.as_bytes(),
         )
         .await

@@ -12,6 +12,7 @@ mod ambient;
 mod authn;
 mod config;
 mod demo;
+mod deploy;
 mod integrity;
 mod issue;
 mod kubernetes;

@@ -287,6 +287,6 @@ async fn shutdown_finishes_requests_in_flight() {
     let resp = in_flight.await.unwrap();
     assert!(resp.is_ok(), "the in-flight request completes: {resp:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = castellan::cli::request::connect(&ca.addr(), ca.root.pem.as_bytes()).await;
+    let after = castellan::cli::request::connect(&ca.addr(), None, ca.root.pem.as_bytes()).await;
     assert!(after.is_err(), "no new connections after shutdown");
 }

@@ -25,6 +25,11 @@ pub struct Args {
     /// The CA, e.g. https://127.0.0.1:15012.
     #[arg(long)]
     addr: String,
+    /// The name the CA's serving certificate must carry, when it is not the
+    /// host of --addr (through `kubectl port-forward`:
+    /// castellan.istio-system.svc).
+    #[arg(long)]
+    server_name: Option<String>,
     /// PEM root certificate(s) to verify the CA and the issued chain with.
     #[arg(long)]
     root: PathBuf,
@@ -66,7 +71,7 @@ async fn request(args: &Args) -> Result<(), String> {
     let identity = identity_of(&token, &args.trust_domain)?;
     let (key, csr) = workload_csr(&identity, args.key_type).map_err(|e| format!("CSR: {e}"))?;
 
-    let mut client = connect(&args.addr, &root_pem).await?;
+    let mut client = connect(&args.addr, args.server_name.as_deref(), &root_pem).await?;
     let response = client
         .create_certificate(request_for(&csr, args.ttl, &token, &args.cluster_id)?)
         .await
@@ -115,22 +120,27 @@ async fn request(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// A tonic client over TLS that trusts only `root_pem`.
+/// A tonic client over TLS that trusts only `root_pem` and expects the
+/// server to be `server_name` (by default the host of `addr`).
 ///
 /// # Errors
 /// When the address is malformed or the connection fails.
 pub async fn connect(
     addr: &str,
+    server_name: Option<&str>,
     root_pem: &[u8],
 ) -> Result<IstioCertificateServiceClient<Channel>, String> {
     let endpoint =
         Endpoint::from_shared(addr.to_owned()).map_err(|e| format!("--addr {addr}: {e}"))?;
-    let host = endpoint
-        .uri()
-        .host()
-        .unwrap_or("localhost")
-        .trim_matches(['[', ']'])
-        .to_owned();
+    let host = match server_name {
+        Some(name) => name.to_owned(),
+        None => endpoint
+            .uri()
+            .host()
+            .unwrap_or("localhost")
+            .trim_matches(['[', ']'])
+            .to_owned(),
+    };
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(root_pem))
         .domain_name(host);

@@ -51,6 +51,7 @@ impl Trouble {
 
     /// Logs (once per permission, or once a minute) and counts.
     pub(crate) fn report(&self, metrics: &Metrics, resource: &str, what: &str) {
+        debug_assert!(crate::metrics::KUBE_RESOURCES.contains(&resource));
         metrics
             .kube_errors
             .with_label_values(&[resource, self.reason()])
@@ -91,19 +92,19 @@ impl Trouble {
 fn rbac_fix(resource: &str) -> &'static str {
     match resource {
         "configmaps" => {
-            "ClusterRole: configmaps get, list, watch, create, update (deploy/kubernetes/base/rbac-trust-bundle.yaml)"
+            "ClusterRole: configmaps create, and get, list, watch, update on the trust bundle's name (deploy/kubernetes/base/rbac-trust-bundle.yaml)"
         }
         "namespaces" => {
             "ClusterRole: namespaces get, list, watch (deploy/kubernetes/base/rbac-trust-bundle.yaml)"
         }
         "secrets" => {
-            "Role in istiod's namespace: secrets get, list, watch, create, update (deploy/kubernetes/base/rbac-istiod-cert.yaml)"
+            "Role in istiod's namespace: secrets create, and get, list, watch, update on the Secret's name (deploy/kubernetes/components/istiod-cert/rbac.yaml)"
         }
         "leases" => {
-            "Role in castellan's namespace: leases get, create, update (deploy/kubernetes/base/rbac-leader-election.yaml)"
+            "Role in castellan's namespace: leases create, and get, update on the Lease's name (deploy/kubernetes/base/rbac-leader-election.yaml)"
         }
         "clustertrustbundles" => {
-            "ClusterRole: clustertrustbundles get, list, watch, create, update, and attest on signers istio.io/istiod-ca (deploy/kubernetes/components/cluster-trust-bundle/rbac.yaml)"
+            "ClusterRole: clustertrustbundles create, and get, list, watch, update on the bundle's name, and attest on signers istio.io/istiod-ca (deploy/kubernetes/components/cluster-trust-bundle/rbac.yaml)"
         }
         _ => "see deploy/kubernetes/",
     }

@@ -170,10 +170,14 @@ impl Publisher {
     fn publish_metrics(&self) {
         let state = self.lock();
         let count = state.in_sync.len();
+        let selected = state.namespaces.values().filter(|active| **active).count();
         drop(state);
         self.metrics
             .trust_bundle_namespaces
             .set(i64::try_from(count).unwrap_or(i64::MAX));
+        self.metrics
+            .trust_bundle_selected
+            .set(i64::try_from(selected).unwrap_or(i64::MAX));
     }
 
     async fn watch_namespaces(self: Arc<Self>, synced: Arc<Notify>) {

@@ -244,10 +244,11 @@ impl Inner {
             // istiod counts a refused impersonation as an authentication failure.
             Error::Authn(_) | Error::Impersonation(_) => m.authentication_failures.inc(),
             Error::Csr(_) => m.csr_parsing_errors.inc(),
-            Error::Issue(e) => m
-                .sign_errors
-                .with_label_values(&[sign_error_label(e)])
-                .inc(),
+            Error::Issue(e) => {
+                let label = sign_error_label(e);
+                debug_assert!(crate::metrics::SIGN_ERROR_LABELS.contains(&label));
+                m.sign_errors.with_label_values(&[label]).inc();
+            }
             Error::Overloaded(_) => m.overloaded.inc(),
         }
     }

@@ -4,6 +4,7 @@
 
 pub mod bao;
 pub mod csr;
+pub mod deploy;
 pub mod h2c;
 pub mod hsm;
 pub mod kube;
@@ -112,7 +113,7 @@ impl TestCa {
     }
 
     pub async fn client(&self) -> IstioCertificateServiceClient<Channel> {
-        request::connect(&self.addr(), self.root.pem.as_bytes())
+        request::connect(&self.addr(), None, self.root.pem.as_bytes())
             .await
             .unwrap()
     }

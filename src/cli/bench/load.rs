@@ -107,7 +107,7 @@ impl Outcome {
 pub async fn run(plan: &Plan, work: &Work) -> Result<Outcome, String> {
     let mut clients = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {
-        clients.push(connect(&plan.addr, &plan.root).await?);
+        clients.push(connect(&plan.addr, None, &plan.root).await?);
     }
     let start = Instant::now();
     let measure_from = start + plan.warmup;

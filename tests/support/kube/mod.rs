@@ -32,6 +32,7 @@ use super::pki::{Ca, KeyAlg};
 
 mod objects;
 mod pods;
+pub mod rbac;
 mod tokenreview;
 
 pub use objects::Kind;
@@ -91,6 +92,11 @@ struct Inner {
     forbidden: Mutex<std::collections::HashSet<(String, String)>>,
     /// (verb, resource) answered with this status.
     failing: Mutex<HashMap<(String, String), StatusCode>>,
+    /// When set, every request is authorized by these rules, as the real
+    /// API server's RBAC authorizer would.
+    rbac: Mutex<Option<rbac::Rbac>>,
+    /// Requests RBAC refused: "verb resource namespace/name".
+    denied: Mutex<Vec<String>>,
 }
 
 impl Inner {
@@ -108,6 +114,27 @@ impl Inner {
             .lock()
             .unwrap()
             .contains(&(verb.to_owned(), resource.to_owned()))
+    }
+
+    /// RBAC's decision (allowed when no rules are enforced); refusals are
+    /// recorded.
+    fn authorized(&self, r: &rbac::Request<'_>) -> bool {
+        let allowed = self
+            .rbac
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_none_or(|rules| rules.allows(r));
+        if !allowed {
+            self.denied.lock().unwrap().push(format!(
+                "{} {} {}/{}",
+                r.verb,
+                r.resource,
+                r.namespace.unwrap_or("*"),
+                r.name.unwrap_or("*")
+            ));
+        }
+        allowed
     }
 
     fn failing(&self, verb: &str, resource: &str) -> Option<StatusCode> {
@@ -168,6 +195,8 @@ impl FakeKube {
             calls: Mutex::default(),
             forbidden: Mutex::default(),
             failing: Mutex::default(),
+            rbac: Mutex::default(),
+            denied: Mutex::default(),
         });
         let root = Ca::root("Fake Kubernetes CA", KeyAlg::EcP256);
         let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
@@ -435,6 +464,17 @@ impl FakeKube {
         }
     }
 
+    /// Authorizes every request with `rules` from now on (`None`: everything
+    /// is allowed, as before).
+    pub fn enforce_rbac(&self, rules: Option<rbac::Rbac>) {
+        *self.inner.rbac.lock().unwrap() = rules;
+    }
+
+    /// The requests RBAC refused, as "verb resource namespace/name".
+    pub fn denied(&self) -> Vec<String> {
+        self.inner.denied.lock().unwrap().clone()
+    }
+
     /// How many TokenReviews were answered.
     pub fn reviews(&self) -> usize {
         self.inner.reviews.load(Ordering::SeqCst)
@@ -526,6 +566,30 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
         })),
     )
         .into_response()
+}
+
+/// The API server's 403 for a request RBAC refused.
+fn refused(r: &rbac::Request<'_>) -> Response {
+    let scope = r.namespace.map_or_else(
+        || "at the cluster scope".to_owned(),
+        |n| format!("in the namespace \"{n}\""),
+    );
+    let named = r.name.map(|n| format!(" \"{n}\"")).unwrap_or_default();
+    status(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &format!(
+            "{res}{named} is forbidden: User \"system:serviceaccount:istio-system:castellan\" cannot {verb} resource \"{res}\" in API group \"{group}\" {scope}",
+            res = r.resource,
+            verb = r.verb,
+            group = r.group,
+        ),
+    )
+}
+
+/// Authorizes `r`, answering 403 as the API server does when RBAC refuses.
+fn authorize(inner: &Inner, r: &rbac::Request<'_>) -> Option<Response> {
+    (!inner.authorized(r)).then(|| refused(r))
 }
 
 /// Authentication of castellan itself, and the failure modes.

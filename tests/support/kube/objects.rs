@@ -20,7 +20,7 @@ use axum::{
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::{Inner, gate, status};
+use super::{Inner, authorize, gate, rbac, status};
 
 /// A kind of object, with where it lives in the API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -340,6 +340,46 @@ async fn serve(
     inner.count(verb, target.kind.resource());
     if inner.is_forbidden(verb, target.kind.resource()) {
         return forbidden(target.kind, verb, target.ns.as_deref());
+    }
+    // RBAC sees a list's or watch's name only in a metadata.name field
+    // selector, and a create's never.
+    let selected = q
+        .get("fieldSelector")
+        .and_then(|f| f.strip_prefix("metadata.name="))
+        .filter(|n| !n.contains(','));
+    let name = match verb {
+        "list" | "watch" => selected,
+        "create" => None,
+        _ => target.name.as_deref(),
+    };
+    let asked = rbac::Request {
+        verb,
+        group: target.kind.group(),
+        resource: target.kind.resource(),
+        namespace: target.ns.as_deref(),
+        name,
+    };
+    if let Some(r) = authorize(&inner, &asked) {
+        return r;
+    }
+    // Writing a ClusterTrustBundle for a signer also takes `attest` on that
+    // signer (the ClusterTrustBundleAttest admission plugin).
+    if target.kind == Kind::ClusterTrustBundle && matches!(verb, "create" | "update") {
+        let signer = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|b| b["spec"]["signerName"].as_str().map(str::to_owned));
+        if let Some(signer) = signer {
+            let attest = rbac::Request {
+                verb: "attest",
+                group: "certificates.k8s.io",
+                resource: "signers",
+                namespace: None,
+                name: Some(&signer),
+            };
+            if let Some(r) = authorize(&inner, &attest) {
+                return r;
+            }
+        }
     }
     if let Some(code) = inner.failing(verb, target.kind.resource()) {
         return status(code, "InternalError", "injected failure");

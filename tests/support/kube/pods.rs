@@ -13,7 +13,7 @@ use axum::{
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::{Event, Inner, gate, status};
+use super::{Event, Inner, authorize, gate, rbac, status};
 
 pub(super) async fn get(
     State(inner): State<Arc<Inner>>,
@@ -21,6 +21,16 @@ pub(super) async fn get(
     UrlPath((ns, name)): UrlPath<(String, String)>,
 ) -> Response {
     if let Some(r) = gate(&inner, &headers).await {
+        return r;
+    }
+    let asked = rbac::Request {
+        verb: "get",
+        group: "",
+        resource: "pods",
+        namespace: Some(&ns),
+        name: Some(&name),
+    };
+    if let Some(r) = authorize(&inner, &asked) {
         return r;
     }
     match inner.pods.lock().unwrap().by_key.get(&(ns, name.clone())) {
@@ -109,7 +119,18 @@ pub(super) async fn list_or_watch(
         Ok(s) => s,
         Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", &e),
     };
-    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+    let watching = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let asked = rbac::Request {
+        verb: if watching { "watch" } else { "list" },
+        group: "",
+        resource: "pods",
+        namespace: None,
+        name: None,
+    };
+    if let Some(r) = authorize(&inner, &asked) {
+        return r;
+    }
+    if watching {
         return watch(inner, selector, &q);
     }
     let pods = inner.pods.lock().unwrap();

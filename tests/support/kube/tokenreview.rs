@@ -12,7 +12,7 @@ use axum::{
 };
 use serde_json::{Value, json};
 
-use super::{Inner, gate, status};
+use super::{Inner, authorize, gate, rbac, status};
 
 pub(super) async fn create(
     State(inner): State<Arc<Inner>>,
@@ -20,6 +20,16 @@ pub(super) async fn create(
     Json(review): Json<Value>,
 ) -> Response {
     if let Some(r) = gate(&inner, &headers).await {
+        return r;
+    }
+    let asked = rbac::Request {
+        verb: "create",
+        group: "authentication.k8s.io",
+        resource: "tokenreviews",
+        namespace: None,
+        name: None,
+    };
+    if let Some(r) = authorize(&inner, &asked) {
         return r;
     }
     let delay = *inner.review_delay.lock().unwrap();
