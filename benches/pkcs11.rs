@@ -140,6 +140,7 @@ fn main() {
             roots: None,
             counters: castellan::metrics::Metrics::new().unwrap().ca_counters(),
             waived: Vec::new(),
+            trust: None,
         };
         let handle = Arc::new(CaHandle::load(ca::source(&config.signer), rules).await.unwrap());
         let issuer = Issuer::new(handle, Duration::from_secs(120), Duration::from_secs(600));

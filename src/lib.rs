@@ -28,4 +28,5 @@ pub mod policy;
 pub mod profile;
 pub mod proto;
 pub mod server;
+pub mod trust;
 pub mod verify;

@@ -378,19 +378,32 @@ fn rbac_is_least_privilege_and_follows_the_config() {
             );
         }
         let bundle = get(&config, "kubernetes.trust_bundle").is_some();
-        assert_eq!(granted("configmaps"), bundle, "{overlay}: configmaps");
+        let record = get(&config, "trust.state_configmap").and_then(toml::Value::as_str);
+        assert_eq!(
+            granted("configmaps"),
+            bundle || record.is_some(),
+            "{overlay}: configmaps"
+        );
         let cm = get_str(
             &config,
             "kubernetes.trust_bundle.configmap_name",
             "istio-ca-root-cert",
         );
+        let mut configmaps = BTreeSet::new();
         if bundle {
-            assert_eq!(
-                named("configmaps"),
-                BTreeSet::from([cm.to_owned()]),
-                "{overlay}"
+            configmaps.insert(cm.to_owned());
+        }
+        if let Some(record) = record {
+            configmaps.insert(record.to_owned());
+            // The record lives in castellan's namespace only.
+            assert!(
+                rbac.rules()
+                    .filter(|(_, _, _, names)| names.iter().any(|n| n == record))
+                    .all(|(scope, _, _, _)| scope == Some("istio-system")),
+                "{overlay}: the trust record outside castellan's namespace"
             );
         }
+        assert_eq!(named("configmaps"), configmaps, "{overlay}");
         let ctb = get(&config, "kubernetes.trust_bundle.cluster_trust_bundle")
             .and_then(toml::Value::as_bool)
             .unwrap_or(false);
@@ -894,10 +907,14 @@ async fn castellan_does_its_whole_job_with_exactly_the_rendered_rbac() {
             let istiod = kube
                 .object(Kind::Secret, "istio-system", "istiod-tls")
                 .is_some();
-            leased && published && ctb && istiod
+            let record = kube
+                .object(Kind::ConfigMap, "istio-system", "castellan-trust")
+                .is_some_and(|cm| cm["data"]["state.json"].is_string());
+            leased && published && ctb && istiod && record
         })
         .await,
-        "Lease, trust bundle, ClusterTrustBundle and istiod's Secret, all written; refused: {:?}",
+        "Lease, trust bundle, ClusterTrustBundle, istiod's Secret and the trust record, all \
+         written; refused: {:?}",
         kube.denied()
     );
     // A workload's token reviewed, and ztunnel's impersonation checked

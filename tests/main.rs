@@ -26,5 +26,6 @@ mod refusals;
 mod reload;
 mod server;
 mod startup;
+mod trust;
 mod vault;
 mod vault_faults;

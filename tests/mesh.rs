@@ -21,7 +21,7 @@ use crate::support::{
 
 const BUNDLE: &str = "istio-ca-root-cert";
 
-fn clone_ca(ca: &Ca) -> Ca {
+pub fn clone_ca(ca: &Ca) -> Ca {
     Ca {
         params: ca.params.clone(),
         key: rcgen::KeyPair::from_pem(&ca.key.serialize_pem()).unwrap(),

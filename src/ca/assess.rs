@@ -63,12 +63,14 @@ impl Assessment {
     }
 }
 
+/// The verdicts, and the fingerprints of the roots the signing chain was
+/// verified to end at.
 pub(super) async fn run(
     ca: &SigningCa,
     cert: &Certificate,
     source: &str,
     rules: &Rules,
-) -> Result<Assessment, Error> {
+) -> Result<(Assessment, Vec<String>), Error> {
     let mut a = Assessment::default();
     let tbs = cert.tbs_certificate();
     let subject = tbs.subject().to_string();
@@ -187,7 +189,35 @@ pub(super) async fn run(
                 .unwrap_or_else(|| "not verified: no probe certificate could be issued".into())),
         },
     );
-    Ok(a)
+
+    let active = probe
+        .as_ref()
+        .map_or_else(Vec::new, |leaf| active_roots(ca, leaf));
+    if let Some(trust) = &rules.trust {
+        let (switch, retire) =
+            crate::trust::judge(trust, ca.root_names(), &active, SystemTime::now());
+        a.record(crate::trust::ROTATION_PRACTICE, !trust.force, switch);
+        a.record(crate::trust::RETIREMENT_PRACTICE, !trust.force, retire);
+    }
+    Ok((a, active))
+}
+
+/// The roots a probe certificate verifies to, each alone.
+fn active_roots(ca: &SigningCa, leaf: &CertificateDer<'_>) -> Vec<String> {
+    ca.roots()
+        .iter()
+        .zip(ca.root_names())
+        .filter(|(root, _)| {
+            verify::chain(
+                leaf,
+                ca.chain(),
+                std::slice::from_ref(*root),
+                verify::Usage::Client,
+            )
+            .is_ok()
+        })
+        .map(|(_, (fingerprint, _))| fingerprint.clone())
+        .collect()
 }
 
 /// The subject of a certificate above the signing certificate (chain or

@@ -45,6 +45,8 @@ pub struct Rules {
     pub counters: Counters,
     /// Practices the operator waived (`practices.waive`): reported, not enforced.
     pub waived: Vec<Waivable>,
+    /// The root rotation guards (`[trust]`), when configured.
+    pub trust: Option<crate::trust::TrustRules>,
 }
 
 /// The practices an operator may waive. The others (no self-signed CA,
@@ -82,6 +84,10 @@ pub struct SigningCa {
     /// The whole root bundle as one PEM element: the response's last element.
     roots_pem: String,
     roots_not_after: SystemTime,
+    /// Each root's fingerprint and subject, for the trust record.
+    root_names: Vec<(String, String)>,
+    /// The roots the signing chain was verified to end at.
+    active_roots: Vec<String>,
     fingerprint: Option<Fingerprint>,
     assessment: Assessment,
     proof: proof::KeyProof,
@@ -210,6 +216,16 @@ impl SigningCa {
                 .collect::<Result<_, _>>()?,
             chain,
             roots_pem: pem::bundle(&roots)?,
+            root_names: roots
+                .iter()
+                .map(|r| {
+                    let subject = Certificate::from_der(r)
+                        .map(|c| c.tbs_certificate().subject().to_string())
+                        .unwrap_or_default();
+                    (crate::trust::fingerprint(r), subject)
+                })
+                .collect(),
+            active_roots: Vec::new(),
             roots,
             roots_not_after,
             fingerprint: material.fingerprint,
@@ -218,7 +234,10 @@ impl SigningCa {
             min_ttl: rules.min_ttl,
             rng: SystemRandom::new(),
         };
-        ca.assessment = assess::run(&ca, &cert, &material.cert_source, rules).await?;
+        let (assessment, active_roots) =
+            assess::run(&ca, &cert, &material.cert_source, rules).await?;
+        ca.assessment = assessment;
+        ca.active_roots = active_roots;
         Ok(ca)
     }
 
@@ -255,6 +274,16 @@ impl SigningCa {
 
     pub fn roots_not_after(&self) -> SystemTime {
         self.roots_not_after
+    }
+
+    /// Each root's fingerprint and subject.
+    pub fn root_names(&self) -> &[(String, String)] {
+        &self.root_names
+    }
+
+    /// The fingerprints of the roots the signing chain ends at.
+    pub fn active_roots(&self) -> &[String] {
+        &self.active_roots
     }
 
     pub fn fingerprint(&self) -> Option<Fingerprint> {

@@ -35,6 +35,9 @@ pub struct CaHandle {
 enum Refused {
     Content(castellan_signer::Fingerprint),
     Unreadable(String),
+    /// Refused only because its root has not soaked yet: judged again at
+    /// every check (time alone can make it pass), reported once.
+    Soaking(castellan_signer::Fingerprint),
 }
 
 // === impl CaHandle ===
@@ -117,6 +120,15 @@ impl CaHandle {
             // A back end that is down says nothing about the material: try
             // the same content again next time.
             Err(e @ Error::Backend(castellan_signer::Error::Unavailable(_))) => Err(e),
+            Err(Error::Practice(p)) if p.name == crate::trust::ROTATION_PRACTICE => {
+                let again = *refused() == Some(Refused::Soaking(now));
+                *refused() = Some(Refused::Soaking(now));
+                if again {
+                    Ok(false)
+                } else {
+                    Err(Error::Practice(p))
+                }
+            }
             Err(e) => {
                 *refused() = Some(Refused::Content(now));
                 Err(e)

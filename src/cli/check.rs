@@ -23,8 +23,13 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         Ok(m) => m.ca_counters(),
         Err(e) => return unusable(&e),
     };
-    let rules = match server::rules(&config, counters) {
+    let mut rules = match server::rules(&config, counters) {
         Ok(r) => r,
+        Err(e) => return unusable(&e),
+    };
+    // The record is read, never written: check changes nothing.
+    rules.trust = match crate::trust::open(&config).await {
+        Ok(t) => t.map(|(_, rules)| rules),
         Err(e) => return unusable(&e),
     };
     let loaded = match ca::source(&config.signer).load().await {
@@ -75,6 +80,13 @@ pub(super) async fn run(path: &Path) -> ExitCode {
     );
     for note in notes {
         println!("NOTE  {note}");
+    }
+    if let Some(trust) = &rules.trust {
+        println!("ROOTS {} (soak {} s)", trust.store, trust.soak.as_secs());
+        let now = std::time::SystemTime::now();
+        for line in crate::trust::status(trust, ca.root_names(), ca.active_roots(), now) {
+            println!("      {line}");
+        }
     }
     if ca.assessment().first_failure().is_none() {
         if ca.assessment().all_passed() {

@@ -218,6 +218,7 @@ fn exit_code(e: &crate::server::Error) -> u8 {
         | S::ServingKey(_)
         | S::KeyGeneration(_)
         | S::Metrics(_)
+        | S::Trust(_)
         | S::Mesh(_) => EXIT_UNUSABLE,
     }
 }

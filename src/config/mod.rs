@@ -85,6 +85,28 @@ pub struct Config {
     /// The cluster castellan runs in, for what it writes there (trust
     /// bundle, istiod's certificate). Unset: castellan writes nothing.
     pub kubernetes: Option<Kubernetes>,
+    /// Root rotation guards and where their record is kept. Unset: no
+    /// guard (castellan signs under whatever root the material names).
+    pub trust: Option<Trust>,
+}
+
+/// The record of when each root was first served and last signed under,
+/// and the guards that read it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trust {
+    /// A JSON file castellan keeps (one replica, or a shared volume).
+    pub state_file: Option<PathBuf>,
+    /// A ConfigMap in castellan's namespace ([kubernetes] client), shared by
+    /// every replica.
+    pub state_configmap: Option<String>,
+    /// How long a root must have been served before castellan signs under
+    /// it. Unset: `issuance.max_ttl_secs`, one full renewal cycle.
+    pub soak_secs: Option<u64>,
+    /// Sign under a root not soaked yet, and drop a root whose leaves still
+    /// live: the guards are reported, not enforced (logged at every start).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// The cluster castellan runs in and what it keeps there.
@@ -434,6 +456,9 @@ impl Config {
         }
         if let Some(k) = &mut self.kubernetes {
             resolve_opt(base, &mut k.kubeconfig);
+        }
+        if let Some(t) = &mut self.trust {
+            resolve_opt(base, &mut t.state_file);
         }
     }
 

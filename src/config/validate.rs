@@ -58,6 +58,27 @@ impl Config {
         if tls.ttl_secs < 600 {
             return invalid("server.tls.ttl_secs", "must be at least 600");
         }
+        if let Some(t) = &self.trust {
+            match (&t.state_file, &t.state_configmap, &self.kubernetes) {
+                (Some(_), Some(_), _) | (None, None, _) => {
+                    return invalid(
+                        "trust.state_file",
+                        "or trust.state_configmap: set exactly one (a file for one replica, a \
+                         ConfigMap shared by every replica)",
+                    );
+                }
+                (None, Some(_), None) => {
+                    return invalid(
+                        "trust.state_configmap",
+                        "needs a [kubernetes] section: the cluster the ConfigMap is kept in",
+                    );
+                }
+                (Some(_), None, _) | (None, Some(_), Some(_)) => {}
+            }
+            if t.soak_secs.is_some_and(|s| s > MAX_DURATION_SECS) {
+                return invalid("trust.soak_secs", "must be at most a year (31536000)");
+            }
+        }
         match &self.signer {
             Signer::File(f) => f.validate()?,
             Signer::Pkcs11(p) => p.validate()?,

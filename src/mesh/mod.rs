@@ -144,7 +144,7 @@ impl Writers {
 
 /// castellan's own namespace: configured, `POD_NAMESPACE`, the in-cluster
 /// service account's, or `istio-system`.
-fn own_namespace(config: &config::Kubernetes) -> String {
+pub(crate) fn own_namespace(config: &config::Kubernetes) -> String {
     config
         .namespace
         .clone()

@@ -65,6 +65,8 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Mesh(#[from] crate::mesh::Error),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -134,7 +136,18 @@ impl Running {
 /// [`Error`] naming what stops it from starting.
 pub async fn start(config: &Config) -> Result<Running, Error> {
     let metrics = Metrics::new()?;
-    let rules = rules(config, metrics.ca_counters())?;
+    let mut rules = rules(config, metrics.ca_counters())?;
+    let trust = crate::trust::open(config).await?;
+    if let Some((_, t)) = &trust {
+        if t.force {
+            tracing::warn!(
+                store = %t.store,
+                "root rotation guards FORCED by trust.force: castellan signs under a root \
+                 workloads may not trust yet, and serves without roots whose leaves still live"
+            );
+        }
+        rules.trust = Some(t.clone());
+    }
     for waived in &rules.waived {
         tracing::warn!(
             practice = ?waived,
@@ -145,6 +158,9 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     let ca = Arc::new(CaHandle::load(ca::source(&config.signer), rules).await?);
     observe(&metrics, &ca.current());
     let mut background = Vec::new();
+    if let Some((store, t)) = trust {
+        background.push(crate::trust::spawn_recorder(store, t, Arc::clone(&ca)));
+    }
 
     let poll = Duration::from_secs(config.ca.reload_interval_secs);
     if !poll.is_zero() {
@@ -347,6 +363,7 @@ pub fn rules(config: &Config, counters: ca::Counters) -> Result<Rules, Error> {
         roots,
         counters,
         waived: config.practices.waive.clone(),
+        trust: None,
     })
 }
 

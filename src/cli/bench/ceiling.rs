@@ -114,6 +114,7 @@ pub(super) async fn pipeline(
             .map_err(|e| e.to_string())?
             .ca_counters(),
         waived: Vec::new(),
+        trust: None,
     };
     let ca = CaHandle::load(source, rules)
         .await
