@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use castellan::{config::Config, server, trust};
+use castellan::{cli::token::TokenIssuer, config::Config, server, trust};
 use der::Decode;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use serde_json::{Value, json};
@@ -95,13 +95,17 @@ fn check(config: &Path) -> (i32, String) {
 /// Asks for a certificate, trusting `roots` for castellan's own serving
 /// certificate (it follows the signing CA to the new root).
 async fn send(ca: &TestCa, roots: &str) -> Vec<String> {
+    send_at(&ca.running, &ca.tokens, roots).await
+}
+
+async fn send_at(running: &server::Running, tokens: &TokenIssuer, roots: &str) -> Vec<String> {
     let (_, csr) = csr::ztunnel(&crate::support::id("apps", "web"));
-    let mut client = castellan::cli::request::connect(&ca.addr(), None, roots.as_bytes())
+    let addr = format!("https://localhost:{}", running.addr.port());
+    let mut client = castellan::cli::request::connect(&addr, None, roots.as_bytes())
         .await
         .unwrap();
-    let req =
-        castellan::cli::request::request_for(&csr, 3600, &ca.token("apps", "web"), "Kubernetes")
-            .unwrap();
+    let token = tokens.mint("apps", "web", "istio-ca", 3600).unwrap();
+    let req = castellan::cli::request::request_for(&csr, 3600, &token, "Kubernetes").unwrap();
     client
         .create_certificate(req)
         .await
@@ -372,4 +376,141 @@ async fn replicas_share_the_record_in_a_configmap() {
     );
     assert!(kube.calls_of("update", "configmaps") + kube.calls_of("create", "configmaps") <= 4);
     drop((one, two));
+}
+
+/// `openssl verify` of `chain`'s leaf, its intermediates untrusted, against
+/// the PEM bundle `trusted` (what the other side of a connection holds).
+fn verifies(chain: &[String], trusted: &str) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let (leaf, ints) = chain.split_first().unwrap();
+    std::fs::write(dir.path().join("leaf.pem"), leaf).unwrap();
+    std::fs::write(dir.path().join("ints.pem"), ints.concat()).unwrap();
+    std::fs::write(dir.path().join("trusted.pem"), trusted).unwrap();
+    let mut cmd = Command::new("openssl");
+    cmd.arg("verify").arg("-x509_strict");
+    cmd.arg("-CAfile").arg(dir.path().join("trusted.pem"));
+    if !ints.is_empty() {
+        cmd.arg("-untrusted").arg(dir.path().join("ints.pem"));
+    }
+    let out = cmd.arg(dir.path().join("leaf.pem")).output().unwrap();
+    out.status.success()
+}
+
+/// A leaf the way istiod's self-signed CA makes them: signed by the root.
+fn istiod_leaf(root: &Ca) -> Vec<String> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(crate::support::id("legacy", "app")).unwrap(),
+    )];
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let leaf = root.sign(params, pki::key(KeyAlg::EcP256));
+    vec![leaf.pem]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_moves_off_istiods_ca_with_both_sides_trusting_each_other_at_every_step() {
+    let aux = tempfile::tempdir().unwrap();
+    let old = Ca::root("istiod self-signed", KeyAlg::EcP256);
+    let ent = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    let ent_copy = crate::mesh::clone_ca(&ent);
+    let old_leaf = istiod_leaf(&old);
+    std::fs::write(aux.path().join("istiod-root.pem"), &old.pem).unwrap();
+    let external = |signs_until: Option<String>| {
+        format!(
+            "[[trust.external]]\nroots_file = \"{}\"\n{}",
+            aux.path().join("istiod-root.pem").display(),
+            signs_until.map_or_else(String::new, |t| format!("signs_until = {t}\n"))
+        )
+    };
+    // Step 1: istiod's bundle holds both roots (its cacerts root-cert.pem).
+    let istiod_bundle = format!("{}{}", old.pem, ent.pem);
+    assert!(verifies(&old_leaf, &istiod_bundle), "istiod's own leaves");
+
+    // Step 2: castellan beside istiod, the old root in its bundle as
+    // another CA's, which still signs.
+    let (files, config) = files(ent, aux.path(), &[&ent_copy, &old], &external(None));
+    let (code, out) = check(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("joining a mesh signed under `CN=istiod self-signed`"),
+        "{out}"
+    );
+    assert!(out.contains("external  `CN=istiod self-signed`"), "{out}");
+    let running = server::start(&Config::load(&config).unwrap())
+        .await
+        .unwrap();
+    let new_chain = send_at(&running, &files.tokens, &ent_copy.pem).await;
+    let castellan_bundle = new_chain.last().unwrap().clone();
+    let new_leaf = new_chain[..new_chain.len() - 1].to_vec();
+    // Steps 2–4: each side's leaf verifies against what the other holds.
+    assert!(
+        verifies(&new_leaf, &istiod_bundle),
+        "castellan's leaf, to an old pod"
+    );
+    assert!(
+        verifies(&old_leaf, &castellan_bundle),
+        "an old pod's leaf, to a new pod"
+    );
+    assert!(verifies(&new_leaf, &castellan_bundle));
+    drop(running);
+
+    // Step 5, too early: the old root cannot leave while istiod signs, nor
+    // within a leaf lifetime after it stopped.
+    std::fs::write(aux.path().join("roots.pem"), &ent_copy.pem).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let base = text.split("[[trust.external]]").next().unwrap().to_owned();
+    for (signs_until, why) in [
+        (None, "still signs under"),
+        (
+            Some(castellan::ca::date(
+                SystemTime::now() - Duration::from_secs(3600),
+            )),
+            "until",
+        ),
+    ] {
+        std::fs::write(&config, base.clone() + &external(signs_until)).unwrap();
+        let (code, out) = check(&config);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(&format!("FAIL  {}", trust::RETIREMENT_PRACTICE)),
+            "{out}"
+        );
+        assert!(out.contains(why), "{out}");
+        assert!(
+            server::start(&Config::load(&config).unwrap())
+                .await
+                .is_err()
+        );
+    }
+
+    // Two days after istiod stopped: the old root goes; old leaves are no
+    // longer trusted, castellan's still are.
+    let stopped = castellan::ca::date(SystemTime::now() - Duration::from_secs(2 * 86_400));
+    std::fs::write(&config, base + &external(Some(stopped))).unwrap();
+    let (code, out) = check(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("removed   `CN=istiod self-signed`") && out.contains("retired"),
+        "{out}"
+    );
+    let running = server::start(&Config::load(&config).unwrap())
+        .await
+        .unwrap();
+    let chain = send_at(&running, &files.tokens, &ent_copy.pem).await;
+    let bundle = chain.last().unwrap();
+    assert!(
+        !bundle.contains(old.pem.trim()),
+        "the old root is no longer handed out"
+    );
+    assert!(
+        !verifies(&old_leaf, bundle),
+        "an old leaf is no longer trusted"
+    );
+    assert!(verifies(&chain[..chain.len() - 1], bundle));
 }

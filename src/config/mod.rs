@@ -107,6 +107,53 @@ pub struct Trust {
     /// live: the guards are reported, not enforced (logged at every start).
     #[serde(default)]
     pub force: bool,
+    /// Roots of another CA whose leaves workloads still hold (istiod's,
+    /// during a migration): kept in the bundle until they have expired.
+    #[serde(default)]
+    pub external: Vec<ExternalRoots>,
+}
+
+/// Another CA's roots, retired by the same guard as castellan's own.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalRoots {
+    /// Its root certificate(s), PEM.
+    pub roots_file: PathBuf,
+    /// When that CA stopped (or stops) signing, a TOML date-time with its
+    /// offset (`2026-12-03T10:00:00Z`). Unset: it still signs.
+    pub signs_until: Option<toml::value::Datetime>,
+}
+
+impl ExternalRoots {
+    /// `signs_until` in seconds since the Unix epoch.
+    ///
+    /// # Errors
+    /// When it is not a full date, time and offset.
+    pub fn signs_until_unix(&self) -> Result<Option<u64>, String> {
+        let Some(t) = &self.signs_until else {
+            return Ok(None);
+        };
+        let full = "a date, a time and an offset, e.g. 2026-12-03T10:00:00Z";
+        let (Some(d), Some(tm), Some(offset)) = (t.date, t.time, t.offset) else {
+            return Err(format!("{t} is not {full}"));
+        };
+        let minutes = match offset {
+            toml::value::Offset::Z => 0,
+            toml::value::Offset::Custom { minutes } => i32::from(minutes),
+        };
+        let month = time::Month::try_from(d.month).map_err(|e| format!("{t}: {e}"))?;
+        let date = time::Date::from_calendar_date(i32::from(d.year), month, d.day)
+            .map_err(|e| format!("{t}: {e}"))?;
+        let clock = time::Time::from_hms(tm.hour, tm.minute, tm.second.unwrap_or(0))
+            .map_err(|e| format!("{t}: {e}"))?;
+        let local = time::PrimitiveDateTime::new(date, clock)
+            .assume_utc()
+            .unix_timestamp();
+        let utc = local - i64::from(minutes) * 60;
+        u64::try_from(utc)
+            .map(Some)
+            .map_err(|_| format!("{t} is before 1970"))
+    }
 }
 
 /// The cluster castellan runs in and what it keeps there.
@@ -459,6 +506,11 @@ impl Config {
         }
         if let Some(t) = &mut self.trust {
             resolve_opt(base, &mut t.state_file);
+            for e in &mut t.external {
+                if e.roots_file.is_relative() {
+                    e.roots_file = base.join(&e.roots_file);
+                }
+            }
         }
     }
 

@@ -75,6 +75,11 @@ impl Config {
                 }
                 (Some(_), None, _) | (None, Some(_), Some(_)) => {}
             }
+            for e in &t.external {
+                if let Err(problem) = e.signs_until_unix() {
+                    return invalid("trust.external.signs_until", &problem);
+                }
+            }
             if t.soak_secs.is_some_and(|s| s > MAX_DURATION_SECS) {
                 return invalid("trust.soak_secs", "must be at most a year (31536000)");
             }

@@ -39,6 +39,19 @@ fn switch(
     let Some(first) = active.first() else {
         return Err("not judged: the signing chain was not verified to any root".into());
     };
+    if !state.has_issued() && !rules.external.is_empty() {
+        let others: Vec<String> = rules
+            .external
+            .iter()
+            .map(|e| format!("`{}`", e.subject))
+            .collect();
+        return Ok(format!(
+            "{} is the first root castellan signs under, joining a mesh signed under {} \
+             (trust.external): workloads trust it through that CA's bundle (docs/migrate.md)",
+            subject(first),
+            others.join(", ")
+        ));
+    }
     if !state.has_issued() {
         return Ok(format!(
             "{} is the first root castellan signs under ({}): nothing to soak",
@@ -103,6 +116,26 @@ fn retire(
             removable.push(format!("`{}`", r.subject));
         }
     }
+    for e in &rules.external {
+        if bundle.iter().any(|(fp, _)| *fp == e.fingerprint) {
+            continue;
+        }
+        match e.signs_until.map(|t| t.saturating_add(life)) {
+            None => needed.push(format!(
+                "`{}` ({}), another CA's root it still signs under (trust.external has no \
+                 signs_until)",
+                e.subject,
+                short(&e.fingerprint)
+            )),
+            Some(until) if until > now => needed.push(format!(
+                "`{}` ({}) until {}",
+                e.subject,
+                short(&e.fingerprint),
+                date(at(until))
+            )),
+            Some(_) => removable.push(format!("`{}`", e.subject)),
+        }
+    }
     if needed.is_empty() {
         Ok(if removable.is_empty() {
             "every root castellan signed under is in the root bundle".into()
@@ -142,7 +175,21 @@ pub fn status(
             || "not yet served".into(),
             |t| format!("served since {}", date(at(t))),
         );
-        let line = if active.contains(f) {
+        let external = rules.external.iter().find(|e| e.fingerprint == *f);
+        let line = if let Some(e) = external {
+            let next = match e.signs_until.map(|t| (t, t.saturating_add(life))) {
+                None => "another CA still signs under it: keep it; set trust.external signs_until \
+                         when that CA stops"
+                    .to_owned(),
+                Some((t, until)) if until > now => format!(
+                    "signed under by another CA until {}: keep it until {}",
+                    date(at(t)),
+                    date(at(until))
+                ),
+                Some(_) => "its leaves have expired: safe to remove from ca.roots_file".into(),
+            };
+            format!("external  `{subject}` ({}): {next}", short(f))
+        } else if active.contains(f) {
             format!(
                 "active    `{subject}` ({}): signing under it; {served_text}",
                 short(f)
@@ -176,6 +223,21 @@ pub fn status(
             )
         };
         lines.push(line);
+    }
+    for e in &rules.external {
+        if !bundle.iter().any(|(fp, _)| *fp == e.fingerprint) {
+            let gone = e.signs_until.is_some_and(|t| t.saturating_add(life) <= now);
+            let what = if gone {
+                "retired"
+            } else {
+                "its leaves still live: put it back"
+            };
+            lines.push(format!(
+                "removed   `{}` ({}): {what}",
+                e.subject,
+                short(&e.fingerprint)
+            ));
+        }
     }
     for (f, r) in &state.roots {
         if bundle.iter().any(|(fp, _)| fp == f) {

@@ -11,6 +11,8 @@ mod store;
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
+use der::Decode;
+use rustls_pki_types::pem::PemObject;
 
 pub use guard::{judge, status};
 pub use recorder::spawn_recorder;
@@ -44,6 +46,8 @@ pub enum Error {
     Kube { name: String, detail: String },
     #[error("trust.state_configmap: {0}")]
     Client(#[from] crate::kube::Error),
+    #[error("trust.external roots_file {}: {problem}", path.display())]
+    External { path: PathBuf, problem: String },
 }
 
 /// What the guards judge signing material against.
@@ -60,6 +64,17 @@ pub struct TrustRules {
     pub force: bool,
     /// Where the record is, for messages.
     pub store: String,
+    /// Other CAs' roots (`trust.external`).
+    pub external: Vec<External>,
+}
+
+/// Another CA's root: its fingerprint and subject, and when that CA stops
+/// signing (`None`: it still does).
+#[derive(Clone, Debug)]
+pub struct External {
+    pub fingerprint: String,
+    pub subject: String,
+    pub signs_until: Option<u64>,
 }
 
 /// The store and the guards' rules from `[trust]`, with the record read
@@ -101,6 +116,36 @@ pub async fn open(config: &Config) -> Result<Option<(Store, TrustRules)>, Error>
     {
         leaf_life = leaf_life.max(istiod.ttl_secs);
     }
+    let mut external = Vec::new();
+    for e in &trust.external {
+        let problem = |problem: String| Error::External {
+            path: e.roots_file.clone(),
+            problem,
+        };
+        let signs_until = e.signs_until_unix().map_err(problem)?;
+        let pem = std::fs::read(&e.roots_file).map_err(|source| Error::Io {
+            path: e.roots_file.clone(),
+            source,
+        })?;
+        let roots = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| problem(err.to_string()))?;
+        if roots.is_empty() {
+            return Err(problem("no PEM certificate".into()));
+        }
+        for root in roots {
+            let subject = x509_cert::Certificate::from_der(&root)
+                .map_err(|err| problem(err.to_string()))?
+                .tbs_certificate()
+                .subject()
+                .to_string();
+            external.push(External {
+                fingerprint: fingerprint(&root),
+                subject,
+                signs_until,
+            });
+        }
+    }
     let rules = TrustRules {
         state: Arc::new(ArcSwap::from_pointee(state)),
         soak: Duration::from_secs(trust.soak_secs.unwrap_or(config.issuance.max_ttl_secs)),
@@ -108,6 +153,7 @@ pub async fn open(config: &Config) -> Result<Option<(Store, TrustRules)>, Error>
         leaf_life: Duration::from_secs(leaf_life) + 2 * RECORD_INTERVAL,
         force: trust.force,
         store: store.describe(),
+        external,
     };
     Ok(Some((store, rules)))
 }
