@@ -23,6 +23,9 @@ pub enum Error {
     Overloaded(usize),
     #[error("request deadline of {0:?} exceeded")]
     Timeout(std::time::Duration),
+    /// `castellan revoke --identity` refused it new certificates.
+    #[error("{0} is revoked: refused new certificates until the denial is lifted")]
+    Revoked(String),
 }
 
 // === impl Error ===
@@ -72,6 +75,7 @@ impl From<&Error> for Status {
             Error::Issue(e) => issue_status(e),
             Error::Overloaded(_) => Self::resource_exhausted("too many requests in flight; retry"),
             Error::Timeout(_) => Self::deadline_exceeded("request deadline exceeded"),
+            Error::Revoked(_) => Self::permission_denied("identity revoked"),
         }
     }
 }

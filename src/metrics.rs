@@ -28,6 +28,12 @@ pub struct Metrics {
     pub authn_cache_misses: IntCounter,
     pub signer_warnings: IntCounter,
     pub lifetime_cut: IntCounter,
+    /// Requests refused because their identity is revoked.
+    pub revoked_refusals: IntCounter,
+    /// The next update of the CRL in use (seconds since the epoch; 0: none).
+    pub crl_next_update: IntGauge,
+    /// CRLs signed and verified.
+    pub crl_signed: IntCounter,
     pub key_mismatches: IntCounter,
     pub refused_leaves: IntCounter,
     pub signer_healthy: IntGauge,
@@ -38,6 +44,8 @@ pub struct Metrics {
     pub trust_bundle_selected: IntGauge,
     pub trust_bundle_last_publish: Gauge,
     pub trust_bundle_writes: IntCounterVec,
+    /// CRL ConfigMaps written, by reason.
+    pub crl_writes: IntCounterVec,
     pub kube_errors: IntCounterVec,
     pub istiod_cert_expiry: Gauge,
 }
@@ -121,6 +129,11 @@ impl Metrics {
             "Trust-bundle ConfigMaps written, by reason (created, updated, repaired).",
             &["reason"],
         )?;
+        let crl_writes = counter_vec(
+            "castellan_crl_writes_count",
+            "CRL ConfigMaps written, by reason (created, updated, repaired).",
+            &["reason"],
+        )?;
         let kube_errors = counter_vec(
             "castellan_kube_errors_count",
             "Failed Kubernetes API calls of the cluster writers, by resource and reason (forbidden, unavailable, conflict, not_found).",
@@ -141,6 +154,7 @@ impl Metrics {
         }
         for reason in TRUST_BUNDLE_WRITES {
             trust_bundle_writes.with_label_values(&[reason]);
+            crl_writes.with_label_values(&[reason]);
         }
         Ok(Self {
             csr_count: counter("citadel_server_csr_count", "CSRs received.")?,
@@ -184,6 +198,18 @@ impl Metrics {
                 "castellan_lifetime_cut_count",
                 "Certificates that end earlier than asked (the signing certificate's expiry, a Vault role's max_ttl).",
             )?,
+            revoked_refusals: counter(
+                "castellan_revoked_refusals_count",
+                "Requests refused because `castellan revoke --identity` denied their identity.",
+            )?,
+            crl_next_update: int_gauge(
+                "castellan_crl_next_update_timestamp",
+                "When the CRL castellan publishes must be replaced (its nextUpdate); 0 without one.",
+            )?,
+            crl_signed: counter(
+                "castellan_crl_signed_count",
+                "CRLs signed by the signing CA and verified under its certificate.",
+            )?,
             authn_cache_hits: counter(
                 "castellan_authn_cache_hits_count",
                 "Requests whose credential was verified recently and not checked again.",
@@ -209,6 +235,7 @@ impl Metrics {
                 "Unix time of the last successful trust-bundle write.",
             )?,
             trust_bundle_writes,
+            crl_writes,
             kube_errors,
             istiod_cert_expiry: gauge(
                 "castellan_istiod_cert_expiry_timestamp",

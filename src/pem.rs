@@ -15,6 +15,18 @@ pub fn certificate(der: &[u8]) -> der::Result<String> {
     )?)
 }
 
+/// Encodes one DER CRL as PEM (`X509 CRL`), with a trailing newline.
+///
+/// # Errors
+/// Only for input too large to encode.
+pub fn crl(der: &[u8]) -> der::Result<String> {
+    Ok(der::pem::encode_string(
+        "X509 CRL",
+        der::pem::LineEnding::LF,
+        der,
+    )?)
+}
+
 /// Encodes several certificates back to back into one PEM bundle.
 ///
 /// # Errors

@@ -263,7 +263,7 @@ fn extensions(
     ])
 }
 
-fn extension(
+pub(crate) fn extension(
     id: const_oid::ObjectIdentifier,
     critical: bool,
     value: &impl Encode,

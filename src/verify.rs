@@ -63,6 +63,25 @@ pub fn signed_by(cert: &[u8], issuer_spki: &spki::SubjectPublicKeyInfoOwned) -> 
         .is_ok()
 }
 
+/// Whether the DER CRL `crl` carries a signature by `issuer_spki`'s key.
+pub fn crl_signed_by(crl: &[u8], issuer_spki: &spki::SubjectPublicKeyInfoOwned) -> bool {
+    use aws_lc_rs::signature::UnparsedPublicKey;
+    use der::{Decode, Encode};
+    let Ok(crl) = x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(crl)
+    else {
+        return false;
+    };
+    let (Ok(tbs), Some(sig)) = (crl.tbs_cert_list.to_der(), crl.signature.as_bytes()) else {
+        return false;
+    };
+    let Some(alg) = verification(crl.signature_algorithm.oid, issuer_spki) else {
+        return false;
+    };
+    UnparsedPublicKey::new(alg, issuer_spki.subject_public_key.raw_bytes())
+        .verify(&tbs, sig)
+        .is_ok()
+}
+
 /// The verification algorithm for a signature named `oid` by the key `spki`.
 fn verification(
     oid: const_oid::ObjectIdentifier,

@@ -393,6 +393,11 @@ fn rbac_is_least_privilege_and_follows_the_config() {
         if bundle {
             configmaps.insert(cm.to_owned());
         }
+        let crl = get(&config, "trust.crl").is_some();
+        if bundle && crl {
+            configmaps
+                .insert(get_str(&config, "trust.crl.configmap_name", "istio-ca-crl").to_owned());
+        }
         if let Some(record) = record {
             configmaps.insert(record.to_owned());
             // The record lives in castellan's namespace only.
@@ -910,11 +915,14 @@ async fn castellan_does_its_whole_job_with_exactly_the_rendered_rbac() {
             let record = kube
                 .object(Kind::ConfigMap, "istio-system", "castellan-trust")
                 .is_some_and(|cm| cm["data"]["state.json"].is_string());
-            leased && published && ctb && istiod && record
+            let crl = kube
+                .object(Kind::ConfigMap, "apps", "istio-ca-crl")
+                .is_some_and(|cm| cm["data"]["ca-crl.pem"].is_string());
+            leased && published && ctb && istiod && record && crl
         })
         .await,
-        "Lease, trust bundle, ClusterTrustBundle, istiod's Secret and the trust record, all \
-         written; refused: {:?}",
+        "Lease, trust bundle, ClusterTrustBundle, istiod's Secret, the trust record and the \
+         CRL, all written; refused: {:?}",
         kube.denied()
     );
     // A workload's token reviewed, and ztunnel's impersonation checked

@@ -24,6 +24,7 @@ mod one_truth;
 mod pkcs11;
 mod refusals;
 mod reload;
+mod revocation;
 mod server;
 mod startup;
 mod trust;

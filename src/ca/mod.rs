@@ -6,6 +6,7 @@
 mod assess;
 mod backends;
 mod chain;
+mod crl;
 mod leaf;
 mod proof;
 mod recheck;
@@ -24,6 +25,7 @@ use x509_cert::Certificate;
 pub use assess::{Assessment, Practice, ProbeError, date};
 pub use backends::source;
 pub use castellan_signer::KeyAlgorithm;
+pub use crl::CrlEntry;
 pub use leaf::{Leaf, LeafRequest};
 pub use recheck::{Refusal, Verdict, check_issued_leaf};
 pub use reload::{CaHandle, spawn_prober, spawn_reloader};

@@ -1,4 +1,4 @@
-//! The `castellan` command line: serve, check, demo, request, bench.
+//! The `castellan` command line: serve, check, revoke, demo, request, bench.
 
 // The load generator, the demo PKI and the token issuer serve the CLI; the
 // tests and benchmarks reach them with the `testing` feature, so they are
@@ -16,6 +16,7 @@ pub mod pki;
 #[allow(unreachable_pub)]
 mod pki;
 pub mod request;
+mod revoke;
 #[cfg(feature = "testing")]
 pub mod token;
 #[cfg(not(feature = "testing"))]
@@ -49,6 +50,9 @@ enum Command {
         #[arg(long, env = "CASTELLAN_CONFIG")]
         config: PathBuf,
     },
+    /// Revoke a leaf by serial, or refuse an identity new certificates and
+    /// revoke its leaves, in the trust record every replica reads.
+    Revoke(revoke::Args),
     /// Create a throwaway offline root, intermediate and token issuer in DIR
     /// and serve a real CA with them: nothing to install, no cluster needed.
     Demo {
@@ -127,6 +131,7 @@ impl Cli {
                 }
             }
             Command::Check { config } => check::run(&config).await,
+            Command::Revoke(args) => revoke::run(args).await,
             Command::Demo {
                 dir,
                 listen,

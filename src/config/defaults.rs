@@ -154,3 +154,7 @@ impl Default for IstiodCert {
         }
     }
 }
+
+pub(super) fn default_record_interval() -> u64 {
+    DEFAULT_RECORD_INTERVAL_SECS
+}

@@ -53,6 +53,10 @@ pub const DEFAULT_ISTIOD_NAMESPACE: &str = "istio-system";
 pub const DEFAULT_ISTIOD_SECRET: &str = "istiod-tls";
 pub const DEFAULT_ISTIOD_SERVICE_ACCOUNT: &str = "istiod";
 pub const DEFAULT_ISTIOD_TTL_SECS: u64 = 6 * 3600;
+pub const DEFAULT_CRL_VALIDITY_SECS: u64 = 24 * 3600;
+pub const DEFAULT_RECORD_INTERVAL_SECS: u64 = 60;
+/// Istio's name for the CRL ConfigMap (`PILOT_CRL_CONFIGMAP`'s default).
+pub const DEFAULT_CRL_CONFIGMAP: &str = "istio-ca-crl";
 
 /// The whole configuration.
 #[derive(Clone, Debug, Deserialize)]
@@ -111,6 +115,33 @@ pub struct Trust {
     /// during a migration): kept in the bundle until they have expired.
     #[serde(default)]
     pub external: Vec<ExternalRoots>,
+    /// A CRL of the revocations in the record, signed by the signing CA.
+    pub crl: Option<Crl>,
+    /// How often each replica reads the record and adds to it: how long a
+    /// revocation takes to reach every replica.
+    #[serde(default = "defaults::default_record_interval")]
+    pub record_interval_secs: u64,
+}
+
+/// The CRL castellan signs and publishes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Crl {
+    /// nextUpdate − thisUpdate; castellan signs a new one at half of it,
+    /// and at once when the revocations or the signing CA change.
+    pub validity_secs: u64,
+    /// Published beside the trust bundle ([kubernetes.trust_bundle]),
+    /// key `ca-crl.pem`, where Istio's sidecars mount it.
+    pub configmap_name: String,
+}
+
+impl Default for Crl {
+    fn default() -> Self {
+        Self {
+            validity_secs: DEFAULT_CRL_VALIDITY_SECS,
+            configmap_name: DEFAULT_CRL_CONFIGMAP.to_owned(),
+        }
+    }
 }
 
 /// Another CA's roots, retired by the same guard as castellan's own.

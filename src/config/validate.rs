@@ -75,6 +75,17 @@ impl Config {
                 }
                 (Some(_), None, _) | (None, Some(_), Some(_)) => {}
             }
+            if let Some(crl) = &t.crl
+                && (crl.validity_secs < 10 || crl.validity_secs > MAX_DURATION_SECS)
+            {
+                return invalid("trust.crl.validity_secs", "must be between 10 and a year");
+            }
+            if t.record_interval_secs == 0 || t.record_interval_secs > 3600 {
+                return invalid(
+                    "trust.record_interval_secs",
+                    "must be between 1 and 3600 (an hour)",
+                );
+            }
             for e in &t.external {
                 if let Err(problem) = e.signs_until_unix() {
                     return invalid("trust.external.signs_until", &problem);

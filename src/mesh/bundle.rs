@@ -21,14 +21,12 @@ use kube::{
     api::{ObjectMeta, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
-use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio::sync::{Notify, mpsc};
 
+use super::payload::Payload;
 use super::{api::Trouble, lease::Leadership};
-use crate::{ca::CaHandle, config, metrics::Metrics};
+use crate::{config, metrics::Metrics};
 
-/// The ConfigMap key Istio's injector mounts.
-pub(crate) const KEY: &str = "root-cert.pem";
 const LABEL: (&str, &str) = ("istio.io/config", "true");
 
 /// Keeps the trust-bundle ConfigMaps while this replica leads.
@@ -38,7 +36,7 @@ pub(crate) struct Publisher {
     name: String,
     selector: String,
     concurrency: usize,
-    ca: Arc<CaHandle>,
+    payload: Payload,
     metrics: Metrics,
     leadership: Leadership,
     state: Mutex<State>,
@@ -73,7 +71,8 @@ impl Publisher {
         client: Client,
         watch_client: Client,
         config: &config::TrustBundle,
-        ca: Arc<CaHandle>,
+        name: &str,
+        payload: Payload,
         metrics: Metrics,
         leadership: Leadership,
     ) {
@@ -81,10 +80,10 @@ impl Publisher {
         let me = Arc::new(Self {
             client,
             watch_client,
-            name: config.configmap_name.clone(),
+            name: name.to_owned(),
             selector: config.namespace_selector.clone(),
             concurrency: config.concurrency,
-            ca,
+            payload,
             metrics,
             leadership,
             state: Mutex::default(),
@@ -95,7 +94,7 @@ impl Publisher {
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(Arc::clone(&me).watch_namespaces(Arc::clone(&synced)));
         tasks.spawn(Arc::clone(&me).watch_maps(Arc::clone(&synced)));
-        tasks.spawn(Arc::clone(&me).follow_roots());
+        tasks.spawn(Arc::clone(&me).follow());
         // Nothing is written before both lists are in: every decision is
         // made knowing what already exists.
         while !me.lock().synced_namespaces || !me.lock().synced_maps {
@@ -168,6 +167,9 @@ impl Publisher {
     }
 
     fn publish_metrics(&self) {
+        if !self.payload.is_trust_bundle() {
+            return;
+        }
         let state = self.lock();
         let count = state.in_sync.len();
         let selected = state.namespaces.values().filter(|active| **active).count();
@@ -297,16 +299,18 @@ impl Publisher {
         }
     }
 
-    /// A new root bundle is written everywhere.
-    async fn follow_roots(self: Arc<Self>) {
-        let mut changes = self.ca.subscribe();
-        let mut last = certs(self.ca.current().roots_pem());
-        while changes.changed().await.is_ok() {
-            let now = certs(self.ca.current().roots_pem());
+    /// A new payload is written everywhere.
+    async fn follow(self: Arc<Self>) {
+        let mut changes = self.payload.changes();
+        let current = || self.payload.current().map(|p| self.payload.canon(&p));
+        let mut last = current();
+        while changes.changed().await {
+            let now = current();
             if now != last {
                 tracing::info!(
-                    roots = now.len(),
-                    "root bundle changed: publishing it to every namespace"
+                    what = self.payload.describe(),
+                    configmap = %self.name,
+                    "changed: publishing it to every namespace"
                 );
                 last = now;
                 self.lock().in_sync.clear();
@@ -315,17 +319,20 @@ impl Publisher {
         }
     }
 
-    /// Whether `cm` holds the bundle in use and the label.
+    /// Whether `cm` holds the payload in use and the label (or there is
+    /// nothing to publish yet).
     fn holds_current(&self, cm: &ConfigMap) -> bool {
-        let want = certs(self.ca.current().roots_pem());
-        let data = cm.data.as_ref().and_then(|d| d.get(KEY));
+        let Some(want) = self.payload.current().map(|p| self.payload.canon(&p)) else {
+            return true;
+        };
+        let data = cm.data.as_ref().and_then(|d| d.get(self.payload.key()));
         let labeled = cm
             .metadata
             .labels
             .as_ref()
             .and_then(|l| l.get(LABEL.0))
             .is_some_and(|v| v == LABEL.1);
-        labeled && data.is_some_and(|d| certs(d) == want)
+        labeled && data.is_some_and(|d| self.payload.canon(d) == want)
     }
 
     /// Makes namespace `ns`'s ConfigMap hold the bundle in use.
@@ -333,8 +340,10 @@ impl Publisher {
         if !self.leadership.is_leader() || self.lock().namespaces.get(ns) != Some(&true) {
             return Ok(());
         }
-        let bundle = self.ca.current().roots_pem().to_owned();
-        let want = certs(&bundle);
+        let Some(bundle) = self.payload.current() else {
+            return Ok(());
+        };
+        let want = self.payload.canon(&bundle);
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
         let mut seen = self.lock().maps.get(ns).cloned();
         for attempt in 0..3 {
@@ -360,7 +369,11 @@ impl Publisher {
                     return Ok(());
                 }
                 Some(cm) => {
-                    let previous = cm.data.as_ref().and_then(|d| d.get(KEY)).map(|d| certs(d));
+                    let previous = cm
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(self.payload.key()))
+                        .map(|d| self.payload.canon(d));
                     let reason = match previous {
                         Some(p) if self.lock().written.contains(&p) => "updated",
                         Some(_) | None => "repaired",
@@ -369,7 +382,7 @@ impl Publisher {
                     update
                         .data
                         .get_or_insert_with(Default::default)
-                        .insert(KEY.to_owned(), bundle.clone());
+                        .insert(self.payload.key().to_owned(), bundle.clone());
                     update
                         .metadata
                         .labels
@@ -391,14 +404,17 @@ impl Publisher {
                 tracing::info!(
                     namespace = %ns,
                     configmap = %self.name,
-                    "ConfigMap did not hold the trust bundle (edited, or written by another): repaired"
+                    what = self.payload.describe(),
+                    "ConfigMap did not hold what castellan publishes (edited, or written by another): repaired"
                 );
             }
-            self.metrics
-                .trust_bundle_writes
+            self.payload
+                .writes(&self.metrics)
                 .with_label_values(&[reason])
                 .inc();
-            self.metrics.trust_bundle_last_publish.set(unix_now());
+            if self.payload.is_trust_bundle() {
+                self.metrics.trust_bundle_last_publish.set(unix_now());
+            }
             self.remember(ns, cm, &want);
             return Ok(());
         }
@@ -438,13 +454,13 @@ impl Publisher {
                 annotations: Some(
                     [(
                         "castellan.io/published-by".to_owned(),
-                        "castellan: the enterprise root bundle".to_owned(),
+                        format!("castellan: {}", self.payload.describe()),
                     )]
                     .into(),
                 ),
                 ..ObjectMeta::default()
             },
-            data: Some([(KEY.to_owned(), bundle.to_owned())].into()),
+            data: Some([(self.payload.key().to_owned(), bundle.to_owned())].into()),
             ..ConfigMap::default()
         }
     }
@@ -455,15 +471,7 @@ fn active(ns: &Namespace) -> bool {
         && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
 }
 
-/// The certificates of a PEM bundle as a set: order and spacing do not
-/// matter (Istio restarted every workload over an order-only change,
-/// istio#59909); what does not parse is left out, as Istio leaves it out.
-pub(crate) fn certs(pem: &str) -> BTreeSet<Vec<u8>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .filter_map(Result::ok)
-        .map(|c| c.to_vec())
-        .collect()
-}
+pub(crate) use super::payload::certs;
 
 pub(crate) fn unix_now() -> f64 {
     SystemTime::now()

@@ -9,6 +9,7 @@ mod bundle;
 mod ctb;
 mod istiod;
 mod lease;
+mod payload;
 
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ pub async fn start(
     trust_domain: &spiffe::TrustDomain,
     issuer: &Issuer,
     metrics: &Metrics,
+    crl: Option<(watch::Receiver<Option<String>>, String)>,
     stop: watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, Error> {
     if config.trust_bundle.is_none() && config.istiod_cert.is_none() {
@@ -62,6 +64,7 @@ pub async fn start(
         issuer: issuer.clone(),
         ca: Arc::clone(issuer.ca()),
         metrics: metrics.clone(),
+        crl,
     };
     let supervisor = tokio::spawn(writers.supervise(leadership));
     Ok(vec![elector, supervisor])
@@ -76,6 +79,8 @@ struct Writers {
     issuer: Issuer,
     ca: Arc<CaHandle>,
     metrics: Metrics,
+    /// The CRL and the ConfigMap name it is published under.
+    crl: Option<(watch::Receiver<Option<String>>, String)>,
 }
 
 impl Writers {
@@ -108,8 +113,25 @@ impl Writers {
                 leadership.clone(),
             );
             tasks.push(tokio::spawn(async move {
-                bundle::Publisher::run(client, watch, &t2, ca, m, l).await;
+                let name = t2.configmap_name.clone();
+                let payload = payload::Payload::Roots(ca);
+                bundle::Publisher::run(client, watch, &t2, &name, payload, m, l).await;
             }));
+            if let Some((rx, name)) = &self.crl {
+                let (client, watch, t2, rx, name, m, l) = (
+                    self.client.clone(),
+                    self.watch_client.clone(),
+                    t.clone(),
+                    rx.clone(),
+                    name.clone(),
+                    self.metrics.clone(),
+                    leadership.clone(),
+                );
+                tasks.push(tokio::spawn(async move {
+                    let payload = payload::Payload::Crl(rx);
+                    bundle::Publisher::run(client, watch, &t2, &name, payload, m, l).await;
+                }));
+            }
             if t.cluster_trust_bundle {
                 let (client, watch, name, ca, m, l) = (
                     self.client.clone(),

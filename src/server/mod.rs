@@ -158,8 +158,32 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     let ca = Arc::new(CaHandle::load(ca::source(&config.signer), rules).await?);
     observe(&metrics, &ca.current());
     let mut background = Vec::new();
-    if let Some((store, t)) = trust {
-        background.push(crate::trust::spawn_recorder(store, t, Arc::clone(&ca)));
+    let revocations = trust.as_ref().map(|(_, t)| {
+        Arc::new(crate::trust::Revocations::new(
+            Arc::clone(&t.state),
+            crate::trust::ISSUED_CAPACITY,
+        ))
+    });
+    let crl = match (&trust, config.trust.as_ref().and_then(|t| t.crl.as_ref())) {
+        (Some((_, t)), Some(c)) => {
+            let (rx, task) = crate::trust::spawn_crl(
+                Duration::from_secs(c.validity_secs),
+                t.clone(),
+                Arc::clone(&ca),
+                metrics.clone(),
+            );
+            background.push(task);
+            Some((rx, c.configmap_name.clone()))
+        }
+        (None | Some(_), None) | (None, Some(_)) => None,
+    };
+    if let (Some((store, t)), Some(r)) = (trust, &revocations) {
+        background.push(crate::trust::spawn_recorder(
+            store,
+            t,
+            Arc::clone(&ca),
+            Arc::clone(r),
+        ));
     }
 
     let poll = Duration::from_secs(config.ca.reload_interval_secs);
@@ -218,6 +242,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
                 l,
                 Arc::clone(&ca),
                 metrics.clone(),
+                crl.as_ref().map(|(rx, _)| rx.clone()),
                 stopped(shutdown_rx.clone()),
             ));
             Some(a)
@@ -234,6 +259,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
             &config.trust_domain,
             &issuer,
             &metrics,
+            crl.clone(),
             shutdown_rx.clone(),
         )
         .await?;
@@ -246,6 +272,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         TtlRules::from(&config.issuance),
         metrics.clone(),
         config.request_timeout(),
+        revocations,
     );
     let limits = limits::connections(config.server.max_connections);
     let (incoming, accept) = tls::incoming(

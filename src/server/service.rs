@@ -38,6 +38,8 @@ struct Inner {
     metrics: Metrics,
     /// castellan's deadline, for a request that came without the door's.
     timeout: Duration,
+    /// Refused identities, and the leaves issued here (`[trust]`).
+    revocations: Option<Arc<crate::trust::Revocations>>,
 }
 
 /// What is known about a request when it ends, for its log line.
@@ -62,6 +64,7 @@ impl CaService {
         ttl: TtlRules,
         metrics: Metrics,
         timeout: Duration,
+        revocations: Option<Arc<crate::trust::Revocations>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -71,6 +74,7 @@ impl CaService {
                 ttl,
                 metrics,
                 timeout,
+                revocations,
             }),
         }
     }
@@ -150,9 +154,21 @@ impl Inner {
                 nodes.authorize(&caller, requested).await?
             }
         };
+        let revocations = self.revocations.as_deref();
+        if revocations.is_some_and(|r| r.is_denied(&identity.to_string())) {
+            return Err(Error::Revoked(identity.to_string()));
+        }
         let approved = policy::check(csr, &identity, req.validity_duration, &self.ttl)?;
         trace.clamped_from = approved.clamped_from();
-        Ok(self.issuer.issue(&approved).await?)
+        let issued = self.issuer.issue(&approved).await?;
+        if let Some(r) = revocations {
+            let not_after = issued
+                .not_after
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            r.issued(&identity.to_string(), &issued.serial, not_after);
+        }
+        Ok(issued)
     }
 
     /// Metrics, the request's one log line, and the status: the only place a
@@ -250,6 +266,7 @@ impl Inner {
                 m.sign_errors.with_label_values(&[label]).inc();
             }
             Error::Overloaded(_) => m.overloaded.inc(),
+            Error::Revoked(_) => m.revoked_refusals.inc(),
         }
     }
 }

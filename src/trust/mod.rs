@@ -3,8 +3,10 @@
 //! workloads have not had a full renewal cycle to learn, and refuses to drop
 //! a root while leaves under it still live.
 
+mod crl;
 mod guard;
 mod recorder;
+mod revocations;
 mod state;
 mod store;
 
@@ -14,9 +16,11 @@ use arc_swap::ArcSwap;
 use der::Decode;
 use rustls_pki_types::pem::PemObject;
 
+pub use crl::spawn_crl;
 pub use guard::{judge, status};
 pub use recorder::spawn_recorder;
-pub use state::{RootRecord, TrustState, fingerprint};
+pub use revocations::{ISSUED_CAPACITY, Revocations};
+pub use state::{Denied, Reason, Revoked, RootRecord, TrustState, fingerprint};
 pub use store::Store;
 
 use crate::config::Config;
@@ -27,10 +31,6 @@ pub const ROTATION_PRACTICE: &str =
     "root rotation: signing only under a root workloads have had time to trust";
 /// The practice the retirement guard is reported as.
 pub const RETIREMENT_PRACTICE: &str = "root retirement: no root dropped while leaves under it live";
-
-/// How often a replica adds what it served and signed under to the record;
-/// also how far the record of the last issuance may lag.
-pub const RECORD_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why the record cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -62,10 +62,15 @@ pub struct TrustRules {
     pub leaf_life: Duration,
     /// The guards are reported, not enforced.
     pub force: bool,
+    /// How often a replica reads the record and adds to it; also how far
+    /// the record of the last issuance may lag.
+    pub interval: Duration,
     /// Where the record is, for messages.
     pub store: String,
     /// Other CAs' roots (`trust.external`).
     pub external: Vec<External>,
+    /// Bumped whenever the record read changes (the CRL follows it).
+    pub changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Another CA's root: its fingerprint and subject, and when that CA stops
@@ -146,14 +151,33 @@ pub async fn open(config: &Config) -> Result<Option<(Store, TrustRules)>, Error>
             });
         }
     }
+    let interval = Duration::from_secs(trust.record_interval_secs);
     let rules = TrustRules {
         state: Arc::new(ArcSwap::from_pointee(state)),
         soak: Duration::from_secs(trust.soak_secs.unwrap_or(config.issuance.max_ttl_secs)),
         // The record of the last issuance may lag by up to two rounds.
-        leaf_life: Duration::from_secs(leaf_life) + 2 * RECORD_INTERVAL,
+        leaf_life: Duration::from_secs(leaf_life) + 2 * interval,
+        interval,
         force: trust.force,
         store: store.describe(),
         external,
+        changed: Arc::new(tokio::sync::watch::Sender::new(0)),
     };
     Ok(Some((store, rules)))
+}
+
+/// A serial number as the record keys it: lowercase hex without colons or
+/// leading zeros.
+pub fn normalize_serial(serial: &str) -> String {
+    let hex: String = serial
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
 }

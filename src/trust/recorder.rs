@@ -1,4 +1,5 @@
-//! Adds to the record, once a minute and whenever the signing CA changes,
+//! Adds to the record, every `trust.record_interval_secs` and whenever the
+//! signing CA changes,
 //! which roots this replica serves and which one it signs under, and reads
 //! back every replica's record for the guards.
 
@@ -9,11 +10,17 @@ use std::{
 
 use tokio::task::JoinHandle;
 
-use super::{RECORD_INTERVAL, Store, TrustRules};
+use super::{Revocations, Store, TrustRules};
 use crate::ca::CaHandle;
 
-/// Runs until aborted.
-pub fn spawn_recorder(store: Store, rules: TrustRules, ca: Arc<CaHandle>) -> JoinHandle<()> {
+/// Runs until aborted. Also folds in the revocations of leaves this replica
+/// issued to identities the record refuses.
+pub fn spawn_recorder(
+    store: Store,
+    rules: TrustRules,
+    ca: Arc<CaHandle>,
+    revocations: Arc<Revocations>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut changes = ca.subscribe();
         let mut local = rules.state.load_full().as_ref().clone();
@@ -27,15 +34,19 @@ pub fn spawn_recorder(store: Store, rules: TrustRules, ca: Arc<CaHandle>) -> Joi
                 current.root_names(),
                 current.active_roots(),
                 now,
-                RECORD_INTERVAL.as_secs(),
+                rules.interval.as_secs(),
             );
+            revocations.fold_into(&mut local, now);
             match store.merge(&local).await {
                 Ok(merged) => {
                     if failing {
                         tracing::info!(store = %rules.store, "trust record written again");
                         failing = false;
                     }
-                    rules.state.store(Arc::new(merged.clone()));
+                    if **rules.state.load() != merged {
+                        rules.state.store(Arc::new(merged.clone()));
+                        rules.changed.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                     local = merged;
                 }
                 Err(e) => {
@@ -50,7 +61,7 @@ pub fn spawn_recorder(store: Store, rules: TrustRules, ca: Arc<CaHandle>) -> Joi
                 }
             }
             tokio::select! {
-                () = tokio::time::sleep(RECORD_INTERVAL) => {}
+                () = tokio::time::sleep(rules.interval) => {}
                 changed = changes.changed() => {
                     if changed.is_err() {
                         return;

@@ -1,6 +1,8 @@
-//! What castellan remembers about each root: when it first served it to
-//! workloads and when it last signed under it. Merged by taking the widest
-//! span, so replicas recording at once converge whatever the order.
+//! What castellan remembers about each root — when it first served it to
+//! workloads and when it last signed under it — and what was revoked: leaf
+//! serials, and identities refused new certificates. Merged by taking the
+//! widest span and the union, so replicas recording at once converge
+//! whatever the order.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +15,54 @@ use serde::{Deserialize, Serialize};
 pub struct TrustState {
     #[serde(default)]
     pub roots: BTreeMap<String, RootRecord>,
+    /// Revoked leaves, by serial number (lowercase hex, no leading zeros).
+    #[serde(default)]
+    pub revoked: BTreeMap<String, Revoked>,
+    /// Identities refused new certificates, by SPIFFE ID.
+    #[serde(default)]
+    pub denied: BTreeMap<String, Denied>,
+}
+
+/// Why a certificate was revoked: RFC 5280's reason codes an operator uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[derive(clap::ValueEnum)]
+#[value(rename_all = "camelCase")]
+pub enum Reason {
+    Unspecified,
+    KeyCompromise,
+    AffiliationChanged,
+    Superseded,
+    CessationOfOperation,
+}
+
+/// One revoked leaf.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoked {
+    pub reason: Reason,
+    /// When it was revoked (seconds since the Unix epoch).
+    pub at: u64,
+    /// After this the leaf has expired and leaves the CRL.
+    pub until: u64,
+    /// The identity it was issued to, when castellan knows it.
+    pub identity: Option<String>,
+}
+
+/// An identity refused new certificates since `at`, unless lifted later.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Denied {
+    pub reason: Reason,
+    pub at: u64,
+    /// Lifted at this time; a denial after it counts again.
+    pub lifted: Option<u64>,
+}
+
+impl Denied {
+    pub fn active(&self) -> bool {
+        self.lifted.is_none_or(|l| l < self.at)
+    }
 }
 
 /// One root's history, in seconds since the Unix epoch.
@@ -72,6 +122,48 @@ impl TrustState {
             };
             mine.last_issued = mine.last_issued.max(theirs.last_issued);
         }
+        for (serial, theirs) in &other.revoked {
+            self.revoked
+                .entry(serial.clone())
+                .and_modify(|mine| {
+                    // The first revocation stands; what was learnt later
+                    // (the identity) is kept.
+                    if theirs.at < mine.at {
+                        mine.at = theirs.at;
+                        mine.reason = theirs.reason;
+                    }
+                    mine.until = mine.until.max(theirs.until);
+                    if mine.identity.is_none() {
+                        mine.identity.clone_from(&theirs.identity);
+                    }
+                })
+                .or_insert_with(|| theirs.clone());
+        }
+        for (identity, theirs) in &other.denied {
+            self.denied
+                .entry(identity.clone())
+                .and_modify(|mine| {
+                    if theirs.at > mine.at {
+                        mine.at = theirs.at;
+                        mine.reason = theirs.reason;
+                    }
+                    mine.lifted = mine.lifted.max(theirs.lifted);
+                })
+                .or_insert_with(|| theirs.clone());
+        }
+    }
+
+    /// Forgets revocations of leaves expired before `now`: they are of no
+    /// use in a CRL any more.
+    pub fn prune(&mut self, now: u64) -> bool {
+        let before = self.revoked.len();
+        self.revoked.retain(|_, r| r.until >= now);
+        self.revoked.len() != before
+    }
+
+    /// Whether new certificates for `identity` are refused.
+    pub fn is_denied(&self, identity: &str) -> bool {
+        self.denied.get(identity).is_some_and(Denied::active)
     }
 
     /// Whether castellan has ever signed under any root: before that there
@@ -108,6 +200,66 @@ mod tests {
         assert_eq!(s.roots["a"].last_issued, Some(160));
         assert_eq!(s.roots["b"].first_served, Some(100));
         assert_eq!(s.roots["b"].last_issued, None);
+    }
+
+    #[test]
+    fn revocations_merge_as_a_union_and_a_lift_is_undone_by_a_later_denial() {
+        let revoked = |at, identity: Option<&str>| Revoked {
+            reason: Reason::KeyCompromise,
+            at,
+            until: at + 100,
+            identity: identity.map(str::to_owned),
+        };
+        let mut one = TrustState::default();
+        one.revoked.insert("0a".into(), revoked(10, None));
+        one.denied.insert(
+            "spiffe://td/ns/a/sa/b".into(),
+            Denied {
+                reason: Reason::KeyCompromise,
+                at: 10,
+                lifted: None,
+            },
+        );
+        let mut two = TrustState::default();
+        two.revoked
+            .insert("0a".into(), revoked(20, Some("spiffe://td/ns/a/sa/b")));
+        two.revoked.insert("0b".into(), revoked(30, None));
+        two.denied.insert(
+            "spiffe://td/ns/a/sa/b".into(),
+            Denied {
+                reason: Reason::KeyCompromise,
+                at: 10,
+                lifted: Some(15),
+            },
+        );
+        let mut x = one.clone();
+        x.merge(&two);
+        let mut y = two.clone();
+        y.merge(&one);
+        assert_eq!(x, y);
+        assert_eq!(x.revoked["0a"].at, 10);
+        assert_eq!(
+            x.revoked["0a"].identity.as_deref(),
+            Some("spiffe://td/ns/a/sa/b")
+        );
+        assert!(x.revoked.contains_key("0b"));
+        assert!(!x.is_denied("spiffe://td/ns/a/sa/b"), "lifted");
+        let mut again = TrustState::default();
+        again.denied.insert(
+            "spiffe://td/ns/a/sa/b".into(),
+            Denied {
+                reason: Reason::Superseded,
+                at: 40,
+                lifted: None,
+            },
+        );
+        x.merge(&again);
+        assert!(
+            x.is_denied("spiffe://td/ns/a/sa/b"),
+            "denied again after the lift"
+        );
+        assert!(x.prune(125));
+        assert_eq!(x.revoked.keys().collect::<Vec<_>>(), ["0b"]);
     }
 
     #[test]

@@ -61,6 +61,7 @@ impl Store {
                 let stored = read_file(path)?;
                 let mut state = stored.clone();
                 state.merge(mine);
+                state.prune(unix_now());
                 if state != stored {
                     write_file(path, &state)?;
                 }
@@ -156,6 +157,7 @@ async fn merge_configmap(
             None => TrustState::default(),
         };
         state.merge(mine);
+        state.prune(unix_now());
         if existing
             .as_ref()
             .is_some_and(|cm| parse_configmap(cm, name).is_ok_and(|s| s == state))
@@ -201,4 +203,10 @@ async fn merge_configmap(
         name: name.to_owned(),
         detail: format!("{MAX_CONFLICTS} conflicting writes in a row; retrying next round"),
     })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

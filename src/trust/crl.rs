@@ -1,0 +1,142 @@
+//! Keeps a current CRL of the record's revocations: signed by the signing
+//! CA (and verified under it) at start, whenever the revocations or the CA
+//! change, and again at half its validity; the last good one stays when a
+//! signing fails, so an invalid or empty-by-accident CRL is never handed out.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{sync::watch, task::JoinHandle};
+
+use super::TrustRules;
+use crate::{
+    ca::{self, CaHandle, CrlEntry},
+    metrics::Metrics,
+};
+
+/// A failed signing is tried again after this long.
+const RETRY: Duration = Duration::from_secs(10);
+
+/// Starts the keeper; the receiver holds the CRL in use, PEM.
+pub fn spawn_crl(
+    validity: Duration,
+    rules: TrustRules,
+    ca: Arc<CaHandle>,
+    metrics: Metrics,
+) -> (watch::Receiver<Option<String>>, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(None);
+    let task = tokio::spawn(async move {
+        let mut record = rules.changed.subscribe();
+        let mut cas = ca.subscribe();
+        let mut number = 0u64;
+        let mut said_unsupported = false;
+        loop {
+            let now = SystemTime::now();
+            let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            // Monotonic across restarts and replicas: the signing time.
+            number = secs.max(number.saturating_add(1));
+            let listed = entries(&rules, secs);
+            let signed = serials(&listed);
+            let next = now + validity;
+            let wait = match ca.current().sign_crl(&listed, number, now, next).await {
+                Ok(der) => match crate::pem::crl(&der) {
+                    Ok(pem) => {
+                        tx.send_replace(Some(pem));
+                        metrics.crl_signed.inc();
+                        metrics.crl_next_update.set(
+                            i64::try_from(secs.saturating_add(validity.as_secs()))
+                                .unwrap_or(i64::MAX),
+                        );
+                        tracing::info!(revoked = listed.len(), crl_number = number, "CRL signed");
+                        validity / 2
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "CRL not encoded; keeping the previous one");
+                        RETRY
+                    }
+                },
+                Err(ca::Error::WorkloadOnly) => {
+                    if !said_unsupported {
+                        tracing::warn!(
+                            "the signing back end issues leaves itself (Vault PKI): castellan \
+                             cannot sign a CRL with its key; publish Vault's CRL for the issuer"
+                        );
+                        said_unsupported = true;
+                    }
+                    validity
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "CRL not signed; keeping the previous one, retrying");
+                    RETRY
+                }
+            };
+            // Until the timer, the CA changes, or the record's revocations
+            // do (the record also changes as replicas note their signing).
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => break,
+                    r = cas.changed() => if r.is_err() { return } else { break },
+                    r = record.changed() => {
+                        if r.is_err() {
+                            return;
+                        }
+                        let secs = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        if serials(&entries(&rules, secs)) != signed {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (rx, task)
+}
+
+/// The record's unexpired revocations, in serial order.
+fn entries(rules: &TrustRules, now: u64) -> Vec<CrlEntry> {
+    let state = rules.state.load();
+    state
+        .revoked
+        .iter()
+        .filter(|(_, r)| r.until >= now)
+        .filter_map(|(serial, r)| {
+            Some(CrlEntry {
+                serial: bytes(serial)?,
+                revoked_at: UNIX_EPOCH.checked_add(Duration::from_secs(r.at))?,
+                reason: r.reason,
+            })
+        })
+        .collect()
+}
+
+fn serials(entries: &[CrlEntry]) -> Vec<Vec<u8>> {
+    entries.iter().map(|e| e.serial.clone()).collect()
+}
+
+/// Big-endian bytes of a hex serial (an odd length gets a leading zero).
+fn bytes(hex: &str) -> Option<Vec<u8>> {
+    let padded = if hex.len() % 2 == 1 {
+        format!("0{hex}")
+    } else {
+        hex.to_owned()
+    };
+    (0..padded.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(padded.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_serials_become_bytes() {
+        assert_eq!(super::bytes("abc"), Some(vec![0x0a, 0xbc]));
+        assert_eq!(super::bytes("00ff"), Some(vec![0x00, 0xff]));
+        assert_eq!(super::bytes("zz"), None);
+    }
+}

@@ -1,0 +1,376 @@
+//! Revocation: `castellan revoke` by serial and by identity, kept in the
+//! trust record; a CRL signed by the signing CA through every back end that
+//! holds a key (file, PKCS#11, Transit), checked by openssl (signature,
+//! issuer, AKI, number, next update, `verify -crl_check`), re-signed before
+//! it expires, and published as `istio-ca-crl` beside the trust bundle.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use der::Decode;
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use serde_json::Value;
+use tonic::Code;
+use x509_cert::Certificate;
+
+use crate::support::{
+    Setup, TestCa, csr, eventually, hsm, http_get, id,
+    kube::{FakeKube, Kind},
+    pki::{Ca, KeyAlg},
+};
+
+fn trust_section(aux: &Path, crl_validity: u64) -> String {
+    format!(
+        "[trust]\nstate_file = \"{}\"\nrecord_interval_secs = 1\n[trust.crl]\nvalidity_secs = {crl_validity}\n",
+        aux.join("state.json").display()
+    )
+}
+
+async fn crl(ca: &TestCa) -> Option<String> {
+    let (code, body) = http_get(&format!("{}/ca-crl.pem", ca.metrics_url())).await;
+    (code == 200).then_some(body)
+}
+
+/// `openssl crl` on `pem`: its text, and whether its signature verifies
+/// under `issuer_pem`.
+fn openssl_crl(pem: &str, issuer_pem: &str, flags: &[&str]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("crl.pem"), pem).unwrap();
+    std::fs::write(dir.path().join("issuer.pem"), issuer_pem).unwrap();
+    let out = Command::new("openssl")
+        .args(["crl", "-noout", "-in"])
+        .arg(dir.path().join("crl.pem"))
+        .arg("-CAfile")
+        .arg(dir.path().join("issuer.pem"))
+        .args(flags)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success() && text.contains("verify OK"), text)
+}
+
+fn crl_number(pem: &str, issuer_pem: &str) -> u64 {
+    let (_, text) = openssl_crl(pem, issuer_pem, &["-crlnumber"]);
+    let hex = text
+        .lines()
+        .find_map(|l| l.strip_prefix("crlNumber=0x"))
+        .unwrap_or_else(|| panic!("no CRL number: {text}"));
+    u64::from_str_radix(hex.trim(), 16).unwrap()
+}
+
+/// `openssl verify -crl_check` of `chain`'s leaf under `root`, with `crl`.
+fn verify_with_crl(chain: &[String], root: &str, crl: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |f: &str| dir.path().join(f);
+    std::fs::write(p("leaf.pem"), &chain[0]).unwrap();
+    std::fs::write(p("ints.pem"), chain[1..chain.len() - 1].concat()).unwrap();
+    std::fs::write(p("root.pem"), root).unwrap();
+    std::fs::write(p("crl.pem"), crl).unwrap();
+    let out = Command::new("openssl")
+        .args(["verify", "-x509_strict", "-crl_check", "-CAfile"])
+        .arg(p("root.pem"))
+        .arg("-untrusted")
+        .arg(p("ints.pem"))
+        .arg("-CRLfile")
+        .arg(p("crl.pem"))
+        .arg(p("leaf.pem"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn serial_of(chain: &[String]) -> String {
+    let der = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+    let cert = Certificate::from_der(&der).unwrap();
+    cert.tbs_certificate()
+        .serial_number()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn revoke(config: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .arg("revoke")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn config_path(ca: &TestCa) -> PathBuf {
+    ca.dir.path().join("castellan.toml")
+}
+
+async fn issue(ca: &TestCa, sa: &str) -> Result<Vec<String>, Code> {
+    let (_, csr) = csr::ztunnel(&id("apps", sa));
+    ca.send(&csr, "apps", sa, 3600)
+        .await
+        .map(|r| r.cert_chain)
+        .map_err(|s| s.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_serial_and_identity_are_in_the_crl_and_refused() {
+    let aux = tempfile::tempdir().unwrap();
+    let ca = TestCa::start_with(Setup {
+        extra: trust_section(aux.path(), 20),
+        ..Setup::default()
+    })
+    .await;
+    let issuer = ca.intermediate.pem.clone();
+
+    // An empty CRL from the start: valid, signed, numbered, with an AKI.
+    assert!(eventually(Duration::from_secs(5), async || crl(&ca).await.is_some()).await);
+    let empty = crl(&ca).await.unwrap();
+    let (ok, text) = openssl_crl(&empty, &issuer, &["-text"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("Issuer: CN = Test Intermediate")
+            || text.contains("Issuer: CN=Test Intermediate"),
+        "{text}"
+    );
+    assert!(text.contains("X509v3 Authority Key Identifier"), "{text}");
+    assert!(text.contains("X509v3 CRL Number"), "{text}");
+    assert!(text.contains("Next Update"), "{text}");
+    assert!(text.contains("No Revoked Certificates"), "{text}");
+    let first_number = crl_number(&empty, &issuer);
+
+    let a = issue(&ca, "a").await.unwrap();
+    let b = issue(&ca, "b").await.unwrap();
+    let root = ca.root.pem.clone();
+    assert!(verify_with_crl(&a, &root, &empty).0, "nothing revoked yet");
+
+    // By serial, with a reason.
+    let (code, out) = revoke(
+        &config_path(&ca),
+        &["--serial", &serial_of(&a), "--reason", "keyCompromise"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let serial_upper = serial_of(&a).to_uppercase();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            crl(&ca).await.is_some_and(|c| {
+                openssl_crl(&c, &issuer, &["-text"])
+                    .1
+                    .contains(&serial_upper)
+            })
+        })
+        .await,
+        "the revoked serial reaches the CRL"
+    );
+    let listed = crl(&ca).await.unwrap();
+    let (ok, text) = openssl_crl(&listed, &issuer, &["-text"]);
+    assert!(ok && text.contains("Key Compromise"), "{text}");
+    assert!(crl_number(&listed, &issuer) > first_number);
+    let (revoked, why) = verify_with_crl(&a, &root, &listed);
+    assert!(!revoked && why.contains("revoked"), "{why}");
+    assert!(
+        verify_with_crl(&b, &root, &listed).0,
+        "the other leaf still verifies"
+    );
+
+    // By identity: new requests refused, its earlier leaf revoked too.
+    let (code, out) = revoke(
+        &config_path(&ca),
+        &["--identity", &id("apps", "b"), "--reason", "superseded"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            issue(&ca, "b").await == Err(Code::PermissionDenied)
+        })
+        .await,
+        "the identity is refused"
+    );
+    assert!(ca.metric("castellan_revoked_refusals_count").await >= 1.0);
+    assert!(issue(&ca, "a").await.is_ok(), "other identities are not");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            crl(&ca)
+                .await
+                .is_some_and(|c| !verify_with_crl(&b, &root, &c).0)
+        })
+        .await,
+        "the identity's earlier leaf is revoked"
+    );
+
+    // Lifted: issued again.
+    let (code, out) = revoke(
+        &config_path(&ca),
+        &["--identity", &id("apps", "b"), "--lift"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        eventually(Duration::from_secs(10), async || issue(&ca, "b")
+            .await
+            .is_ok())
+        .await,
+        "lifted"
+    );
+
+    // Re-signed before it expires (validity 20 s: at 10 s), nothing changed.
+    let before = crl(&ca).await.unwrap();
+    let n = crl_number(&before, &issuer);
+    assert!(
+        eventually(Duration::from_secs(15), async || {
+            crl(&ca).await.is_some_and(|c| crl_number(&c, &issuer) > n)
+        })
+        .await,
+        "re-signed at half its validity"
+    );
+    let (ok, text) = openssl_crl(&crl(&ca).await.unwrap(), &issuer, &["-text"]);
+    assert!(ok && text.contains(&serial_upper), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_refuses_what_it_cannot_do_with_a_clear_message() {
+    let aux = tempfile::tempdir().unwrap();
+    let ca = TestCa::start_with(Setup {
+        extra: trust_section(aux.path(), 600),
+        ..Setup::default()
+    })
+    .await;
+    for (args, says) in [
+        (vec!["--serial", "xyz"], "up to 20 bytes of hex"),
+        (
+            vec!["--identity", "spiffe://other.td/ns/a/sa/b"],
+            "trust domain",
+        ),
+        (vec!["--identity", "not a spiffe id"], "not a SPIFFE ID"),
+    ] {
+        let (code, out) = revoke(&config_path(&ca), &args);
+        assert_eq!(code, 2, "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+    let plain = TestCa::start().await;
+    let (code, out) = revoke(&config_path(&plain), &["--serial", "01"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no [trust] section"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crl_is_signed_through_an_hsm_and_vault_transit() {
+    // PKCS#11 (SoftHSM).
+    {
+        let _hsm = hsm::exclusive().await;
+        let label = format!("crl-{}", std::process::id());
+        hsm::token_with_key(&label, "EC:prime256v1");
+        hsm::rescan();
+        let files = tempfile::tempdir().unwrap();
+        let root = Ca::root("HSM CRL Root", KeyAlg::EcP256);
+        let signer = hsm::signer_files(files.path(), &label, &root, "");
+        let ca = TestCa::start_with(Setup {
+            signer: Some(signer),
+            root: Some(root),
+            extra: trust_section(files.path(), 600),
+            ..Setup::default()
+        })
+        .await;
+        assert!(eventually(Duration::from_secs(10), async || crl(&ca).await.is_some()).await);
+        let issuer = std::fs::read_to_string(files.path().join("int.pem")).unwrap();
+        let (ok, text) = openssl_crl(&crl(&ca).await.unwrap(), &issuer, &["-text"]);
+        assert!(ok, "HSM: {text}");
+    }
+    // Vault Transit (OpenBao).
+    let bao = crate::support::bao::Bao::start().await;
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.token_file(dir.path(), "1h").await;
+    let root = Ca::root("Transit CRL Root", KeyAlg::EcP256);
+    let cert = bao.transit(&root, "ecdsa-p256", dir.path()).await;
+    let ca = TestCa::start_with(Setup {
+        signer: Some(format!(
+            "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = 3\n[signer.auth]\n\
+             method = \"token\"\ntoken_file = \"{}\"\n[signer.transit]\nkey = \"castellan\"\n\
+             cert_file = \"{}\"\nroot_file = \"{}\"\n",
+            bao.addr(),
+            token.display(),
+            cert.display(),
+            dir.path().join("root.pem").display()
+        )),
+        root: Some(root),
+        extra: trust_section(dir.path(), 600),
+        ..Setup::default()
+    })
+    .await;
+    assert!(eventually(Duration::from_secs(10), async || crl(&ca).await.is_some()).await);
+    let issuer = std::fs::read_to_string(&cert).unwrap();
+    let (ok, text) = openssl_crl(&crl(&ca).await.unwrap(), &issuer, &["-text"]);
+    assert!(ok, "Transit: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crl_is_published_beside_the_trust_bundle() {
+    let kube = FakeKube::start().await;
+    kube.create_namespace("istio-system", &[]);
+    kube.create_namespace("apps", &[]);
+    let aux = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig(aux.path(), "castellan-0");
+    let ca = TestCa::start_with(Setup {
+        extra: format!(
+            "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\n\
+             [kubernetes.trust_bundle]\n\
+             [trust]\nstate_configmap = \"castellan-trust\"\nrecord_interval_secs = 1\n\
+             [trust.crl]\nvalidity_secs = 600\n",
+            kubeconfig.display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let published = |ns: &str| -> Option<String> {
+        kube.object(Kind::ConfigMap, ns, "istio-ca-crl")
+            .and_then(|cm| cm["data"]["ca-crl.pem"].as_str().map(str::to_owned))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            published("apps").is_some() && published("istio-system").is_some()
+        })
+        .await,
+        "istio-ca-crl in every namespace"
+    );
+    let cm: Value = kube
+        .object(Kind::ConfigMap, "apps", "istio-ca-crl")
+        .unwrap();
+    assert_eq!(cm["metadata"]["labels"]["istio.io/config"], "true");
+
+    let a = issue(&ca, "a").await.unwrap();
+    let (code, out) = revoke(&config_path(&ca), &["--serial", &serial_of(&a)]);
+    assert_eq!(code, 0, "{out}");
+    let root = ca.root.pem.clone();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            ["apps", "istio-system"]
+                .iter()
+                .all(|ns| published(ns).is_some_and(|c| !verify_with_crl(&a, &root, &c).0))
+        })
+        .await,
+        "the new CRL replaces the old one everywhere"
+    );
+    // Edited by someone else: repaired to the signed one.
+    let mut cm = kube
+        .object(Kind::ConfigMap, "apps", "istio-ca-crl")
+        .unwrap();
+    cm["data"]["ca-crl.pem"] = Value::String(String::new());
+    kube.put_object(Kind::ConfigMap, "apps", cm);
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            published("apps").is_some_and(|c| !c.is_empty())
+        })
+        .await,
+        "repaired"
+    );
+}
