@@ -254,6 +254,7 @@ async fn serve_and_check_refuse_an_unsoaked_root_alike_unless_forced() {
     );
     let running = server::start(&Config::load(&config).unwrap()).await;
     assert!(running.is_ok(), "{:?}", running.err());
+    running.unwrap().kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +311,10 @@ async fn a_root_stays_until_its_last_leaf_has_expired() {
         "{out}"
     );
     assert!(out.contains("active    `CN=Root Two`"), "{out}");
-    assert!(server::start(&Config::load(&config).unwrap()).await.is_ok());
+    server::start(&Config::load(&config).unwrap())
+        .await
+        .unwrap()
+        .kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,7 +462,7 @@ async fn a_mesh_moves_off_istiods_ca_with_both_sides_trusting_each_other_at_ever
         "an old pod's leaf, to a new pod"
     );
     assert!(verifies(&new_leaf, &castellan_bundle));
-    drop(running);
+    running.kill();
 
     // Step 5, too early: the old root cannot leave while istiod signs, nor
     // within a leaf lifetime after it stopped.
@@ -513,4 +517,91 @@ async fn a_mesh_moves_off_istiods_ca_with_both_sides_trusting_each_other_at_ever
         "an old leaf is no longer trusted"
     );
     assert!(verifies(&chain[..chain.len() - 1], bundle));
+    running.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_root_rotation_with_short_lifetimes() {
+    // Leaves live 5 s and the record lags by at most 2 × 1 s: a root may go
+    // 7 s after castellan last signed under it. The listener serves from
+    // files, so its certificate is not among what castellan issues.
+    let aux = tempfile::tempdir().unwrap();
+    let r1 = Ca::root("Root One", KeyAlg::EcP256);
+    let r1_copy = crate::mesh::clone_ca(&r1);
+    let r2 = Ca::root("Root Two", KeyAlg::EcP256);
+    let roots_pem = format!("{}{}", r1.pem, r2.pem);
+    let tls = TestCa::serving_files(&r1, &aux.path().join("tls"));
+    let mut setup = setup(
+        r1,
+        aux.path(),
+        &[&r1_copy, &r2],
+        "soak_secs = 3\nrecord_interval_secs = 1\n",
+    );
+    setup.tls = Some(tls);
+    setup.issuance = "default_ttl_secs = 5\nmin_ttl_secs = 1\nmax_ttl_secs = 5\n".into();
+    let ca = TestCa::start_with(setup).await;
+    assert!(
+        leaf_issuer(&ca, &roots_pem)
+            .await
+            .contains("Test Intermediate")
+    );
+
+    // Prepare → activate: the new intermediate waits for its root's soak.
+    let i2 = r2.intermediate("Intermediate Two", KeyAlg::EcP256, |_| {});
+    pki::write_cacerts(&ca.ca_dir(), &i2, &[&i2, &r2], &roots_pem);
+    let swapped = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            ca.metric("castellan_signer_reload_refused_count").await >= 1.0
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(15), async || {
+            leaf_issuer(&ca, &roots_pem)
+                .await
+                .contains("Intermediate Two")
+        })
+        .await
+    );
+    let activated = Instant::now();
+    assert!(
+        activated - swapped >= Duration::from_secs(2),
+        "held for the soak"
+    );
+
+    // Retire: restart with Root Two alone; refused until Root One's last
+    // leaf has expired, then served.
+    let TestCa { running, dir, .. } = ca;
+    running.kill();
+    std::fs::write(aux.path().join("roots.pem"), &r2.pem).unwrap();
+    let config = dir.path().join("castellan.toml");
+    let (code, out) = check(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("FAIL  {}", trust::RETIREMENT_PRACTICE)),
+        "{out}"
+    );
+    assert!(
+        server::start(&Config::load(&config).unwrap())
+            .await
+            .is_err()
+    );
+    let mut passed = false;
+    for _ in 0..30 {
+        if check(&config).0 == 0 {
+            passed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(passed, "{}", check(&config).1);
+    assert!(
+        activated.elapsed() >= Duration::from_secs(5),
+        "not before Root One's last leaf expired"
+    );
+    let running = server::start(&Config::load(&config).unwrap())
+        .await
+        .unwrap();
+    running.kill();
 }
