@@ -374,3 +374,70 @@ async fn the_crl_is_published_beside_the_trust_bundle() {
         "repaired"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_vault_pki_castellan_publishes_vaults_crl_once_checked() {
+    let bao = crate::support::bao::Bao::start().await;
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = Ca::root("Vault CRL Root", KeyAlg::EcP256);
+    bao.pki(&root, serde_json::json!({"no_store": false})).await;
+    let token = bao.token_file(dir.path(), "1h").await;
+    let tls = TestCa::serving_files(&root, &dir.path().join("tls"));
+    std::fs::write(dir.path().join("roots.pem"), &root.pem).unwrap();
+    let ca = TestCa::start_with(Setup {
+        tls: Some(tls),
+        ca: format!(
+            "reload_interval_secs = 1\nroots_file = \"{}\"\n",
+            dir.path().join("roots.pem").display()
+        ),
+        signer: Some(format!(
+            "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = 3\n[signer.auth]\n\
+             method = \"token\"\ntoken_file = \"{}\"\n[signer.pki]\nmount = \"pki_int\"\nrole = \"spiffe\"\n",
+            bao.addr(),
+            token.display()
+        )),
+        root: Some(root),
+        extra: trust_section(dir.path(), 600),
+        ..Setup::default()
+    })
+    .await;
+    let issuer = bao
+        .api(reqwest::Method::GET, "pki_int/issuer/default/json", None)
+        .await["data"]["certificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(eventually(Duration::from_secs(10), async || crl(&ca).await.is_some()).await);
+    let (ok, text) = openssl_crl(&crl(&ca).await.unwrap(), &issuer, &["-text"]);
+    assert!(ok, "Vault's CRL, verified: {text}");
+
+    // castellan cannot put a serial into Vault's CRL, and says where to.
+    let leaf = issue(&ca, "a").await.unwrap();
+    let serial = serial_of(&leaf);
+    let (code, out) = revoke(&config_path(&ca), &["--serial", &serial]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("revoke the leaf in Vault"), "{out}");
+
+    // Revoked in Vault: castellan publishes Vault's new CRL.
+    let colon: Vec<String> = serial
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    bao.post(
+        "pki_int/revoke",
+        serde_json::json!({"serial_number": colon.join(":")}),
+    )
+    .await;
+    let root_pem = ca.root.pem.clone();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            crl(&ca)
+                .await
+                .is_some_and(|c| !verify_with_crl(&leaf, &root_pem, &c).0)
+        })
+        .await,
+        "the leaf Vault revoked fails openssl's CRL check with castellan's CRL"
+    );
+}

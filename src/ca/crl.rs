@@ -69,6 +69,38 @@ impl SigningCa {
     }
 }
 
+impl SigningCa {
+    /// The issuing back end's own CRL (Vault PKI's for its issuer), DER,
+    /// checked as castellan's own would be: issued by the signing
+    /// certificate's subject and signed by its key. `None` when the back end
+    /// keeps none, or castellan signs CRLs itself.
+    ///
+    /// # Errors
+    /// Back-end errors; [`Error::KeyMismatch`] for a CRL the signing
+    /// certificate did not sign.
+    pub async fn backend_crl(&self) -> Result<Option<Vec<u8>>, Error> {
+        let castellan_signer::Backend::Issues(issuer) = &self.backend else {
+            return Ok(None);
+        };
+        let Some(der) = issuer.crl().await? else {
+            return Ok(None);
+        };
+        let mismatch = || Error::KeyMismatch {
+            cert_source: self.cert_source.clone(),
+            what: "the back end's CRL",
+        };
+        let list = x509_cert::crl::CertificateList::<Rfc5280>::from_der(&der)?;
+        let signing = self.chain.first().ok_or_else(mismatch)?;
+        let cert = x509_cert::Certificate::from_der(signing)?;
+        if list.tbs_cert_list.issuer != self.facts.subject
+            || !crate::verify::crl_signed_by(&der, cert.tbs_certificate().subject_public_key_info())
+        {
+            return Err(mismatch());
+        }
+        Ok(Some(der))
+    }
+}
+
 fn tbs(
     ca: &SigningCa,
     entries: &[CrlEntry],

@@ -61,7 +61,16 @@ async fn revoke(args: &Args) -> Result<String, String> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut change = TrustState::default();
+    let vault_pki = matches!(&config.signer, crate::config::Signer::Vault(v) if v.pki.is_some());
     let message = match (&args.serial, &args.identity) {
+        (Some(serial), _) if vault_pki => {
+            let serial = normalize(serial)?;
+            return Err(format!(
+                "the signer is Vault PKI, whose CRL castellan publishes as Vault signs it: revoke \
+                 the leaf in Vault (`vault write <mount>/revoke serial_number={serial}`, or with \
+                 `certificate=` for a role with no_store)"
+            ));
+        }
         (Some(serial), _) => {
             let serial = normalize(serial)?;
             change.revoked.insert(
@@ -75,8 +84,9 @@ async fn revoke(args: &Args) -> Result<String, String> {
                 },
             );
             format!(
-                "revoked serial {serial} ({}); every replica lists it in its CRL within a minute",
-                store.describe()
+                "revoked serial {serial} ({}); every replica lists it in its CRL within {} s",
+                store.describe(),
+                rules.interval.as_secs()
             )
         }
         (None, Some(identity)) => {
@@ -96,10 +106,17 @@ async fn revoke(args: &Args) -> Result<String, String> {
             change.denied.insert(id.to_string(), denied);
             if args.lift {
                 format!("{id} may get certificates again (its revoked leaves stay revoked)")
+            } else if vault_pki {
+                format!(
+                    "{id} is refused new certificates (PERMISSION_DENIED) by every replica \
+                     within {} s; its leaves are Vault's: revoke them in Vault",
+                    rules.interval.as_secs()
+                )
             } else {
                 format!(
                     "{id} is refused new certificates (PERMISSION_DENIED) by every replica \
-                     within a minute; the leaves they issued to it are revoked"
+                     within {} s; the leaves they issued to it are revoked",
+                    rules.interval.as_secs()
                 )
             }
         }

@@ -57,16 +57,40 @@ pub fn spawn_crl(
                         RETRY
                     }
                 },
-                Err(ca::Error::WorkloadOnly) => {
-                    if !said_unsupported {
-                        tracing::warn!(
-                            "the signing back end issues leaves itself (Vault PKI): castellan \
-                             cannot sign a CRL with its key; publish Vault's CRL for the issuer"
-                        );
-                        said_unsupported = true;
+                // The key is the back end's (Vault PKI): publish its CRL,
+                // read again every round (it changes when Vault revokes).
+                Err(ca::Error::WorkloadOnly) => match ca.current().backend_crl().await {
+                    Ok(Some(der)) => match crate::pem::crl(&der) {
+                        Ok(pem) => {
+                            if tx.borrow().as_deref() != Some(pem.as_str()) {
+                                tracing::info!("the back end's CRL read and checked");
+                                metrics.crl_signed.inc();
+                            }
+                            metrics.crl_next_update.set(next_update(&der));
+                            tx.send_replace(Some(pem));
+                            rules.interval
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "CRL not encoded; keeping the previous one");
+                            RETRY
+                        }
+                    },
+                    Ok(None) => {
+                        if !said_unsupported {
+                            tracing::warn!("the signing back end keeps no CRL: none is published");
+                            said_unsupported = true;
+                        }
+                        validity
                     }
-                    validity
-                }
+                    Err(e) => {
+                        tracing::error!(
+                            error = %e,
+                            "the back end's CRL not read or not signed by the signing CA; \
+                             keeping the previous one, retrying"
+                        );
+                        RETRY
+                    }
+                },
                 Err(e) => {
                     tracing::error!(error = %e, "CRL not signed; keeping the previous one, retrying");
                     RETRY
@@ -112,6 +136,16 @@ fn entries(rules: &TrustRules, now: u64) -> Vec<CrlEntry> {
             })
         })
         .collect()
+}
+
+/// A CRL's nextUpdate, seconds since the epoch (0 when it has none).
+fn next_update(der: &[u8]) -> i64 {
+    use der::Decode;
+    x509_cert::crl::CertificateList::<x509_cert::certificate::Rfc5280>::from_der(der)
+        .ok()
+        .and_then(|l| l.tbs_cert_list.next_update)
+        .and_then(|t| t.to_system_time().duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn serials(entries: &[CrlEntry]) -> Vec<Vec<u8>> {

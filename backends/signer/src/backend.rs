@@ -132,6 +132,15 @@ pub trait LeafIssuer: Send + Sync + std::fmt::Debug {
 
     /// As [`KeySigner::probe`].
     async fn probe(&self);
+
+    /// The back end's own CRL for the issuer, DER, when it keeps one
+    /// (castellan cannot sign one with a key it never holds).
+    ///
+    /// # Errors
+    /// As [`LeafIssuer::issue`].
+    async fn crl(&self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(None)
+    }
 }
 
 /// What castellan asks an issuing back end for.

@@ -260,6 +260,7 @@ pub fn fuzz_answer(body: &[u8]) {
     };
     let _ = pki::signed(&answer, "pki/sign/r");
     let _ = pki::issuer_answer(&answer, "pki/issuer/default/json");
+    let _ = pki::crl_answer(&answer, "pki/issuer/default/crl");
     let _ = transit::signature(&answer, "transit/sign/k");
     let transit = TransitConfig {
         mount: "transit".into(),

@@ -76,6 +76,35 @@ impl Pki {
     }
 }
 
+impl Pki {
+    /// The issuer's CRL as Vault publishes it, DER.
+    ///
+    /// # Errors
+    /// [`Error`] from the call, or [`Error::Invalid`] for an answer without
+    /// a PEM CRL.
+    pub async fn crl(&self, vault: &Vault) -> Result<Vec<u8>, Error> {
+        let issuer = self.issuer.as_deref().unwrap_or("default");
+        let path = format!("{}/issuer/{issuer}/crl", self.mount);
+        let answer = vault.call(Method::GET, &path, None).await?;
+        crl_answer(&answer, &path)
+    }
+}
+
+/// What `<mount>/issuer/<ref>/crl` answered: `data.crl`, one PEM CRL.
+pub(crate) fn crl_answer(answer: &Value, path: &str) -> Result<Vec<u8>, Error> {
+    let pem = answer["data"]["crl"]
+        .as_str()
+        .ok_or_else(|| Error::Invalid(format!("{path}: no data.crl")))?;
+    let (label, der) = der::pem::decode_vec(pem.as_bytes())
+        .map_err(|e| Error::Invalid(format!("{path}: data.crl is not PEM: {e}")))?;
+    if label != "X509 CRL" {
+        return Err(Error::Invalid(format!(
+            "{path}: data.crl is a {label}, not a CRL"
+        )));
+    }
+    Ok(der)
+}
+
 /// What `<mount>/sign/<role>` answered.
 pub(crate) fn signed(answer: &Value, path: &str) -> Result<Signed, Error> {
     let data = &answer["data"];

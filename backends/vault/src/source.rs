@@ -191,6 +191,10 @@ impl LeafIssuer for PkiIssuer {
     async fn probe(&self) {
         self.vault.check().await;
     }
+
+    async fn crl(&self) -> Result<Option<Vec<u8>>, castellan_signer::Error> {
+        Ok(Some(self.pki.crl(&self.vault).await?))
+    }
 }
 
 // === impl TransitSigner ===
