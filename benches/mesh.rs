@@ -3,6 +3,8 @@
 //! publish, and every API call castellan made, by verb and resource.
 //!
 //!     cargo bench --bench mesh          (BENCH_NAMESPACES, BENCH_STEADY_SECS)
+//!     BENCH_TRUST=1 cargo bench --bench mesh   as the shipped overlays: the
+//!                                       trust record in a ConfigMap and the CRL
 
 #![allow(
     unreachable_pub,
@@ -75,21 +77,31 @@ fn main() {
         println!("castellan trust-bundle publishing: {total} namespaces, client-go lease timings (15/10/2 s), concurrency 8");
         let before = kube.calls();
         let started = Instant::now();
+        let trust = env("BENCH_TRUST", 0) == 1;
+        if trust {
+            println!("with the trust record (ConfigMap castellan-trust) and the CRL (istio-ca-crl)");
+        }
         let ca = TestCa::start_with(Setup {
             extra: format!(
-                "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\nidentity = \"bench\"\n[kubernetes.trust_bundle]\n",
-                kubeconfig.display()
+                "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\nidentity = \"bench\"\n[kubernetes.trust_bundle]\n{}",
+                kubeconfig.display(),
+                if trust {
+                    "[trust]\nstate_configmap = \"castellan-trust\"\n[trust.crl]\n"
+                } else {
+                    ""
+                }
             ),
             ..Setup::default()
         })
         .await;
         loop {
-            let done = kube
-                .objects(Kind::ConfigMap)
-                .iter()
-                .filter(|cm| cm["metadata"]["name"] == "istio-ca-root-cert")
-                .count();
-            if done >= total {
+            let count = |name: &str| {
+                kube.objects(Kind::ConfigMap)
+                    .iter()
+                    .filter(|cm| cm["metadata"]["name"] == name)
+                    .count()
+            };
+            if count("istio-ca-root-cert") >= total && (!trust || count("istio-ca-crl") >= total) {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
