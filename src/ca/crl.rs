@@ -110,25 +110,26 @@ fn tbs(
 ) -> Result<Vec<u8>, Error> {
     let mut revoked: Vec<RevokedCert<Rfc5280>> = Vec::with_capacity(entries.len());
     for e in entries {
+        // RFC 5280 §5.3.1: reasonCode is omitted for `unspecified`.
         let reason = match e.reason {
-            Reason::Unspecified => CrlReason::Unspecified,
-            Reason::KeyCompromise => CrlReason::KeyCompromise,
-            Reason::AffiliationChanged => CrlReason::AffiliationChanged,
-            Reason::Superseded => CrlReason::Superseded,
-            Reason::CessationOfOperation => CrlReason::CessationOfOperation,
+            Reason::Unspecified => None,
+            Reason::KeyCompromise => Some(CrlReason::KeyCompromise),
+            Reason::AffiliationChanged => Some(CrlReason::AffiliationChanged),
+            Reason::Superseded => Some(CrlReason::Superseded),
+            Reason::CessationOfOperation => Some(CrlReason::CessationOfOperation),
+        };
+        let crl_entry_extensions = match reason {
+            Some(r) => Some(vec![profile::extension(
+                rfc5280::ID_CE_CRL_REASONS,
+                false,
+                &r,
+            )?]),
+            None => None,
         };
         revoked.push(RevokedCert {
             serial_number: SerialNumber::new(&e.serial).map_err(profile::Error::from)?,
             revocation_date: Time::try_from(e.revoked_at).map_err(profile::Error::from)?,
-            // RFC 5280 §5.3.1: reasonCode is omitted for `unspecified`.
-            crl_entry_extensions: match reason {
-                CrlReason::Unspecified => None,
-                _ => Some(vec![profile::extension(
-                    rfc5280::ID_CE_CRL_REASONS,
-                    false,
-                    &reason,
-                )?]),
-            },
+            crl_entry_extensions,
         });
     }
     let authority = AuthorityKeyIdentifier {
