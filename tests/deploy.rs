@@ -271,13 +271,7 @@ fn get_str<'a>(t: &'a toml::Table, path: &str, default: &'a str) -> &'a str {
         .unwrap_or(default)
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect()
-}
+use crate::support::strings;
 
 #[test]
 fn rbac_is_least_privilege_and_follows_the_config() {
@@ -832,15 +826,7 @@ impl Rendered {
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let url = format!("http://{}/metrics", self.running.metrics_addr.unwrap());
         let (_, text) = http_get(&url).await;
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        crate::support::metric_sum(&text, name, labels)
     }
 }
 
@@ -877,16 +863,23 @@ fn with_cluster_trust_bundle(config: &mut toml::Table) {
         .insert("cluster_trust_bundle".into(), true.into());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn castellan_does_its_whole_job_with_exactly_the_rendered_rbac() {
-    let objects = everything();
+/// The in-process cluster, authorizing castellan's account with exactly
+/// the RBAC in `objects`.
+async fn enforcing(objects: &[Value]) -> FakeKube {
     let kube = FakeKube::start().await;
     cluster(&kube);
     kube.enforce_rbac(Some(Rbac::for_service_account(
-        &objects,
+        objects,
         "istio-system",
         "castellan",
     )));
+    kube
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn castellan_does_its_whole_job_with_exactly_the_rendered_rbac() {
+    let objects = everything();
+    let kube = enforcing(&objects).await;
     let ca = run_rendered(&objects, &kube, with_cluster_trust_bundle).await;
 
     assert!(
@@ -969,13 +962,7 @@ async fn a_rule_missing_from_the_rbac_is_refused_and_named() {
             !(o["kind"] == "RoleBinding" && o["metadata"]["name"] == "castellan-istiod-cert")
         })
         .collect();
-    let kube = FakeKube::start().await;
-    cluster(&kube);
-    kube.enforce_rbac(Some(Rbac::for_service_account(
-        &objects,
-        "istio-system",
-        "castellan",
-    )));
+    let kube = enforcing(&objects).await;
     let ca = run_rendered(&objects, &kube, with_cluster_trust_bundle).await;
     assert!(
         eventually(Duration::from_secs(15), async || {

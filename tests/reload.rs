@@ -10,19 +10,10 @@ use std::{
 };
 
 use der::Decode;
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use rustls_pki_types::CertificateDer;
 use x509_cert::Certificate;
 
-use crate::support::{KeyAlg, TestCa, csr, eventually, http_get, id, pki};
-
-fn issuer_of(chain: &[String]) -> String {
-    let leaf = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
-    Certificate::from_der(&leaf)
-        .unwrap()
-        .tbs_certificate()
-        .issuer()
-        .to_string()
-}
+use crate::support::{KeyAlg, TestCa, csr, eventually, http_get, id, issuer_of, pki};
 
 /// The issuer of the certificate castellan presents on a new connection.
 async fn serving_issuer(ca: &TestCa) -> String {

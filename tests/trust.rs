@@ -12,10 +12,8 @@ use std::{
 };
 
 use castellan::{cli::token::TokenIssuer, config::Config, server, trust};
-use der::Decode;
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use rustls_pki_types::CertificateDer;
 use serde_json::{Value, json};
-use x509_cert::Certificate;
 
 use crate::support::{
     Files, Setup, TestCa, csr, eventually,
@@ -32,15 +30,6 @@ fn now() -> u64 {
 
 fn fp(ca: &Ca) -> String {
     trust::fingerprint(&CertificateDer::from(ca.der.clone()))
-}
-
-fn issuer_of_leaf(chain: &[String]) -> String {
-    let leaf = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
-    Certificate::from_der(&leaf)
-        .unwrap()
-        .tbs_certificate()
-        .issuer()
-        .to_string()
 }
 
 /// `[ca]` with `roots` as the root bundle, and `[trust]` keeping its record
@@ -115,7 +104,7 @@ async fn send_at(running: &server::Running, tokens: &TokenIssuer, roots: &str) -
 }
 
 async fn leaf_issuer(ca: &TestCa, roots: &str) -> String {
-    issuer_of_leaf(&send(ca, roots).await)
+    crate::support::issuer_of(&send(ca, roots).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,15 +166,7 @@ impl TestCa {
     /// The sum of a labelled metric's series that carry every `labels` pair.
     pub async fn metric_with(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         let (_, text) = http_get(&format!("{}/metrics", self.metrics_url())).await;
-        text.lines()
-            .filter(|l| l.starts_with(&format!("{name}{{")))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_sum(&text, name, labels)
     }
 
     /// `/readyz`'s status code.
@@ -312,4 +304,39 @@ pub async fn eventually(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> bo
 pub async fn http_get(url: &str) -> (u16, String) {
     let resp = reqwest::get(url).await.unwrap();
     (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// The sum of the series of `name` in a Prometheus exposition that carry
+/// every `labels` pair.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The issuer name of `chain`'s leaf.
+pub fn issuer_of(chain: &[String]) -> String {
+    use der::Decode;
+    use rustls_pki_types::pem::PemObject;
+    let leaf = rustls_pki_types::CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+    x509_cert::Certificate::from_der(&leaf)
+        .unwrap()
+        .tbs_certificate()
+        .issuer()
+        .to_string()
+}
+
+/// The strings of a JSON array (none when it is not one).
+pub fn strings(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
 }

@@ -143,13 +143,7 @@ fn matches(allowed: &[String], asked: &str) -> bool {
     allowed.iter().any(|a| a == "*" || a == asked)
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect()
-}
+use crate::support::strings;
 
 fn rule(v: &Value) -> Rule {
     Rule {
