@@ -441,3 +441,55 @@ async fn with_vault_pki_castellan_publishes_vaults_crl_once_checked() {
         "the leaf Vault revoked fails openssl's CRL check with castellan's CRL"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crl_that_cannot_be_signed_leaves_the_last_good_one_in_place() {
+    let bao = crate::support::bao::Bao::start().await;
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.token_file(dir.path(), "1h").await;
+    let root = Ca::root("Transit CRL Root", KeyAlg::EcP256);
+    let cert = bao.transit(&root, "ecdsa-p256", dir.path()).await;
+    let ca = TestCa::start_with(Setup {
+        signer: Some(format!(
+            "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = 2\n[signer.auth]\n\
+             method = \"token\"\ntoken_file = \"{}\"\n[signer.transit]\nkey = \"castellan\"\n\
+             cert_file = \"{}\"\nroot_file = \"{}\"\n",
+            bao.addr(),
+            token.display(),
+            cert.display(),
+            dir.path().join("root.pem").display()
+        )),
+        root: Some(root),
+        extra: trust_section(dir.path(), 600),
+        ..Setup::default()
+    })
+    .await;
+    let issuer = std::fs::read_to_string(&cert).unwrap();
+    assert!(eventually(Duration::from_secs(10), async || crl(&ca).await.is_some()).await);
+    let good = crl(&ca).await.unwrap();
+    let leaf = issue(&ca, "a").await.unwrap();
+
+    // Vault sealed: the revocation cannot be signed; the last CRL stays,
+    // valid, instead of an empty or unsigned one.
+    bao.seal().await;
+    let (code, out) = revoke(&config_path(&ca), &["--serial", &serial_of(&leaf)]);
+    assert_eq!(code, 0, "{out}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = crl(&ca).await.expect("a CRL is still served");
+    assert_eq!(during, good, "the last good CRL, unchanged");
+    assert!(openssl_crl(&during, &issuer, &[]).0);
+
+    // Unsealed: the revocation reaches the CRL.
+    bao.unseal().await;
+    let root_pem = ca.root.pem.clone();
+    assert!(
+        eventually(Duration::from_secs(30), async || {
+            crl(&ca).await.is_some_and(|c| {
+                openssl_crl(&c, &issuer, &[]).0 && !verify_with_crl(&leaf, &root_pem, &c).0
+            })
+        })
+        .await,
+        "signed once Vault is back"
+    );
+}
