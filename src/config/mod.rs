@@ -538,9 +538,7 @@ impl Config {
         if let Some(t) = &mut self.trust {
             resolve_opt(base, &mut t.state_file);
             for e in &mut t.external {
-                if e.roots_file.is_relative() {
-                    e.roots_file = base.join(&e.roots_file);
-                }
+                castellan_signer::resolve(base, &mut e.roots_file);
             }
         }
     }

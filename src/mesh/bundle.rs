@@ -471,31 +471,8 @@ fn active(ns: &Namespace) -> bool {
         && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
 }
 
-pub(crate) use super::payload::certs;
-
 pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn bundles_compare_as_sets() {
-        let a = rcgen::generate_simple_self_signed(vec!["a".into()])
-            .unwrap()
-            .cert
-            .pem();
-        let b = rcgen::generate_simple_self_signed(vec!["b".into()])
-            .unwrap()
-            .cert
-            .pem();
-        assert_eq!(
-            super::certs(&format!("{a}{b}")),
-            super::certs(&format!("{b}\n{a}"))
-        );
-        assert_ne!(super::certs(&a), super::certs(&format!("{a}{b}")));
-        assert_eq!(super::certs(&format!("{a}junk")), super::certs(&a));
-    }
 }

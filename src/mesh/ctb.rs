@@ -14,11 +14,7 @@ use kube::{
 };
 use tokio::sync::Notify;
 
-use super::{
-    api::Trouble,
-    bundle::{certs, unix_now},
-    lease::Leadership,
-};
+use super::{api::Trouble, bundle::unix_now, lease::Leadership, payload::certs};
 use crate::{ca::CaHandle, metrics::Metrics};
 
 /// The signer Istio's ClusterTrustBundle carries.

@@ -29,7 +29,7 @@ use x509_cert::{
 };
 use zeroize::Zeroizing;
 
-use super::{api::Trouble, bundle::certs, lease::Leadership};
+use super::{api::Trouble, lease::Leadership, payload::certs};
 use crate::{
     ca::CaHandle,
     config::{self, IstiodKeyType},

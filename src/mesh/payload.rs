@@ -102,3 +102,24 @@ fn crls(pem: &str) -> BTreeSet<Vec<u8>> {
         .map(|c| c.as_ref().to_vec())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bundles_compare_as_sets() {
+        let a = rcgen::generate_simple_self_signed(vec!["a".into()])
+            .unwrap()
+            .cert
+            .pem();
+        let b = rcgen::generate_simple_self_signed(vec!["b".into()])
+            .unwrap()
+            .cert
+            .pem();
+        assert_eq!(
+            super::certs(&format!("{a}{b}")),
+            super::certs(&format!("{b}\n{a}"))
+        );
+        assert_ne!(super::certs(&a), super::certs(&format!("{a}{b}")));
+        assert_eq!(super::certs(&format!("{a}junk")), super::certs(&a));
+    }
+}

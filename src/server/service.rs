@@ -154,19 +154,24 @@ impl Inner {
                 nodes.authorize(&caller, requested).await?
             }
         };
-        let revocations = self.revocations.as_deref();
-        if revocations.is_some_and(|r| r.is_denied(&identity.to_string())) {
-            return Err(Error::Revoked(identity.to_string()));
+        let revocations = self
+            .revocations
+            .as_deref()
+            .map(|r| (r, identity.to_string()));
+        if let Some((r, id)) = &revocations
+            && r.is_denied(id)
+        {
+            return Err(Error::Revoked(id.clone()));
         }
         let approved = policy::check(csr, &identity, req.validity_duration, &self.ttl)?;
         trace.clamped_from = approved.clamped_from();
         let issued = self.issuer.issue(&approved).await?;
-        if let Some(r) = revocations {
+        if let Some((r, id)) = &revocations {
             let not_after = issued
                 .not_after
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            r.issued(&identity.to_string(), &issued.serial, not_after);
+            r.issued(id, &issued.serial, not_after);
         }
         Ok(issued)
     }

@@ -14,7 +14,6 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use der::Decode;
-use rustls_pki_types::pem::PemObject;
 
 pub use crl::spawn_crl;
 pub use guard::{judge, status};
@@ -128,16 +127,8 @@ pub async fn open(config: &Config) -> Result<Option<(Store, TrustRules)>, Error>
             problem,
         };
         let signs_until = e.signs_until_unix().map_err(problem)?;
-        let pem = std::fs::read(&e.roots_file).map_err(|source| Error::Io {
-            path: e.roots_file.clone(),
-            source,
-        })?;
-        let roots = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|err| problem(err.to_string()))?;
-        if roots.is_empty() {
-            return Err(problem("no PEM certificate".into()));
-        }
+        let roots =
+            castellan_signer::read_certs(&e.roots_file).map_err(|err| problem(err.to_string()))?;
         for root in roots {
             let subject = x509_cert::Certificate::from_der(&root)
                 .map_err(|err| problem(err.to_string()))?
