@@ -24,6 +24,10 @@ pub struct Metrics {
     pub root_expiry: Gauge,
     pub chain_expiry: Gauge,
     pub reload_refused: IntCounter,
+    /// Self-minted intermediates replaced, by result (rotated, unavailable, refused).
+    pub rotations: IntCounterVec,
+    /// When the serving self-minted intermediate is due for replacement.
+    pub next_rotation: Gauge,
     pub authn_cache_hits: IntCounter,
     pub authn_cache_misses: IntCounter,
     pub signer_warnings: IntCounter,
@@ -134,6 +138,14 @@ impl Metrics {
             "CRL ConfigMaps written, by reason (created, updated, repaired).",
             &["reason"],
         )?;
+        let rotations = counter_vec(
+            "castellan_ca_rotations_count",
+            "Attempts to replace the self-minted intermediate, by result (rotated, unavailable, refused).",
+            &["result"],
+        )?;
+        for result in ROTATION_RESULTS {
+            rotations.with_label_values(&[result]);
+        }
         let kube_errors = counter_vec(
             "castellan_kube_errors_count",
             "Failed Kubernetes API calls of the cluster writers, by resource and reason (forbidden, unavailable, conflict, not_found).",
@@ -189,6 +201,11 @@ impl Metrics {
             reload_refused: counter(
                 "castellan_signer_reload_refused_count",
                 "Changed signing material refused by the checks.",
+            )?,
+            rotations,
+            next_rotation: gauge(
+                "castellan_ca_next_rotation_timestamp",
+                "Unix time the self-minted intermediate is due for replacement (0: the signer does not rotate by itself).",
             )?,
             signer_warnings: counter(
                 "castellan_signer_warnings_count",
@@ -267,6 +284,11 @@ impl Metrics {
         self.chain_expiry.set(unix(chain_not_after));
     }
 
+    /// Sets when the self-minted intermediate is due for replacement.
+    pub fn observe_rotation(&self, due: SystemTime) {
+        self.next_rotation.set(unix(due));
+    }
+
     pub fn observe_latency(&self, code: tonic::Code, elapsed: Duration) {
         self.latency
             .with_label_values(&[code_label(code)])
@@ -290,6 +312,9 @@ fn unix(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
+
+/// The `result` label's values of `castellan_ca_rotations_count`.
+pub const ROTATION_RESULTS: [&str; 3] = ["rotated", "unavailable", "refused"];
 
 /// The `code` label's values.
 const CODE_LABELS: [&str; 9] = [

@@ -122,3 +122,86 @@ fn relative_paths_are_relative_to_the_config_file() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn mint_mode_mistakes_name_the_key() {
+    let mint = |ca: &str, issuance: &str, modes: &str| {
+        format!(
+            r#"
+[server.tls]
+dns_names = ["localhost"]
+[issuance]
+max_ttl_secs = 3600
+default_ttl_secs = 3600
+{issuance}
+[ca]
+{ca}
+[signer]
+type = "vault"
+address = "http://127.0.0.1:8200"
+[signer.auth]
+method = "token"
+{modes}
+[[authn]]
+type = "jwt"
+issuers = ["https://issuer"]
+jwks_file = "/jwks.json"
+"#
+        )
+    };
+    let roots = "roots_file = \"/roots.pem\"";
+    let ok = "[signer.mint]\nmount = \"pki_ent\"\nttl_secs = 7200";
+    parse(&mint(roots, "", ok)).unwrap();
+    let cases: Vec<(String, &[&str])> = vec![
+        (mint("", "", ok), &["ca.roots_file", "[signer.mint]"]),
+        (
+            mint(roots, "", &ok.replace("7200", "7000")),
+            &[
+                "signer.mint.ttl_secs",
+                "7000",
+                "twice issuance.max_ttl_secs",
+                "7200",
+            ],
+        ),
+        (
+            mint(roots, "", &ok.replace("7200", "5")),
+            &["signer.mint.ttl_secs", "between 10"],
+        ),
+        (
+            mint(
+                roots,
+                "max_ttl_secs = 60\ndefault_ttl_secs = 60\nmin_ttl_secs = 60",
+                &ok.replace("7200", "600"),
+            )
+            .replacen("max_ttl_secs = 3600\ndefault_ttl_secs = 3600\n", "", 1),
+            &[
+                "signer.mint.ttl_secs",
+                "own TLS certificates",
+                "1200",
+                "server.tls.cert_file",
+            ],
+        ),
+        (
+            mint(
+                roots,
+                "",
+                &format!("{ok}\n[signer.transit]\nkey = \"k\"\ncert_file = \"/c\""),
+            ),
+            &["exactly one of [signer.pki]", "[signer.mint]"],
+        ),
+        (
+            mint(
+                roots,
+                "",
+                &ok.replace("ttl_secs = 7200", "ttl_secs = 7200\nkey_type = \"rsa\""),
+            ),
+            &["key_type", "ec-p256"],
+        ),
+    ];
+    for (text, needles) in cases {
+        let err = parse(&text).expect_err(&text);
+        for n in needles {
+            assert!(err.contains(n), "`{err}` lacks `{n}` for\n{text}");
+        }
+    }
+}

@@ -20,6 +20,7 @@ mod lifetimes;
 mod limits;
 mod logs;
 mod mesh;
+mod mint;
 mod one_truth;
 mod pkcs11;
 mod refusals;

@@ -13,7 +13,7 @@ use crate::support::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_castellan");
 
-fn run(args: &[&str], config: &std::path::Path) -> Output {
+pub fn run(args: &[&str], config: &std::path::Path) -> Output {
     Command::new(BIN)
         .args(args)
         .arg("--config")
@@ -22,7 +22,7 @@ fn run(args: &[&str], config: &std::path::Path) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
@@ -31,7 +31,7 @@ fn text(o: &Output) -> String {
 }
 
 /// check and serve on the same files: both must give `code`.
-fn both(files: &Files, code: i32, needle: &str) -> (String, String) {
+pub fn both(files: &Files, code: i32, needle: &str) -> (String, String) {
     let check = run(&["check"], &files.config);
     let serve = run(&["serve"], &files.config);
     assert_eq!(check.status.code(), Some(code), "check: {}", text(&check));

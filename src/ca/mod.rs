@@ -11,6 +11,7 @@ mod leaf;
 mod proof;
 mod recheck;
 mod reload;
+mod rotate;
 
 use std::time::SystemTime;
 
@@ -29,6 +30,7 @@ pub use crl::CrlEntry;
 pub use leaf::{Leaf, LeafRequest};
 pub use recheck::{Refusal, Verdict, check_issued_leaf};
 pub use reload::{CaHandle, spawn_prober, spawn_reloader};
+pub use rotate::{Outcome as RotationOutcome, due as rotation_due, spawn_rotator};
 
 use crate::{pem, profile};
 

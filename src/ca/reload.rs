@@ -75,6 +75,31 @@ impl CaHandle {
         self.source.describe()
     }
 
+    /// Whether the back end makes new material at every load, so that the
+    /// CA is replaced on a schedule (see [`super::spawn_rotator`]).
+    pub fn self_rotating(&self) -> bool {
+        self.source.self_rotating()
+    }
+
+    /// Loads new material, judges it like any (a probe certificate
+    /// included) and swaps it in, whatever the fingerprint says: for back
+    /// ends that mint a new intermediate at every load.
+    ///
+    /// # Errors
+    /// Why the new material could not be had or was refused; the current
+    /// CA keeps serving.
+    pub async fn replace(&self) -> Result<(), Error> {
+        let loaded = self.source.load().await?;
+        let ca = SigningCa::new(loaded.backend, loaded.material, &self.rules).await?;
+        self.swap(ca);
+        Ok(())
+    }
+
+    fn swap(&self, ca: SigningCa) {
+        self.current.store(Arc::new(ca));
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
     /// Reloads if the material changed. `Ok(true)` when a new CA was swapped
     /// in; `Ok(false)` when nothing changed, or the change is content already
     /// refused once.
@@ -113,8 +138,7 @@ impl CaHandle {
         match judged {
             Ok(ca) => {
                 *refused() = None;
-                self.current.store(Arc::new(ca));
-                self.generation.send_modify(|g| *g += 1);
+                self.swap(ca);
                 Ok(true)
             }
             // A back end that is down says nothing about the material: try

@@ -32,7 +32,8 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         Ok(t) => t.map(|(_, rules)| rules),
         Err(e) => return unusable(&e),
     };
-    let loaded = match ca::source(&config.signer).load().await {
+    let source = ca::source(&config.signer, &config.trust_domain);
+    let loaded = match source.load().await {
         Ok(l) => l,
         Err(e) => return unusable(&e),
     };
@@ -81,6 +82,9 @@ pub(super) async fn run(path: &Path) -> ExitCode {
     for note in notes {
         println!("NOTE  {note}");
     }
+    for line in signing_lines(&ca, source.self_rotating(), std::time::SystemTime::now()) {
+        println!("{line}");
+    }
     if let Some(trust) = &rules.trust {
         println!("ROOTS {} (soak {} s)", trust.store, trust.soak.as_secs());
         let now = std::time::SystemTime::now();
@@ -99,6 +103,29 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         println!("some practices fail: `castellan serve` refuses this configuration");
         ExitCode::from(super::EXIT_PRACTICE)
     }
+}
+
+/// The signing certificate, its remaining life and, for a back end that
+/// mints its own, when the next one is minted.
+fn signing_lines(ca: &SigningCa, self_rotating: bool, now: std::time::SystemTime) -> Vec<String> {
+    let facts = ca.facts();
+    let left = facts.not_after.duration_since(now).unwrap_or_default();
+    let mut lines = vec![
+        format!("CA    {}", facts.subject),
+        format!(
+            "      expires {} (in {:.1} h)",
+            ca::date(facts.not_after),
+            left.as_secs_f64() / 3600.0
+        ),
+    ];
+    if self_rotating {
+        lines.push(format!(
+            "      rotates by itself: the next intermediate is minted at {} (half life); this \
+             one was minted only for this check, `serve` mints its own",
+            ca::date(ca::rotation_due(facts))
+        ));
+    }
+    lines
 }
 
 fn unusable(e: &dyn std::fmt::Display) -> ExitCode {

@@ -350,7 +350,8 @@ pub struct Ca {
 pub enum Signer {
     File(castellan_file::Config),
     Pkcs11(castellan_pkcs11::Config),
-    Vault(castellan_vault::Config),
+    /// Boxed: by far the largest section.
+    Vault(Box<castellan_vault::Config>),
 }
 
 /// One authenticator of the chain (read by `tagged.rs`, by its `type`).

@@ -52,7 +52,7 @@ impl<'de> Deserialize<'de> for Signer {
         match kind::<D::Error>("signer", &mut table, KINDS)?.as_str() {
             "file" => Ok(Self::File(fields("signer", table)?)),
             "pkcs11" => Ok(Self::Pkcs11(fields("signer", table)?)),
-            "vault" => Ok(Self::Vault(fields("signer", table)?)),
+            "vault" => Ok(Self::Vault(Box::new(fields("signer", table)?))),
             other => Err(D::Error::custom(format!(
                 "`signer.type` = \"{other}\" is not a signer: use {KINDS}"
             ))),

@@ -114,6 +114,49 @@ impl Config {
                     "is required with [signer.pki]: the enterprise root(s) Vault's issuer must chain to",
                 );
             }
+            if let Some(m) = &v.mint {
+                if self.ca.roots_file.is_none() {
+                    return invalid(
+                        "ca.roots_file",
+                        "is required with [signer.mint]: the enterprise root(s) every minted \
+                         intermediate must chain to",
+                    );
+                }
+                let own_tls = tls.cert_file.is_none()
+                    || self
+                        .kubernetes
+                        .as_ref()
+                        .is_some_and(|k| k.istiod_cert.is_some());
+                let serving = crate::issuer::MIN_SERVING_LIFETIME
+                    .as_secs()
+                    .saturating_mul(2);
+                if own_tls && m.ttl_secs < serving {
+                    return Err(Error::Invalid {
+                        key: "signer.mint.ttl_secs",
+                        problem: format!(
+                            "is {} s: castellan's own TLS certificates (its listener's, istiod's) \
+                             need {} s of an intermediate's life at half life; raise it to at \
+                             least {serving}, or give the listener server.tls.cert_file and \
+                             leave kubernetes.istiod_cert unset",
+                            m.ttl_secs,
+                            crate::issuer::MIN_SERVING_LIFETIME.as_secs()
+                        ),
+                    });
+                }
+                if m.ttl_secs < i.max_ttl_secs.saturating_mul(2) {
+                    return Err(Error::Invalid {
+                        key: "signer.mint.ttl_secs",
+                        problem: format!(
+                            "is {} s, less than twice issuance.max_ttl_secs ({} s): a leaf issued \
+                             just before a rotation would be cut short by the intermediate's \
+                             expiry; raise it to at least {} or lower issuance.max_ttl_secs",
+                            m.ttl_secs,
+                            i.max_ttl_secs,
+                            i.max_ttl_secs.saturating_mul(2)
+                        ),
+                    });
+                }
+            }
         }
         if self.authn.is_empty() {
             return invalid(

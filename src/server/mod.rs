@@ -155,7 +155,8 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
              as a waived failure"
         );
     }
-    let ca = Arc::new(CaHandle::load(ca::source(&config.signer), rules).await?);
+    let ca =
+        Arc::new(CaHandle::load(ca::source(&config.signer, &config.trust_domain), rules).await?);
     observe(&metrics, &ca.current());
     let mut background = Vec::new();
     let revocations = trust.as_ref().map(|(_, t)| {
@@ -195,6 +196,19 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
             move |new| observe(&m1, new),
             move || m2.reload_refused.inc(),
         ));
+    }
+
+    if ca.self_rotating() {
+        metrics.observe_rotation(ca::rotation_due(ca.current().facts()));
+        let m = metrics.clone();
+        background.push(ca::spawn_rotator(Arc::clone(&ca), move |outcome, now| {
+            m.rotations.with_label_values(&[outcome.label()]).inc();
+            if outcome == ca::RotationOutcome::Refused {
+                m.reload_refused.inc();
+            }
+            observe(&m, now);
+            m.observe_rotation(ca::rotation_due(now.facts()));
+        }));
     }
 
     let healthy = metrics.signer_healthy.clone();

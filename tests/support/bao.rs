@@ -225,6 +225,8 @@ path "pki_int/sign/*" { capabilities = ["create", "update"] }
 path "pki_int/issuer/*" { capabilities = ["read", "create", "update"] }
 path "transit/sign/*" { capabilities = ["create", "update"] }
 path "transit/keys/*" { capabilities = ["read"] }
+path "pki_ent/root/sign-intermediate" { capabilities = ["create", "update"] }
+path "pki_ent/issuer/+/sign-intermediate" { capabilities = ["create", "update"] }
 "#;
         self.post("sys/policies/acl/castellan", json!({"policy": policy}))
             .await;
@@ -332,6 +334,40 @@ path "transit/keys/*" { capabilities = ["read"] }
         }
         self.post("pki_int/roles/spiffe", body).await;
         "spiffe".into()
+    }
+
+    /// The enterprise issuing CA for mint mode: `pki_ent`, its key made
+    /// inside OpenBao, certified by `root` (the offline root the test holds)
+    /// with path length 1, so that it can certify castellan's intermediates.
+    pub async fn enterprise_issuer(&self, root: &Ca) {
+        self.post(
+            "sys/mounts/pki_ent",
+            json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}),
+        )
+        .await;
+        let csr = self
+            .post(
+                "pki_ent/intermediate/generate/internal",
+                json!({"common_name": "Enterprise Issuing CA", "key_type": "ec", "key_bits": 256}),
+            )
+            .await["data"]["csr"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut req = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
+        let template = super::pki::ca_params("Enterprise Issuing CA", Some(1));
+        req.params.is_ca = template.is_ca;
+        req.params.key_usages = template.key_usages;
+        req.params.not_before = template.not_before;
+        req.params.not_after = template.not_after;
+        req.params.use_authority_key_identifier_extension = true;
+        let issuer = rcgen::Issuer::from_params(&root.params, &root.key);
+        let cert = req.signed_by(&issuer).unwrap();
+        self.post(
+            "pki_ent/intermediate/set-signed",
+            json!({"certificate": cert.pem()}),
+        )
+        .await;
     }
 
     /// A transit key of `kind` (`ecdsa-p256`, `rsa-2048`…) and, in `dir`,

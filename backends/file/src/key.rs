@@ -76,6 +76,38 @@ impl FileKey {
         })
     }
 
+    /// A new ECDSA key made in memory, never written anywhere (for an
+    /// intermediate castellan has certified on the spot).
+    ///
+    /// # Errors
+    /// [`Error::Key`] for an algorithm other than ECDSA P-256/P-384, or
+    /// when the system RNG fails.
+    pub fn generate(algorithm: KeyAlgorithm) -> Result<Self, Error> {
+        let here = Path::new("a generated key");
+        let alg = match algorithm {
+            KeyAlgorithm::EcdsaP256Sha256 => &ECDSA_P256_SHA256_ASN1_SIGNING,
+            KeyAlgorithm::EcdsaP384Sha384 => &ECDSA_P384_SHA384_ASN1_SIGNING,
+            KeyAlgorithm::RsaPkcs1Sha256 | KeyAlgorithm::RsaPssSha256 => {
+                return Err(Error::key(
+                    here,
+                    "only ECDSA P-256/P-384 keys are generated",
+                ));
+            }
+        };
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(alg, &rng)
+            .map_err(|_| Error::key(here, "the system RNG failed"))?;
+        let inner = Inner::ecdsa(pkcs8.as_ref(), here)?;
+        let spki_der = inner
+            .public_key_der()
+            .map_err(|()| Error::key(here, "cannot encode the public key"))?;
+        Ok(Self {
+            inner,
+            spki_der,
+            rng,
+        })
+    }
+
     /// The DER SubjectPublicKeyInfo of the key.
     pub fn public_key_der(&self) -> &[u8] {
         &self.spki_der
@@ -220,6 +252,26 @@ mod tests {
                 .verify(b"tbs", &sig)
                 .unwrap();
         }
+    }
+
+    #[test]
+    fn generated_keys_are_new_and_sign_verifiably() {
+        for (alg, verify) in [
+            (KeyAlgorithm::EcdsaP256Sha256, &ECDSA_P256_SHA256_ASN1),
+            (KeyAlgorithm::EcdsaP384Sha384, &ECDSA_P384_SHA384_ASN1),
+        ] {
+            let (a, b) = (
+                FileKey::generate(alg).unwrap(),
+                FileKey::generate(alg).unwrap(),
+            );
+            assert_eq!(a.algorithm(), alg);
+            assert_ne!(a.public_key_der(), b.public_key_der());
+            let sig = a.sign(b"tbs").unwrap();
+            UnparsedPublicKey::new(verify, spki_key(a.public_key_der()))
+                .verify(b"tbs", &sig)
+                .unwrap();
+        }
+        assert!(FileKey::generate(KeyAlgorithm::RsaPkcs1Sha256).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 pub use key::FileKey;
 pub use layout::{Material, Paths};
-pub use source::FileSource;
+pub use source::{FileSource, key_signer};
 
 /// Where the signing material lives.
 ///

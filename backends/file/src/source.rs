@@ -100,6 +100,12 @@ impl KeySigner for FileSigner {
     }
 }
 
+/// `key` as a signing back end, for back ends that make a key in memory
+/// (the Vault mint mode) and sign with it exactly as the file signer does.
+pub fn key_signer(key: FileKey) -> Arc<dyn KeySigner> {
+    Arc::new(FileSigner { key: Arc::new(key) })
+}
+
 /// Runs file reads and RSA signing on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,

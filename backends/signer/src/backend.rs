@@ -31,6 +31,13 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// When the material cannot be read.
     async fn fingerprint(&self) -> Result<Option<Fingerprint>, Error>;
+
+    /// True when every [`Source::load`] makes new material (a key generated
+    /// and certified on the spot): castellan then replaces the signing CA
+    /// on a schedule of its own instead of polling [`Source::fingerprint`].
+    fn self_rotating(&self) -> bool {
+        false
+    }
 }
 
 /// What a [`Source`] loaded, not yet judged fit for use.

@@ -1,9 +1,12 @@
-//! castellan's Vault / OpenBao signer, in two modes:
+//! castellan's Vault / OpenBao signer, in three modes:
 //!
 //! - **PKI**: Vault holds the intermediate and issues (`<mount>/sign/<role>`);
 //!   castellan still decides the identity and re-checks every leaf;
 //! - **Transit**: Vault holds the key and signs a digest; castellan builds the
-//!   certificate exactly as for the file and HSM signers.
+//!   certificate exactly as for the file and HSM signers;
+//! - **Mint**: castellan generates its own short-lived intermediate key in
+//!   memory and Vault certifies it (`sign-intermediate`); castellan signs
+//!   leaves itself and mints the next intermediate at half life.
 //!
 //! One authenticated client per process: token, Kubernetes or AppRole login,
 //! renewal at two thirds of the TTL, re-login when renewal stops helping,
@@ -11,6 +14,7 @@
 
 mod auth;
 mod client;
+mod mint;
 mod pki;
 mod source;
 mod transit;
@@ -19,6 +23,7 @@ use std::path::PathBuf;
 
 pub use castellan_signer::RsaPadding;
 pub use client::Vault;
+pub use mint::{Mint, Minted};
 pub use pki::{Pki, Signed};
 pub use source::VaultSource;
 pub use transit::TransitKey;
@@ -46,6 +51,8 @@ pub struct Config {
     pub pki: Option<PkiConfig>,
     /// Transit mode: Vault signs what castellan builds.
     pub transit: Option<TransitConfig>,
+    /// Mint mode: Vault certifies intermediates castellan generates.
+    pub mint: Option<MintConfig>,
 }
 
 /// How castellan logs in to Vault.
@@ -99,13 +106,48 @@ pub struct TransitConfig {
     pub root_file: Option<PathBuf>,
 }
 
+/// Mint mode settings.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MintConfig {
+    /// The PKI mount holding the enterprise issuing CA.
+    pub mount: String,
+    /// Pin an issuer (`<mount>/issuer/<issuer>/sign-intermediate`); unset:
+    /// the mount's default issuer (`<mount>/root/sign-intermediate`).
+    pub issuer: Option<String>,
+    /// Each intermediate's lifetime; the next is minted at half of it. At
+    /// least twice `issuance.max_ttl_secs`, so no leaf is cut short.
+    #[serde(default = "default_mint_ttl")]
+    pub ttl_secs: u64,
+    #[serde(default)]
+    pub key_type: MintKey,
+    /// The intermediates' common name; default `castellan <trust domain>`.
+    pub common_name: Option<String>,
+}
+
+/// The key castellan generates for each intermediate.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
+pub enum MintKey {
+    #[default]
+    #[serde(rename = "ec-p256")]
+    EcP256,
+    #[serde(rename = "ec-p384")]
+    EcP384,
+}
+
 /// A `[signer]` section that cannot work, whatever Vault holds.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error(
-        "signer.vault: set exactly one of [signer.pki] (Vault issues) and [signer.transit] (Vault signs)"
+        "signer.vault: set exactly one of [signer.pki] (Vault issues), [signer.transit] (Vault \
+         signs) and [signer.mint] (Vault certifies castellan's own intermediates)"
     )]
     Mode,
+    #[error(
+        "signer.mint.ttl_secs: must be between {MIN_MINT_TTL_SECS} and {MAX_MINT_TTL_SECS} (30 days); \
+         hours to a few days is usual"
+    )]
+    MintTtl,
     #[error("signer.vault.auth: set exactly one of `role_id` and `role_id_file`")]
     RoleId,
     #[error("signer.vault: `timeout_secs` must be between 1 and 300")]
@@ -151,7 +193,12 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the keys to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.pki.is_some() == self.transit.is_some() {
+        let modes = [
+            self.pki.is_some(),
+            self.transit.is_some(),
+            self.mint.is_some(),
+        ];
+        if modes.into_iter().filter(|set| *set).count() != 1 {
             return Err(ConfigError::Mode);
         }
         if let Auth::Approle {
@@ -178,6 +225,17 @@ impl Config {
             && t.key.is_empty()
         {
             return Err(ConfigError::Empty("transit", "key"));
+        }
+        if let Some(m) = &self.mint {
+            if m.mount.trim_matches('/').is_empty() {
+                return Err(ConfigError::Empty("mint", "mount"));
+            }
+            if !(MIN_MINT_TTL_SECS..=MAX_MINT_TTL_SECS).contains(&m.ttl_secs) {
+                return Err(ConfigError::MintTtl);
+            }
+            if m.issuer.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::Empty("mint", "issuer"));
+            }
         }
         Ok(())
     }
@@ -218,6 +276,15 @@ pub enum Error {
     /// Vault answered something castellan will not use.
     #[error("Vault answer unusable: {0}")]
     Invalid(String),
+}
+
+/// Short enough for tests that watch several rotations; production
+/// lifetimes are hours.
+pub const MIN_MINT_TTL_SECS: u64 = 10;
+pub const MAX_MINT_TTL_SECS: u64 = 30 * 86_400;
+
+fn default_mint_ttl() -> u64 {
+    86_400
 }
 
 fn default_timeout() -> u64 {
@@ -262,6 +329,7 @@ pub fn fuzz_answer(body: &[u8]) {
     let _ = pki::issuer_answer(&answer, "pki/issuer/default/json");
     let _ = pki::crl_answer(&answer, "pki/issuer/default/crl");
     let _ = transit::signature(&answer, "transit/sign/k");
+    let _ = mint::minted_answer(&answer, "pki/root/sign-intermediate");
     let transit = TransitConfig {
         mount: "transit".into(),
         key: "k".into(),

@@ -1,6 +1,6 @@
 //! The Vault signer behind castellan's seam: one client per process, kept
-//! across reloads; PKI mode is an issuing back end, Transit mode a signing
-//! one.
+//! across reloads; PKI mode is an issuing back end, Transit and Mint modes
+//! signing ones (Mint signs with a key it made, and mints anew at each load).
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,12 +12,14 @@ use der::{Decode, Encode};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio::sync::OnceCell;
 
-use crate::{Config, ConfigError, Error, Pki, TransitConfig, TransitKey, Vault};
+use crate::{Config, ConfigError, Error, Mint, Pki, TransitConfig, TransitKey, Vault};
 
 /// A configured Vault signer.
 #[derive(Debug)]
 pub struct VaultSource {
     config: Config,
+    /// Mint mode's intermediates are certified for this trust domain.
+    mint: Option<Mint>,
     client: OnceCell<Arc<Vault>>,
 }
 
@@ -38,8 +40,11 @@ struct TransitSigner {
 // === impl VaultSource ===
 
 impl VaultSource {
-    pub fn new(config: Config) -> Self {
+    /// `trust_domain` is the one URI SAN (`spiffe://<trust domain>`) Mint
+    /// mode's intermediates carry.
+    pub fn new(config: Config, trust_domain: &str) -> Self {
         Self {
+            mint: config.mint.as_ref().map(|m| Mint::new(m, trust_domain)),
             config,
             client: OnceCell::new(),
         }
@@ -83,6 +88,23 @@ impl VaultSource {
         })
     }
 
+    /// A new key and intermediate at every call: castellan calls it when
+    /// the one serving is due for rotation.
+    async fn load_mint(&self, mint: &Mint) -> Result<Loaded, Error> {
+        let vault = self.vault().await?;
+        let minted = mint.mint(&vault).await?;
+        Ok(Loaded {
+            backend: Backend::Signs(castellan_file::key_signer(minted.key)),
+            material: Material {
+                cert: minted.cert,
+                chain: minted.chain,
+                roots: Vec::new(),
+                cert_source: format!("the intermediate minted by {}", self.describe()),
+                fingerprint: None,
+            },
+        })
+    }
+
     async fn load_transit(&self, t: &TransitConfig) -> Result<Loaded, castellan_signer::Error> {
         let vault = self.vault().await?;
         let (certs, fingerprint) = transit_files(t).read()?;
@@ -110,27 +132,38 @@ impl VaultSource {
 #[async_trait]
 impl Source for VaultSource {
     fn describe(&self) -> String {
-        match (&self.config.pki, &self.config.transit) {
-            (Some(p), _) => format!(
+        match (&self.config.pki, &self.config.transit, &self.mint) {
+            (Some(p), _, _) => format!(
                 "Vault {}/issuer/{}",
                 p.mount.trim_matches('/'),
                 p.issuer.as_deref().unwrap_or("default")
             ),
-            (None, Some(t)) => t.cert_file.display().to_string(),
-            (None, None) => "Vault (no mode configured)".into(),
+            (None, Some(t), _) => t.cert_file.display().to_string(),
+            (None, None, Some(m)) => format!("Vault {}", m.path()),
+            (None, None, None) => "Vault (no mode configured)".into(),
         }
     }
 
     async fn load(&self) -> Result<Loaded, castellan_signer::Error> {
-        match (&self.config.pki, &self.config.transit) {
-            (Some(p), None) => Ok(self.load_pki(Pki::new(p)).await?),
-            (None, Some(t)) => self.load_transit(t).await,
-            (Some(_), Some(_)) | (None, None) => Err(Error::from(ConfigError::Mode).into()),
+        match (&self.config.pki, &self.config.transit, &self.mint) {
+            (Some(p), None, None) => Ok(self.load_pki(Pki::new(p)).await?),
+            (None, Some(t), None) => self.load_transit(t).await,
+            (None, None, Some(m)) => Ok(self.load_mint(m).await?),
+            (Some(_), Some(_), _)
+            | (Some(_), None, Some(_))
+            | (None, Some(_), Some(_))
+            | (None, None, None) => Err(Error::from(ConfigError::Mode).into()),
         }
+    }
+
+    fn self_rotating(&self) -> bool {
+        self.mint.is_some()
     }
 
     async fn fingerprint(&self) -> Result<Option<Fingerprint>, castellan_signer::Error> {
         match (&self.config.pki, &self.config.transit) {
+            // Mint mode makes new material at every load, never polled.
+            _ if self.mint.is_some() => Ok(None),
             (Some(p), _) => {
                 let vault = self.vault().await?;
                 // An unreachable Vault is not a change: keep what serves.

@@ -98,11 +98,14 @@ pub(super) async fn pipeline(
     csrs: &[String],
     each: Duration,
 ) -> Result<f64, String> {
-    let source = ca::source(&config::Signer::File(castellan_file::Config {
-        dir: Some(ca_dir.to_owned()),
-        ..Default::default()
-    }));
     let trust_domain = TrustDomain::new("cluster.local").map_err(|e| e.to_string())?;
+    let source = ca::source(
+        &config::Signer::File(castellan_file::Config {
+            dir: Some(ca_dir.to_owned()),
+            ..Default::default()
+        }),
+        &trust_domain,
+    );
     let issuance = config::Issuance::default();
     let rules = Rules {
         trust_domain: trust_domain.clone(),

@@ -1,0 +1,308 @@
+//! Mint mode: castellan makes a fresh intermediate key in memory, has Vault
+//! certify it (`sign-intermediate`) and signs every leaf itself, so Vault
+//! sees one call per intermediate instead of one per workload certificate
+//! (SPIRE's UpstreamAuthority pattern). What Vault returns is checked here
+//! against the profile castellan asked for, before castellan judges it as
+//! any signing CA.
+
+use std::time::{Duration, SystemTime};
+
+use castellan_file::FileKey;
+use castellan_signer::KeyAlgorithm;
+use der::{
+    Decode, Encode,
+    asn1::{BitString, Ia5String},
+};
+use reqwest::Method;
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use serde_json::{Value, json};
+use x509_cert::{
+    Certificate,
+    ext::pkix::{BasicConstraints, KeyUsage, KeyUsages, SubjectAltName, name::GeneralName},
+    request::{CertReq, CertReqInfo, Version},
+    spki::SubjectPublicKeyInfoOwned,
+};
+
+use crate::{Error, MintConfig, MintKey, Vault};
+
+/// Vault may cut the lifetime asked for (the mount's `max_lease_ttl`, the
+/// issuer's own expiry); less than this share of it is refused, since the
+/// rotation schedule and the leaf lifetimes were planned on the full one.
+const MIN_SHARE_OF_TTL: f64 = 0.9;
+
+/// Vault backdates notBefore (30 s by default); more than this is a clock
+/// or an answer castellan does not trust.
+const MAX_BACKDATE: Duration = Duration::from_secs(300);
+
+/// A mount (and optionally an issuer in it) that certifies castellan's
+/// intermediates, and the profile they must carry.
+#[derive(Debug, Clone)]
+pub struct Mint {
+    path: String,
+    ttl: Duration,
+    key: KeyAlgorithm,
+    common_name: String,
+    /// `spiffe://<trust domain>`: the intermediate's one URI SAN.
+    spiffe_id: String,
+}
+
+/// A fresh key and the certificate Vault made for it, checked.
+#[derive(Debug)]
+pub struct Minted {
+    pub key: FileKey,
+    pub cert: CertificateDer<'static>,
+    /// The certificates above it that Vault returned, without the new one.
+    pub chain: Vec<CertificateDer<'static>>,
+}
+
+// === impl Mint ===
+
+impl Mint {
+    pub fn new(config: &MintConfig, trust_domain: &str) -> Self {
+        let mount = config.mount.trim_matches('/');
+        let path = match &config.issuer {
+            Some(issuer) => format!("{mount}/issuer/{issuer}/sign-intermediate"),
+            None => format!("{mount}/root/sign-intermediate"),
+        };
+        Self {
+            path,
+            ttl: Duration::from_secs(config.ttl_secs),
+            key: match config.key_type {
+                MintKey::EcP256 => KeyAlgorithm::EcdsaP256Sha256,
+                MintKey::EcP384 => KeyAlgorithm::EcdsaP384Sha384,
+            },
+            common_name: config
+                .common_name
+                .clone()
+                .unwrap_or_else(|| format!("castellan {trust_domain}")),
+            spiffe_id: format!("spiffe://{trust_domain}"),
+        }
+    }
+
+    /// Where the intermediates are signed, for messages.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Generates a key, has Vault certify it, and checks the certificate.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when Vault cannot be reached, [`Error::Refused`]
+    /// when it says no, [`Error::Invalid`] for a certificate outside the
+    /// profile asked for.
+    pub async fn mint(&self, vault: &Vault) -> Result<Minted, Error> {
+        let key = FileKey::generate(self.key)
+            .map_err(|e| Error::Invalid(format!("generating the intermediate key: {e}")))?;
+        let csr = self.csr(&key)?;
+        let body = json!({
+            "csr": csr,
+            "common_name": self.common_name,
+            "uri_sans": self.spiffe_id,
+            "ttl": format!("{}s", self.ttl.as_secs()),
+            "max_path_length": 0,
+            "use_csr_values": false,
+            // Vault backdates by 30 s unless told; with a lifetime of
+            // seconds (tests) that would move the half-life point.
+            "not_before_duration": format!("{}s", backdate(self.ttl).as_secs()),
+            "exclude_cn_from_sans": true,
+            "format": "pem",
+        });
+        let answer = vault.call(Method::POST, &self.path, Some(&body)).await?;
+        let (cert, chain) = minted_answer(&answer, &self.path)?;
+        self.check(&cert, key.public_key_der(), SystemTime::now())
+            .map_err(|problem| {
+                Error::Invalid(format!(
+                    "{}: refusing the intermediate Vault signed: {problem}",
+                    self.path
+                ))
+            })?;
+        Ok(Minted { key, cert, chain })
+    }
+
+    /// A PKCS#10 request for `key`. Its subject is empty: Vault takes the
+    /// names from the call (`use_csr_values = false`), never from the CSR.
+    fn csr(&self, key: &FileKey) -> Result<String, Error> {
+        let invalid = |e: der::Error| Error::Invalid(format!("building the CSR: {e}"));
+        let info = CertReqInfo {
+            version: Version::V1,
+            subject: x509_cert::name::Name::default(),
+            public_key: SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
+                .map_err(invalid)?,
+            attributes: Default::default(),
+        };
+        let signature = key
+            .sign(&info.to_der().map_err(invalid)?)
+            .map_err(|e| Error::Invalid(format!("signing the CSR: {e}")))?;
+        let req = CertReq {
+            info,
+            algorithm: self.key.identifier(),
+            signature: BitString::from_bytes(&signature).map_err(invalid)?,
+        };
+        let der = req.to_der().map_err(invalid)?;
+        der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &der)
+            .map_err(|e| Error::Invalid(format!("building the CSR: {e}")))
+    }
+
+    /// What castellan asked Vault for, checked on what Vault made: the key
+    /// castellan generated, CA with path length 0, certificate and CRL
+    /// signing, the trust domain as the one URI SAN, and the lifetime.
+    fn check(&self, der: &[u8], spki: &[u8], now: SystemTime) -> Result<(), String> {
+        let cert = Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
+        let tbs = cert.tbs_certificate();
+        let key = tbs
+            .subject_public_key_info()
+            .to_der()
+            .map_err(|e| e.to_string())?;
+        if key != spki {
+            return Err("it certifies another key than the one castellan generated".into());
+        }
+        match tbs.get_extension::<BasicConstraints>() {
+            Ok(Some((_, bc))) if bc.ca && bc.path_len_constraint == Some(0) => {}
+            Ok(_) => return Err("it is not a CA with path length 0".into()),
+            Err(e) => return Err(format!("basicConstraints: {e}")),
+        }
+        match tbs.get_extension::<KeyUsage>() {
+            Ok(Some((_, ku)))
+                if ku.0.contains(KeyUsages::KeyCertSign) && ku.0.contains(KeyUsages::CRLSign) => {}
+            Ok(_) => return Err("its key usage lacks keyCertSign or cRLSign".into()),
+            Err(e) => return Err(format!("keyUsage: {e}")),
+        }
+        let uris: Vec<String> = match tbs.get_extension::<SubjectAltName>() {
+            Ok(Some((_, san))) => san
+                .0
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::UniformResourceIdentifier(u) => Some(Ia5String::to_string(u)),
+                    _ => None,
+                })
+                .collect(),
+            Ok(None) => Vec::new(),
+            Err(e) => return Err(format!("subjectAltName: {e}")),
+        };
+        if uris != [self.spiffe_id.as_str()] {
+            return Err(format!(
+                "its URI SANs are {uris:?}, not exactly [\"{}\"]",
+                self.spiffe_id
+            ));
+        }
+        let validity = tbs.validity();
+        let (not_before, not_after) = (
+            validity.not_before.to_system_time(),
+            validity.not_after.to_system_time(),
+        );
+        if not_before > now + MAX_BACKDATE || not_before + MAX_BACKDATE + self.ttl < now {
+            return Err("its notBefore is far from now (check the clocks)".into());
+        }
+        let life = not_after.duration_since(now).unwrap_or_default();
+        if life.as_secs_f64() < self.ttl.as_secs_f64() * MIN_SHARE_OF_TTL {
+            return Err(format!(
+                "it lives {} s, not the {} s asked for: Vault cut it (the mount's max_lease_ttl \
+                 or the issuer's own expiry); tune the mount or lower signer.mint.ttl_secs",
+                life.as_secs(),
+                self.ttl.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How far before now the intermediate starts, for clocks a little behind:
+/// 30 s, or a tenth of a lifetime shorter than five minutes.
+fn backdate(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// What `sign-intermediate` answered: the new certificate, and the
+/// certificates above it from `ca_chain` and `issuing_ca` (Vault ≥ 1.11
+/// lists the new certificate in `ca_chain` too; it is left out).
+pub(crate) fn minted_answer(
+    answer: &Value,
+    path: &str,
+) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>), Error> {
+    let data = &answer["data"];
+    let pem = data["certificate"]
+        .as_str()
+        .ok_or_else(|| Error::Invalid(format!("{path}: no data.certificate")))?;
+    let cert = CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| Error::Invalid(format!("{path}: data.certificate is not PEM: {e}")))?;
+    let mut chain: Vec<CertificateDer<'static>> = Vec::new();
+    let above = data["ca_chain"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(&data["issuing_ca"]));
+    for text in above.filter_map(Value::as_str) {
+        for der in CertificateDer::pem_slice_iter(text.as_bytes()) {
+            let der = der.map_err(|e| Error::Invalid(format!("{path}: ca_chain: {e}")))?;
+            if der != cert && !chain.contains(&der) {
+                chain.push(der);
+            }
+        }
+    }
+    Ok((cert, chain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mint(ttl: u64) -> Mint {
+        Mint::new(
+            &MintConfig {
+                mount: "/pki/".into(),
+                issuer: None,
+                ttl_secs: ttl,
+                key_type: MintKey::EcP256,
+                common_name: None,
+            },
+            "cluster.local",
+        )
+    }
+
+    #[test]
+    fn the_path_follows_the_issuer() {
+        assert_eq!(mint(60).path(), "pki/root/sign-intermediate");
+        let pinned = Mint::new(
+            &MintConfig {
+                mount: "pki".into(),
+                issuer: Some("ent".into()),
+                ttl_secs: 60,
+                key_type: MintKey::EcP384,
+                common_name: Some("x".into()),
+            },
+            "td",
+        );
+        assert_eq!(pinned.path(), "pki/issuer/ent/sign-intermediate");
+    }
+
+    #[test]
+    fn the_csr_is_signed_by_the_generated_key() {
+        let m = mint(60);
+        let key = FileKey::generate(KeyAlgorithm::EcdsaP256Sha256).unwrap();
+        let pem = m.csr(&key).unwrap();
+        let (label, der) = der::pem::decode_vec(pem.as_bytes()).unwrap();
+        assert_eq!(label, "CERTIFICATE REQUEST");
+        let req = CertReq::from_der(&der).unwrap();
+        assert_eq!(req.info.public_key.to_der().unwrap(), key.public_key_der());
+        let verify = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+            req.info.public_key.subject_public_key.raw_bytes(),
+        );
+        verify
+            .verify(&req.info.to_der().unwrap(), req.signature.raw_bytes())
+            .unwrap();
+    }
+
+    #[test]
+    fn the_new_certificate_is_not_its_own_chain() {
+        let pem =
+            |b: &[u8]| der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, b).unwrap();
+        // Not parsed as X.509 here: only split and compared.
+        let (a, b) = (pem(&[0x30, 0x00]), pem(&[0x30, 0x01, 0x00]));
+        let answer = json!({"data": {"certificate": a, "ca_chain": [a, b], "issuing_ca": b}});
+        let (cert, chain) = minted_answer(&answer, "p").unwrap();
+        assert_eq!(cert.as_ref(), &[0x30, 0x00]);
+        assert_eq!(chain.len(), 1);
+        assert!(minted_answer(&json!({"data": {}}), "p").is_err());
+    }
+}
