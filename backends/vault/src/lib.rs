@@ -123,6 +123,8 @@ pub struct MintConfig {
     pub key_type: MintKey,
     /// The intermediates' common name; default `castellan <trust domain>`.
     pub common_name: Option<String>,
+    /// Make each key inside this PKCS#11 token instead of in memory.
+    pub pkcs11: Option<castellan_pkcs11::KeyStore>,
 }
 
 /// The key castellan generates for each intermediate.
@@ -154,6 +156,8 @@ pub enum ConfigError {
     Timeout,
     #[error("signer.vault.{0}: `{1}` must not be empty")]
     Empty(&'static str, &'static str),
+    #[error("signer.mint.pkcs11: {0}")]
+    KeyStore(castellan_pkcs11::ConfigError),
 }
 
 // === impl Config ===
@@ -180,6 +184,9 @@ impl Config {
                 resolve_opt(base, role_id_file);
                 resolve(base, secret_id_file);
             }
+        }
+        if let Some(store) = self.mint.as_mut().and_then(|m| m.pkcs11.as_mut()) {
+            store.resolve_paths(base);
         }
         if let Some(t) = &mut self.transit {
             resolve(base, &mut t.cert_file);
@@ -236,6 +243,9 @@ impl Config {
             if m.issuer.as_deref().is_some_and(str::is_empty) {
                 return Err(ConfigError::Empty("mint", "issuer"));
             }
+            if let Some(store) = &m.pkcs11 {
+                store.validate().map_err(ConfigError::KeyStore)?;
+            }
         }
         Ok(())
     }
@@ -283,8 +293,9 @@ pub enum Error {
 pub const MIN_MINT_TTL_SECS: u64 = 10;
 pub const MAX_MINT_TTL_SECS: u64 = 30 * 86_400;
 
+/// 48 h: twice castellan's default longest leaf (24 h).
 fn default_mint_ttl() -> u64 {
-    86_400
+    172_800
 }
 
 fn default_timeout() -> u64 {

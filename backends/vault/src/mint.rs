@@ -7,8 +7,11 @@
 
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use castellan_file::FileKey;
-use castellan_signer::KeyAlgorithm;
+use castellan_pkcs11::KeyStore;
+use castellan_signer::{KeyAlgorithm, KeySigner};
 use der::{
     Decode, Encode,
     asn1::{BitString, Ia5String},
@@ -44,12 +47,14 @@ pub struct Mint {
     common_name: String,
     /// `spiffe://<trust domain>`: the intermediate's one URI SAN.
     spiffe_id: String,
+    /// Keys made in this token; `None`: in memory.
+    store: Option<KeyStore>,
 }
 
 /// A fresh key and the certificate Vault made for it, checked.
 #[derive(Debug)]
 pub struct Minted {
-    pub key: FileKey,
+    pub key: Arc<dyn KeySigner>,
     pub cert: CertificateDer<'static>,
     /// The certificates above it that Vault returned, without the new one.
     pub chain: Vec<CertificateDer<'static>>,
@@ -76,6 +81,7 @@ impl Mint {
                 .clone()
                 .unwrap_or_else(|| format!("castellan {trust_domain}")),
             spiffe_id: format!("spiffe://{trust_domain}"),
+            store: config.pkcs11.clone(),
         }
     }
 
@@ -91,9 +97,11 @@ impl Mint {
     /// when it says no, [`Error::Invalid`] for a certificate outside the
     /// profile asked for.
     pub async fn mint(&self, vault: &Vault) -> Result<Minted, Error> {
-        let key = FileKey::generate(self.key)
-            .map_err(|e| Error::Invalid(format!("generating the intermediate key: {e}")))?;
-        let csr = self.csr(&key)?;
+        let key = self.generate().await?;
+        let spki = key
+            .public_key_der()
+            .ok_or_else(|| Error::Invalid("the generated key has no public key".into()))?;
+        let csr = self.csr(key.as_ref(), &spki).await?;
         let body = json!({
             "csr": csr,
             "common_name": self.common_name,
@@ -109,7 +117,7 @@ impl Mint {
         });
         let answer = vault.call(Method::POST, &self.path, Some(&body)).await?;
         let (cert, chain) = minted_answer(&answer, &self.path)?;
-        self.check(&cert, key.public_key_der(), SystemTime::now())
+        self.check(&cert, &spki, SystemTime::now())
             .map_err(|problem| {
                 Error::Invalid(format!(
                     "{}: refusing the intermediate Vault signed: {problem}",
@@ -119,20 +127,43 @@ impl Mint {
         Ok(Minted { key, cert, chain })
     }
 
+    /// A new key: in memory, or made inside the token (off the runtime).
+    async fn generate(&self) -> Result<Arc<dyn KeySigner>, Error> {
+        let Some(store) = self.store.clone() else {
+            let key = FileKey::generate(self.key)
+                .map_err(|e| Error::Invalid(format!("generating the intermediate key: {e}")))?;
+            return Ok(castellan_file::key_signer(key));
+        };
+        // A key of ours older than an intermediate's life (and an hour) can
+        // no longer be in any replica's use.
+        let stale = self.ttl.saturating_add(Duration::from_secs(3600));
+        let alg = self.key;
+        tokio::task::spawn_blocking(move || store.generate(alg, stale))
+            .await
+            .map_err(|e| Error::Unavailable(format!("generating the key in the HSM: {e}")))?
+            .map_err(|e| match castellan_signer::Error::from(e) {
+                castellan_signer::Error::Config(m) => Error::Config(m.to_string()),
+                castellan_signer::Error::Unavailable(m) | castellan_signer::Error::Failed(m) => {
+                    Error::Unavailable(format!("generating the key in the HSM: {m}"))
+                }
+            })
+    }
+
     /// A PKCS#10 request for `key`. Its subject is empty: Vault takes the
     /// names from the call (`use_csr_values = false`), never from the CSR.
-    fn csr(&self, key: &FileKey) -> Result<String, Error> {
+    async fn csr(&self, key: &dyn KeySigner, spki: &[u8]) -> Result<String, Error> {
         let invalid = |e: der::Error| Error::Invalid(format!("building the CSR: {e}"));
         let info = CertReqInfo {
             version: Version::V1,
             subject: x509_cert::name::Name::default(),
-            public_key: SubjectPublicKeyInfoOwned::from_der(key.public_key_der())
-                .map_err(invalid)?,
+            public_key: SubjectPublicKeyInfoOwned::from_der(spki).map_err(invalid)?,
             attributes: Default::default(),
         };
         let signature = key
             .sign(&info.to_der().map_err(invalid)?)
-            .map_err(|e| Error::Invalid(format!("signing the CSR: {e}")))?;
+            .await
+            .map_err(|e| Error::Invalid(format!("signing the CSR: {e}")))?
+            .value;
         let req = CertReq {
             info,
             algorithm: self.key.identifier(),
@@ -254,6 +285,7 @@ mod tests {
                 ttl_secs: ttl,
                 key_type: MintKey::EcP256,
                 common_name: None,
+                pkcs11: None,
             },
             "cluster.local",
         )
@@ -269,21 +301,23 @@ mod tests {
                 ttl_secs: 60,
                 key_type: MintKey::EcP384,
                 common_name: Some("x".into()),
+                pkcs11: None,
             },
             "td",
         );
         assert_eq!(pinned.path(), "pki/issuer/ent/sign-intermediate");
     }
 
-    #[test]
-    fn the_csr_is_signed_by_the_generated_key() {
+    #[tokio::test]
+    async fn the_csr_is_signed_by_the_generated_key() {
         let m = mint(60);
-        let key = FileKey::generate(KeyAlgorithm::EcdsaP256Sha256).unwrap();
-        let pem = m.csr(&key).unwrap();
+        let key = m.generate().await.unwrap();
+        let spki = key.public_key_der().unwrap();
+        let pem = m.csr(key.as_ref(), &spki).await.unwrap();
         let (label, der) = der::pem::decode_vec(pem.as_bytes()).unwrap();
         assert_eq!(label, "CERTIFICATE REQUEST");
         let req = CertReq::from_der(&der).unwrap();
-        assert_eq!(req.info.public_key.to_der().unwrap(), key.public_key_der());
+        assert_eq!(req.info.public_key.to_der().unwrap(), spki);
         let verify = aws_lc_rs::signature::UnparsedPublicKey::new(
             &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
             req.info.public_key.subject_public_key.raw_bytes(),

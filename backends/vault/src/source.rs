@@ -94,7 +94,7 @@ impl VaultSource {
         let vault = self.vault().await?;
         let minted = mint.mint(&vault).await?;
         Ok(Loaded {
-            backend: Backend::Signs(castellan_file::key_signer(minted.key)),
+            backend: Backend::Signs(minted.key),
             material: Material {
                 cert: minted.cert,
                 chain: minted.chain,
