@@ -327,6 +327,84 @@ mod tests {
             .unwrap();
     }
 
+    /// An intermediate for `key` as Vault would sign it, changed by `tweak`.
+    fn intermediate(
+        key: &rcgen::KeyPair,
+        tweak: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> Vec<u8> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyUsagePurpose, SanType};
+        let issuer_key = rcgen::KeyPair::generate().unwrap();
+        let issuer_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        let issuer = rcgen::Issuer::new(issuer_params, issuer_key);
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.subject_alt_names = vec![SanType::URI(
+            rcgen::string::Ia5String::try_from("spiffe://cluster.local").unwrap(),
+        )];
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::seconds(30);
+        p.not_after = now + time::Duration::seconds(3600);
+        tweak(&mut p);
+        p.signed_by(key, &issuer).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn what_vault_signed_must_be_what_was_asked_for() {
+        use rcgen::{BasicConstraints, IsCa, KeyUsagePurpose, SanType};
+        let m = mint(3600);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let now = SystemTime::now();
+        assert_eq!(m.check(&intermediate(&key, |_| {}), &spki, now), Ok(()));
+        let uri = |u: &str| SanType::URI(rcgen::string::Ia5String::try_from(u).unwrap());
+        let cases: Vec<(Box<dyn FnOnce(&mut rcgen::CertificateParams)>, &str)> = vec![
+            (
+                Box::new(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)),
+                "path length 0",
+            ),
+            (
+                Box::new(|p| p.is_ca = IsCa::Ca(BasicConstraints::Constrained(1))),
+                "path length 0",
+            ),
+            (Box::new(|p| p.is_ca = IsCa::ExplicitNoCa), "path length 0"),
+            (
+                Box::new(|p| p.key_usages = vec![KeyUsagePurpose::KeyCertSign]),
+                "cRLSign",
+            ),
+            (
+                Box::new(move |p| p.subject_alt_names.push(uri("spiffe://cluster.local/ns/x"))),
+                "URI SANs",
+            ),
+            (
+                Box::new(move |p| p.subject_alt_names = vec![uri("spiffe://other.domain")]),
+                "URI SANs",
+            ),
+            (
+                Box::new(|p| {
+                    p.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(600)
+                }),
+                "Vault cut it",
+            ),
+            (
+                Box::new(|p| {
+                    p.not_before = time::OffsetDateTime::now_utc() + time::Duration::seconds(3000)
+                }),
+                "notBefore",
+            ),
+        ];
+        for (tweak, needle) in cases {
+            let err = m.check(&intermediate(&key, tweak), &spki, now).unwrap_err();
+            assert!(err.contains(needle), "{err} lacks {needle}");
+        }
+        let other = rcgen::KeyPair::generate().unwrap();
+        let err = m
+            .check(&intermediate(&other, |_| {}), &spki, now)
+            .unwrap_err();
+        assert!(err.contains("another key"), "{err}");
+        assert!(m.check(b"junk", &spki, now).is_err());
+    }
+
     #[test]
     fn the_new_certificate_is_not_its_own_chain() {
         let pem =
