@@ -327,6 +327,8 @@ mod tests {
             .unwrap();
     }
 
+    type Tweak = dyn FnOnce(&mut rcgen::CertificateParams);
+
     /// An intermediate for `key` as Vault would sign it, changed by `tweak`.
     fn intermediate(
         key: &rcgen::KeyPair,
@@ -358,7 +360,7 @@ mod tests {
         let now = SystemTime::now();
         assert_eq!(m.check(&intermediate(&key, |_| {}), &spki, now), Ok(()));
         let uri = |u: &str| SanType::URI(rcgen::string::Ia5String::try_from(u).unwrap());
-        let cases: Vec<(Box<dyn FnOnce(&mut rcgen::CertificateParams)>, &str)> = vec![
+        let cases: Vec<(Box<Tweak>, &str)> = vec![
             (
                 Box::new(|p| p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained)),
                 "path length 0",
