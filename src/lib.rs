@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod csr;
 pub mod error;
+pub mod fips;
 pub mod identity;
 pub mod impersonation;
 pub mod issuer;

@@ -138,6 +138,23 @@ impl Metrics {
             "CRL ConfigMaps written, by reason (created, updated, repaired).",
             &["reason"],
         )?;
+        // The cryptographic module, set once: it cannot change while running.
+        let module = crate::fips::module();
+        int_gauge(
+            "castellan_fips_mode",
+            "1 when castellan runs on the AWS-LC FIPS module in FIPS mode (the FIPS build), else 0.",
+        )?
+        .set(i64::from(module.fips_mode));
+        let info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "castellan_crypto_module_info",
+                "The cryptographic module castellan was built with (value 1).",
+            ),
+            &["module", "version"],
+        )?;
+        registry.register(Box::new(info.clone()))?;
+        info.with_label_values(&[module.name, module.version])
+            .set(1);
         let rotations = counter_vec(
             "castellan_ca_rotations_count",
             "Attempts to replace the self-minted intermediate, by result (rotated, unavailable, refused).",

@@ -13,6 +13,7 @@ mod authn;
 mod config;
 mod demo;
 mod deploy;
+mod fips;
 mod integrity;
 mod issue;
 mod kubernetes;

@@ -76,11 +76,16 @@ async fn every_istio_client_tls_mode_connects() {
     use aws_lc_rs::{cipher_suite as cs, kx_group as kx};
     use rustls::version::{TLS12, TLS13};
     let ca = TestCa::start().await;
+    let fips = castellan::fips::BUILD;
 
-    // ztunnel: TLS 1.3, AES-GCM only; the default groups.
+    // ztunnel: TLS 1.3, AES-GCM only; the default groups (X25519 first,
+    // which the FIPS build does not offer: it settles on P-256).
     let h = handshake(
         &ca,
-        provider(vec![cs::TLS13_AES_256_GCM_SHA384], vec![kx::X25519]),
+        provider(
+            vec![cs::TLS13_AES_256_GCM_SHA384],
+            vec![kx::X25519, kx::SECP256R1],
+        ),
         &[&TLS13],
         "localhost",
         None,
@@ -89,7 +94,14 @@ async fn every_istio_client_tls_mode_connects() {
     .unwrap();
     assert_eq!(
         (h.version, h.group),
-        (rustls::ProtocolVersion::TLSv1_3, rustls::NamedGroup::X25519)
+        (
+            rustls::ProtocolVersion::TLSv1_3,
+            if fips {
+                rustls::NamedGroup::secp256r1
+            } else {
+                rustls::NamedGroup::X25519
+            }
+        )
     );
     assert_eq!(h.alpn.as_deref(), Some(&b"h2"[..]));
 
@@ -114,17 +126,52 @@ async fn every_istio_client_tls_mode_connects() {
         )
     );
 
-    // COMPLIANCE_POLICY=pqc: TLS 1.3, X25519MLKEM768 only.
+    // COMPLIANCE_POLICY=fips-140-3: TLS 1.2-1.3, P-256/P-384.
     let h = handshake(
+        &ca,
+        provider(
+            vec![
+                cs::TLS13_AES_256_GCM_SHA384,
+                cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+            ],
+            vec![kx::SECP384R1],
+        ),
+        &[&TLS13, &TLS12],
+        "localhost",
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (h.version, h.group),
+        (
+            rustls::ProtocolVersion::TLSv1_3,
+            rustls::NamedGroup::secp384r1
+        )
+    );
+
+    // COMPLIANCE_POLICY=pqc: TLS 1.3, X25519MLKEM768 only (not in the FIPS
+    // build: see README, "FIPS 140-3 build").
+    let pqc = handshake(
         &ca,
         provider(vec![cs::TLS13_AES_128_GCM_SHA256], vec![kx::X25519MLKEM768]),
         &[&TLS13],
         "localhost",
         None,
     )
-    .await
-    .unwrap();
-    assert_eq!(h.group, rustls::NamedGroup::X25519MLKEM768);
+    .await;
+    if fips {
+        assert!(pqc.is_err(), "the FIPS build offered X25519MLKEM768");
+        let x25519 = provider(vec![cs::TLS13_AES_128_GCM_SHA256], vec![kx::X25519]);
+        assert!(
+            handshake(&ca, x25519, &[&TLS13], "localhost", None)
+                .await
+                .is_err(),
+            "the FIPS build offered X25519"
+        );
+    } else {
+        assert_eq!(pqc.unwrap().group, rustls::NamedGroup::X25519MLKEM768);
+    }
 
     // The serving certificate also names 127.0.0.1.
     handshake(

@@ -15,6 +15,10 @@ use crate::{
 /// `serve`: 0 when everything passes, 1 when an enforced practice fails,
 /// 2 when the configuration or something it names cannot be used.
 pub(super) async fn run(path: &Path) -> ExitCode {
+    let module = match server::crypto_ready() {
+        Ok(m) => m,
+        Err(e) => return unusable(&e),
+    };
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => return unusable(&e),
@@ -82,6 +86,14 @@ pub(super) async fn run(path: &Path) -> ExitCode {
     for note in notes {
         println!("NOTE  {note}");
     }
+    println!(
+        "CRYPTO {module}{}",
+        if crate::fips::BUILD {
+            ", the FIPS build"
+        } else {
+            ""
+        }
+    );
     for line in signing_lines(&ca, source.self_rotating(), std::time::SystemTime::now()) {
         println!("{line}");
     }

@@ -114,6 +114,11 @@ impl Cli {
                 return ExitCode::FAILURE;
             }
         };
+        // Before anything builds a TLS client: every command runs on the
+        // same provider, and a FIPS build on nothing but the FIPS module.
+        if let Err(e) = crate::server::crypto_ready() {
+            return fail(&e, EXIT_UNUSABLE);
+        }
         runtime.block_on(self.dispatch())
     }
 
@@ -224,6 +229,7 @@ fn exit_code(e: &crate::server::Error) -> u8 {
         | S::KeyGeneration(_)
         | S::Metrics(_)
         | S::Trust(_)
+        | S::Fips(_)
         | S::Mesh(_) => EXIT_UNUSABLE,
     }
 }

@@ -69,6 +69,8 @@ pub enum Error {
     Trust(#[from] crate::trust::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Fips(#[from] crate::fips::Error),
 }
 
 /// A started server.
@@ -135,6 +137,7 @@ impl Running {
 /// # Errors
 /// [`Error`] naming what stops it from starting.
 pub async fn start(config: &Config) -> Result<Running, Error> {
+    crypto_ready()?;
     let metrics = Metrics::new()?;
     let mut rules = rules(config, metrics.ca_counters())?;
     let trust = crate::trust::open(config).await?;
@@ -240,6 +243,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     let client_roots = Arc::new(tls::ClientRoots::new(ca.current().roots())?);
     background.push(follow_roots(Arc::clone(&ca), Arc::clone(&client_roots)));
     let tls = tls::server_config(serving, client_roots)?;
+    crate::fips::require(&[("castellan's listener", tls.fips())])?;
 
     let listener = bind(config.server.listen, "server.listen").await?;
     let addr = local_addr(&listener)?;
@@ -384,6 +388,26 @@ fn follow_roots(ca: Arc<CaHandle>, client_roots: Arc<tls::ClientRoots>) -> JoinH
 
 fn observe(metrics: &Metrics, ca: &ca::SigningCa) {
     metrics.observe_ca(ca.roots_not_after(), ca.facts().not_after);
+}
+
+/// The cryptography castellan runs on, set up and, in the FIPS build,
+/// required to be FIPS: the module in FIPS mode, and the TLS providers of
+/// the listener and of every client (the process default, which the Vault,
+/// Kubernetes and JWKS clients use). `serve` and `castellan check` both
+/// start here.
+///
+/// # Errors
+/// [`crate::fips::Error`] naming what is not FIPS.
+pub fn crypto_ready() -> Result<crate::fips::Module, crate::fips::Error> {
+    tls::install_default();
+    crate::fips::require(&[
+        ("castellan's TLS provider", tls::provider().fips()),
+        (
+            "the TLS clients' provider (Vault, Kubernetes, JWKS)",
+            rustls::crypto::CryptoProvider::get_default().is_some_and(|p| p.fips()),
+        ),
+    ])?;
+    Ok(crate::fips::module())
 }
 
 /// What the signing material is judged against, from the configuration:

@@ -38,20 +38,43 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// - TLS 1.2 with ECDHE and AES-GCM: istio-agent with
 ///   `COMPLIANCE_POLICY=fips-140-2` speaks only TLS 1.2, P-256.
 /// - X25519MLKEM768 first: `COMPLIANCE_POLICY=pqc` offers only that group.
+///
+/// The FIPS build offers P-256 and P-384 only: X25519 is not an approved
+/// group, and rustls counts X25519MLKEM768 as approved whenever the module is
+/// in FIPS mode, which the module's own service indicator (not exposed by
+/// aws-lc-rs) cannot confirm for ML-KEM, so castellan does not offer it.
+/// Every other choice is the FIPS provider's (its signature algorithms and
+/// key loading check FIPS mode too).
 pub fn provider() -> CryptoProvider {
     use aws_lc_rs::{cipher_suite as cs, kx_group as kx};
+    let cipher_suites = vec![
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ];
+    let kx_groups = if crate::fips::BUILD {
+        vec![kx::SECP256R1, kx::SECP384R1]
+    } else {
+        vec![kx::X25519MLKEM768, kx::X25519, kx::SECP256R1, kx::SECP384R1]
+    };
+    // With `fips`, rustls's aws-lc-rs provider is its FIPS provider
+    // (`default_fips_provider` is this same provider).
     CryptoProvider {
-        cipher_suites: vec![
-            cs::TLS13_AES_256_GCM_SHA384,
-            cs::TLS13_AES_128_GCM_SHA256,
-            cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-            cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-            cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-            cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-        ],
-        kx_groups: vec![kx::X25519MLKEM768, kx::X25519, kx::SECP256R1, kx::SECP384R1],
+        cipher_suites,
+        kx_groups,
         ..aws_lc_rs::default_provider()
     }
+}
+
+/// Makes [`provider`] the process's default, so that every TLS client
+/// castellan's libraries build (Vault, Kubernetes, JWKS) uses it: in the
+/// FIPS build, the FIPS provider. The first call wins; later ones (tests
+/// starting several servers in one process) change nothing.
+pub(super) fn install_default() {
+    let _ = provider().install_default();
 }
 
 /// A server configuration that asks for, but does not require, a client
