@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
 cargo build --release --locked -q --bin castellan
-CARGO_TARGET_DIR=target/fips cargo build --release --locked -q --features fips --bin castellan
+fips_target=${FIPS_TARGET_DIR:-target/fips}
+CARGO_TARGET_DIR=$fips_target cargo build --release --locked -q --features fips --bin castellan
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -17,7 +18,7 @@ for key in ec-p256 rsa-2048; do
     for build in default fips; do
         case $build in
             default) bin=target/release/castellan ;;
-            fips) bin=target/fips/release/castellan ;;
+            fips) bin=$fips_target/release/castellan ;;
         esac
         dir="$work/$build-$key"
         "$bin" demo --dir "$dir" --listen 127.0.0.1:15012 --metrics-listen 127.0.0.1:15014 \

@@ -80,3 +80,39 @@ for target in csr jwt config vault_answer; do
     fi
     grep -E '^Done' "$log" | sed "s/^/    $target: /"
 done
+
+# The FIPS build (README, "FIPS 140-3 build"): the AWS-LC FIPS module needs
+# CMake, Perl and Go to build. The same target directory as above, so only
+# what depends on the crypto features is built again (the release binary of
+# the FIPS build is `scripts/bench-fips.sh`'s). CASTELLAN_FIPS_LANE=0 skips it.
+if [[ "${CASTELLAN_FIPS_LANE:-1}" != 0 ]]; then
+    need_apt=()
+    command -v cmake >/dev/null || need_apt+=(cmake)
+    command -v go >/dev/null || need_apt+=(golang-go)
+    command -v nm >/dev/null || need_apt+=(binutils)
+    if ((${#need_apt[@]})); then
+        echo "==> installing ${need_apt[*]} (the FIPS module's build)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null 2>&1 || {
+            apt-get update -qq
+            apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+        }
+    fi
+    lane_start=$SECONDS
+    echo "==> FIPS build: the module, TLS and issuance tests in FIPS mode (--features fips)"
+    cargo test --locked --features fips --test integration -- fips:: server:: issue::
+    # The binary those tests ran links the FIPS module (aws-lc-fips-sys's
+    # symbol prefix) and not the non-FIPS AWS-LC (aws-lc-sys's), which
+    # rustls's feature graph also builds.
+    bin=target/debug/castellan
+    if ! nm "$bin" | grep -q ' aws_lc_fips_'; then
+        echo "the FIPS build does not link the AWS-LC FIPS module" >&2
+        exit 1
+    fi
+    if nm "$bin" | grep -q ' aws_lc_[0-9]'; then
+        echo "the FIPS build links the non-FIPS AWS-LC" >&2
+        exit 1
+    fi
+    "$bin" --version
+    echo "==> FIPS lane: $((SECONDS - lane_start)) s"
+fi
