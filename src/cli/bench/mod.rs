@@ -48,6 +48,11 @@ pub struct Args {
     /// Report this process's memory (the CA's pid, when on this machine).
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Only measure the crypto ceiling, and print it as `floor_us_per_cert=`
+    /// (one CSR verification and one signature on one core), for
+    /// scripts/bench-h2load.sh.
+    #[arg(long)]
+    ceiling_only: bool,
 }
 
 pub(super) async fn run(args: Args) -> ExitCode {
@@ -88,6 +93,10 @@ async fn bench(args: Args) -> Result<(), String> {
         ceiling.verify_per_core,
         ceiling.sign_per_core
     );
+    if args.ceiling_only {
+        println!("floor_us_per_cert={:.2}", 1e6 / ceiling.issuances_per_core);
+        return Ok(());
+    }
 
     if let Some(dir) = &args.ca_dir {
         let rate = ceiling::pipeline(dir, &work.csrs, Duration::from_secs(2)).await?;
