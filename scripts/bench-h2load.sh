@@ -42,10 +42,15 @@ print(json.dumps({"p50": p(.5), "p90": p(.9), "p99": p(.99), "max": lat[-1] if l
 PY
 }
 
-# One point: h2load with $1 total streams against $2 (URL), extra args after.
+# One point: h2load with $1 requests in flight against $2 (URL), extra
+# args after: over HTTP/2, at most 8 connections carrying the streams; over
+# HTTP/1.1 (--h1), one connection per request in flight (h2load would
+# pipeline otherwise, which Vault serves one at a time).
 point() {
     local streams=$1 url=$2; shift 2
     local conns=$((streams < 8 ? streams : 8))
+    [[ " $* " == *" --h1 "* ]] && conns=$streams
+    rm -f "$work/log"
     h2load -D "$seconds" --warm-up-time 1 -c "$conns" -m $((streams / conns)) \
         --log-file "$work/log" "$@" "$url" > "$work/h2load.txt" 2>&1 || true
 }
@@ -64,7 +69,8 @@ for key in ec-p256 rsa-2048; do
         ec-p256) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
         rsa-2048) newkey=(-newkey rsa:2048) ;;
     esac
-    openssl req -new "${newkey[@]}" -nodes -keyout /dev/null -subj "/O=bench" \
+    # An empty subject, as istio-agent and ztunnel send.
+    openssl req -new "${newkey[@]}" -nodes -keyout /dev/null -subj "/O=" \
         -addext "subjectAltName=URI:spiffe://cluster.local/ns/bench/sa/w" 2>/dev/null > "$work/csr.pem"
     # The gRPC request, framed: IstioCertificateRequest{csr = 1, validity_duration = 2}.
     python3 - "$work/csr.pem" "$work/body-$key" <<'PY'
