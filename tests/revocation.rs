@@ -287,26 +287,8 @@ async fn the_crl_is_signed_through_an_hsm_and_vault_transit() {
     }
     // Vault Transit (OpenBao).
     let bao = crate::support::bao::Bao::start().await;
-    bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
-    let token = bao.token_file(dir.path(), "1h").await;
-    let root = Ca::root("Transit CRL Root", KeyAlg::EcP256);
-    let cert = bao.transit(&root, "ecdsa-p256", dir.path()).await;
-    let ca = TestCa::start_with(Setup {
-        signer: Some(format!(
-            "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = 3\n[signer.auth]\n\
-             method = \"token\"\ntoken_file = \"{}\"\n[signer.transit]\nkey = \"castellan\"\n\
-             cert_file = \"{}\"\nroot_file = \"{}\"\n",
-            bao.addr(),
-            token.display(),
-            cert.display(),
-            dir.path().join("root.pem").display()
-        )),
-        root: Some(root),
-        extra: trust_section(dir.path(), 600),
-        ..Setup::default()
-    })
-    .await;
+    let (ca, cert) = transit_ca(&bao, dir.path(), 3).await;
     assert!(eventually(Duration::from_secs(10), async || crl(&ca).await.is_some()).await);
     let issuer = std::fs::read_to_string(&cert).unwrap();
     let (ok, text) = openssl_crl(&crl(&ca).await.unwrap(), &issuer, &["-text"]);
@@ -445,26 +427,8 @@ async fn with_vault_pki_castellan_publishes_vaults_crl_once_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crl_that_cannot_be_signed_leaves_the_last_good_one_in_place() {
     let bao = crate::support::bao::Bao::start().await;
-    bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
-    let token = bao.token_file(dir.path(), "1h").await;
-    let root = Ca::root("Transit CRL Root", KeyAlg::EcP256);
-    let cert = bao.transit(&root, "ecdsa-p256", dir.path()).await;
-    let ca = TestCa::start_with(Setup {
-        signer: Some(format!(
-            "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = 2\n[signer.auth]\n\
-             method = \"token\"\ntoken_file = \"{}\"\n[signer.transit]\nkey = \"castellan\"\n\
-             cert_file = \"{}\"\nroot_file = \"{}\"\n",
-            bao.addr(),
-            token.display(),
-            cert.display(),
-            dir.path().join("root.pem").display()
-        )),
-        root: Some(root),
-        extra: trust_section(dir.path(), 600),
-        ..Setup::default()
-    })
-    .await;
+    let (ca, cert) = transit_ca(&bao, dir.path(), 2).await;
     let issuer = std::fs::read_to_string(&cert).unwrap();
     assert!(eventually(Duration::from_secs(10), async || crl(&ca).await.is_some()).await);
     let good = crl(&ca).await.unwrap();
@@ -492,4 +456,34 @@ async fn a_crl_that_cannot_be_signed_leaves_the_last_good_one_in_place() {
         .await,
         "signed once Vault is back"
     );
+}
+
+/// castellan signing through an OpenBao Transit key certified by a root of
+/// its own, with `[trust.crl]`, Vault calls timing out after `timeout_secs`.
+/// Returns the CA and the intermediate's certificate file.
+async fn transit_ca(
+    bao: &crate::support::bao::Bao,
+    dir: &Path,
+    timeout_secs: u64,
+) -> (TestCa, PathBuf) {
+    bao.policy().await;
+    let token = bao.token_file(dir, "1h").await;
+    let root = Ca::root("Transit CRL Root", KeyAlg::EcP256);
+    let cert = bao.transit(&root, "ecdsa-p256", dir).await;
+    let ca = TestCa::start_with(Setup {
+        signer: Some(format!(
+            "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = {timeout_secs}\n\
+             [signer.auth]\nmethod = \"token\"\ntoken_file = \"{}\"\n[signer.transit]\n\
+             key = \"castellan\"\ncert_file = \"{}\"\nroot_file = \"{}\"\n",
+            bao.addr(),
+            token.display(),
+            cert.display(),
+            dir.join("root.pem").display()
+        )),
+        root: Some(root),
+        extra: trust_section(dir, 600),
+        ..Setup::default()
+    })
+    .await;
+    (ca, cert)
 }

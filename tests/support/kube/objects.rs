@@ -306,6 +306,16 @@ fn forbidden(kind: Kind, verb: &str, ns: Option<&str>) -> Response {
     )
 }
 
+/// What the API server answers for a resource type it does not serve
+/// (or one asked for at the wrong scope).
+fn unknown_resource() -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
 fn not_found(kind: Kind, name: &str) -> Response {
     status(
         StatusCode::NOT_FOUND,
@@ -659,11 +669,7 @@ pub(super) async fn core_all(
     body: Bytes,
 ) -> Response {
     let Some(kind) = kind_of(&resource) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+        return unknown_resource();
     };
     let target = Target {
         kind,
@@ -698,11 +704,7 @@ pub(super) async fn namespaced_all(
     body: Bytes,
 ) -> Response {
     let Some(kind) = kind_of(&resource).filter(|k| k.namespaced()) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+        return unknown_resource();
     };
     let target = Target {
         kind,
@@ -721,11 +723,7 @@ pub(super) async fn namespaced_one(
     body: Bytes,
 ) -> Response {
     let Some(kind) = kind_of(&resource).filter(|k| k.namespaced()) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+        return unknown_resource();
     };
     let target = Target {
         kind,
@@ -744,11 +742,7 @@ pub(super) async fn cluster_all(
     body: Bytes,
 ) -> Response {
     let Some(kind) = kind_of(&resource).filter(|k| !k.namespaced()) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+        return unknown_resource();
     };
     let target = Target {
         kind,
@@ -767,11 +761,7 @@ pub(super) async fn cluster_one(
     body: Bytes,
 ) -> Response {
     let Some(kind) = kind_of(&resource).filter(|k| !k.namespaced()) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            "the server could not find the requested resource",
-        );
+        return unknown_resource();
     };
     let target = Target {
         kind,
