@@ -42,6 +42,8 @@ pub struct Metrics {
     pub refused_leaves: IntCounter,
     pub signer_healthy: IntGauge,
     pub connections: IntGauge,
+    /// Connections each serving worker has (`server.workers`).
+    pub worker_connections: prometheus::IntGaugeVec,
     pub connections_refused: IntCounter,
     pub leader: IntGauge,
     pub trust_bundle_namespaces: IntGauge,
@@ -105,6 +107,15 @@ impl Metrics {
             "Client connections open now (TLS established).",
         )?;
         registry.register(Box::new(connections.clone()))?;
+        let worker_connections = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "castellan_worker_connections",
+                "Client connections each serving thread has, handshakes included \
+                 (a new connection goes to the one with the fewest).",
+            ),
+            &["worker"],
+        )?;
+        registry.register(Box::new(worker_connections.clone()))?;
         let int_gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::new(name, help)?;
             registry.register(Box::new(g.clone()))?;
@@ -276,6 +287,7 @@ impl Metrics {
                 "Unix time istiod's certificate (the Secret castellan keeps) expires.",
             )?,
             connections,
+            worker_connections,
             connections_refused: counter(
                 "castellan_connections_refused_count",
                 "New connections closed at once over server.max_connections.",

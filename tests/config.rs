@@ -73,6 +73,7 @@ fn mistakes_name_the_key() {
         (MINIMAL.replace("issuers = [\"https://issuer\"]", "issuers = []"), &["authn.issuers"]),
         (MINIMAL.replace("dns_names = [\"localhost\"]", "cert_file = \"/x\""), &["server.tls.cert_file", "key_file"]),
         (format!("{MINIMAL}\n[server]\nmax_in_flight = 0"), &["server.max_in_flight"]),
+        (format!("{MINIMAL}\n[server]\nworkers = 0"), &["server.workers", "between 1 and 1024", "one per core"]),
     ];
     for (text, needles) in cases {
         let err = parse(&text).expect_err(&text);

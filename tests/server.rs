@@ -337,3 +337,43 @@ async fn shutdown_finishes_requests_in_flight() {
     let after = castellan::cli::request::connect(&ca.addr(), None, ca.root.pem.as_bytes()).await;
     assert!(after.is_err(), "no new connections after shutdown");
 }
+
+/// Each new connection goes to the serving worker with the fewest; every
+/// worker serves its own, and gives its share back when they close.
+#[tokio::test]
+async fn connections_are_spread_over_the_workers() {
+    for workers in [1, 3] {
+        let ca = TestCa::start_with(Setup {
+            server: format!("workers = {workers}"),
+            ..Setup::default()
+        })
+        .await;
+        let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+        let token = ca.token("ns", "sa");
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            let mut client = ca.client().await;
+            let req =
+                castellan::cli::request::request_for(&csr, 600, &token, "Kubernetes").unwrap();
+            client.create_certificate(req).await.expect("served");
+            clients.push(client);
+        }
+        for w in 0..workers {
+            let label = w.to_string();
+            let on = ca
+                .metric_with("castellan_worker_connections", &[("worker", &label)])
+                .await;
+            assert_eq!(on, f64::from(6 / workers), "worker {w} of {workers}");
+        }
+        assert_eq!(ca.metric("castellan_connections_open").await, 6.0);
+        drop(clients);
+        let released = crate::support::eventually(Duration::from_secs(5), async || {
+            ca.metric_with("castellan_worker_connections", &[]).await == 0.0
+        })
+        .await;
+        assert!(
+            released,
+            "closed connections give their worker's share back"
+        );
+    }
+}

@@ -217,7 +217,7 @@ fn exit_code(e: &crate::server::Error) -> u8 {
     match e {
         S::Ca(crate::ca::Error::Practice(_)) => EXIT_PRACTICE,
         // A server that failed while running.
-        S::Transport(_) | S::Task(_) => EXIT_PRACTICE,
+        S::Transport(_) | S::Task(_) | S::WorkerLost => EXIT_PRACTICE,
         S::Ca(_)
         | S::Issue(_)
         | S::Authn(_)
@@ -227,6 +227,7 @@ fn exit_code(e: &crate::server::Error) -> u8 {
         | S::NoCertificate { .. }
         | S::ServingKey(_)
         | S::KeyGeneration(_)
+        | S::Workers(_)
         | S::Metrics(_)
         | S::Trust(_)
         | S::Fips(_)

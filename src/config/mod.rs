@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
+/// More serving threads than this gain nothing on any machine castellan runs on.
+pub const MAX_WORKERS: usize = 1024;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 25;
 pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
 pub const DEFAULT_MAX_TTL_SECS: u64 = 24 * 3600;
@@ -198,10 +200,24 @@ pub struct Server {
     pub max_connections: usize,
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to each client.
     pub max_streams_per_connection: u32,
+    /// Threads serving gRPC connections, each on its own runtime. Unset:
+    /// one per core castellan may use.
+    pub workers: Option<usize>,
     pub request_timeout_secs: u64,
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_grace_secs: u64,
     pub tls: ServerTls,
+}
+
+// === impl Server ===
+
+impl Server {
+    /// `workers`, or one per core castellan may use (its CPU quota counted).
+    pub fn workers(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 /// castellan's own serving certificate: files, or issued by its own signer.

@@ -38,6 +38,19 @@ impl Config {
         if self.server.max_streams_per_connection == 0 {
             return invalid("server.max_streams_per_connection", "must be above 0");
         }
+        if self
+            .server
+            .workers
+            .is_some_and(|w| !(1..=super::MAX_WORKERS).contains(&w))
+        {
+            return invalid(
+                "server.workers",
+                &format!(
+                    "must be between 1 and {} (unset: one per core)",
+                    super::MAX_WORKERS
+                ),
+            );
+        }
         if self.server.request_timeout_secs == 0 {
             return invalid("server.request_timeout_secs", "must be above 0");
         }

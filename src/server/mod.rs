@@ -6,9 +6,10 @@ mod health;
 mod limits;
 mod service;
 mod serving;
+mod shards;
 mod tls;
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
@@ -42,10 +43,7 @@ pub enum Error {
     #[error(transparent)]
     Authn(#[from] authn::SetupError),
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: io::Error },
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
     #[error("{path}: {source}")]
@@ -61,6 +59,10 @@ pub enum Error {
     KeyGeneration(&'static str),
     #[error("server task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot start the serving workers: {0}")]
+    Workers(io::Error),
+    #[error("a serving worker stopped unexpectedly")]
+    WorkerLost,
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
@@ -82,7 +84,7 @@ pub struct Running {
     pub ca: Arc<CaHandle>,
     pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: shards::Serving,
     background: Vec<JoinHandle<()>>,
     /// Tasks that end by themselves on shutdown (the Lease released).
     releasing: Vec<JoinHandle<()>>,
@@ -110,7 +112,7 @@ impl Running {
     /// # Errors
     /// When the gRPC server failed.
     pub async fn wait(mut self, grace: Duration) -> Result<(), Error> {
-        let outcome = tokio::time::timeout(grace, &mut self.server).await;
+        let outcome = tokio::time::timeout(grace, &mut self.server.joined).await;
         for task in self.releasing.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
@@ -118,7 +120,7 @@ impl Running {
             task.abort();
         }
         match outcome {
-            Ok(Ok(result)) => Ok(result?),
+            Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(Error::Task(join)),
             Err(_) => {
                 tracing::warn!(
@@ -293,7 +295,28 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
         revocations,
     );
     let limits = limits::connections(config.server.max_connections);
-    let (incoming, accept) = tls::incoming(
+    let door = admission::AdmissionLayer::new(
+        config.server.max_in_flight,
+        config.request_timeout(),
+        metrics.clone(),
+    );
+    let stream_limit = config.server.max_streams_per_connection;
+    let (shards, server) = shards::Shards::start(config.server.workers(), &metrics, |incoming| {
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .max_concurrent_streams(stream_limit)
+            .initial_stream_window_size(limits::STREAM_WINDOW)
+            .initial_connection_window_size(limits::CONNECTION_WINDOW)
+            .http2_max_header_list_size(limits::MAX_HEADER_LIST)
+            .layer(door.clone())
+            .add_service(
+                IstioCertificateServiceServer::new(service.clone())
+                    .max_decoding_message_size(limits::MAX_MESSAGE),
+            )
+            .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()))
+    })
+    .map_err(Error::Workers)?;
+    let accept = tls::incoming(
         listener,
         TlsAcceptor::from(Arc::new(tls)),
         tls::Limits {
@@ -302,28 +325,10 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
             handshakes: limits::MAX_HANDSHAKES.min(limits / 2).max(1),
         },
         metrics.clone(),
-        shutdown_rx.clone(),
+        shutdown_rx,
+        shards,
     );
     background.push(accept);
-    let door = admission::AdmissionLayer::new(
-        config.server.max_in_flight,
-        config.request_timeout(),
-        metrics.clone(),
-    );
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(60)))
-            .max_concurrent_streams(config.server.max_streams_per_connection)
-            .initial_stream_window_size(limits::STREAM_WINDOW)
-            .initial_connection_window_size(limits::CONNECTION_WINDOW)
-            .http2_max_header_list_size(limits::MAX_HEADER_LIST)
-            .layer(door)
-            .add_service(
-                IstioCertificateServiceServer::new(service)
-                    .max_decoding_message_size(limits::MAX_MESSAGE),
-            )
-            .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx)),
-    );
     tracing::info!(%addr, metrics = ?metrics_addr, "castellan serving");
     Ok(Running {
         addr,
@@ -445,8 +450,8 @@ pub async fn check_listeners(config: &Config) -> Result<Vec<String>, Error> {
         if addr == config.server.listen && addr.port() != 0 {
             return Err(Error::Io {
                 what: format!("server.metrics_listen {addr}"),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
+                source: io::Error::new(
+                    io::ErrorKind::AddrInUse,
                     "is also server.listen; give them different ports",
                 ),
             });
@@ -456,7 +461,7 @@ pub async fn check_listeners(config: &Config) -> Result<Vec<String>, Error> {
     for (addr, key) in addrs {
         match bind(addr, key).await {
             Ok(_) => {}
-            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
                 notes.push(format!(
                     "{key} {addr} is in use (by a castellan serving it?)"
                 ));

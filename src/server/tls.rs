@@ -20,11 +20,11 @@ use rustls_pki_types::CertificateDer;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc, oneshot, watch},
+    sync::{Semaphore, oneshot, watch},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
 
+use super::shards::{Load, Shards};
 use crate::metrics::Metrics;
 
 /// A client that has not finished its handshake by then is dropped.
@@ -199,11 +199,13 @@ pub(super) struct Limits {
 pub(super) struct Conn {
     tls: TlsStream<TcpStream>,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    _load: Load,
     open: IntGauge,
 }
 
-/// Accepts connections and completes TLS handshakes concurrently, so one
-/// slow client cannot hold up the others; yields finished TLS streams.
+/// Accepts connections and has the worker serving the fewest complete their
+/// TLS handshakes, concurrently, so one slow client cannot hold up the
+/// others; each finished TLS stream goes to that worker's gRPC server.
 /// Beyond `limits.connections` a new connection is closed at once (counted,
 /// logged at most once a second): descriptors never run out, so outgoing
 /// calls (Vault, Kubernetes) and files keep working. At most
@@ -217,14 +219,11 @@ pub(super) fn incoming(
     limits: Limits,
     metrics: Metrics,
     mut stop: watch::Receiver<bool>,
-) -> (
-    ReceiverStream<io::Result<Conn>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, rx) = mpsc::channel(256);
+    shards: Shards,
+) -> tokio::task::JoinHandle<()> {
     let connections = Arc::new(Semaphore::new(limits.connections));
     let mut pending = Pending::new(limits.handshakes);
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut backoff = Backoff::default();
         let mut refused_log = RateLimited::default();
         loop {
@@ -259,10 +258,29 @@ pub(super) fn incoming(
                 tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
             }
             let (handshake, evicted) = pending.admit().await;
+            let Some(shard) = shards.least_loaded() else {
+                break;
+            };
+            // Registered again with the worker's own reactor, so its I/O
+            // readiness wakes that worker and no other thread.
+            let tcp = match tcp.into_std() {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection lost before its handshake");
+                    continue;
+                }
+            };
             let acceptor = acceptor.clone();
-            let conn_tx = tx.clone();
+            let conn_tx = shard.connections();
             let open = metrics.connections.clone();
-            tokio::spawn(async move {
+            shard.spawn(move |load| async move {
+                let tcp = match TcpStream::from_std(tcp) {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection lost before its handshake");
+                        return;
+                    }
+                };
                 let done = tokio::select! {
                     done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => done,
                     _ = evicted => {
@@ -278,6 +296,7 @@ pub(super) fn incoming(
                             .send(Ok(Conn {
                                 tls,
                                 _slot: slot,
+                                _load: load,
                                 open,
                             }))
                             .await;
@@ -286,12 +305,13 @@ pub(super) fn incoming(
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
-            if tx.is_closed() {
+            // A worker whose server ended: the server is stopping or failed
+            // (which `Serving` reports).
+            if shard.is_closed() {
                 break;
             }
         }
-    });
-    (ReceiverStream::new(rx), task)
+    })
 }
 
 /// The handshakes in progress: at most `max`, the oldest evicted for a new
