@@ -27,6 +27,12 @@ struct Process {
 
 impl Process {
     async fn start(setup: Setup) -> Self {
+        Self::spawn(setup, false).await
+    }
+
+    /// With `deaf`, the log is read only until castellan serves; then the
+    /// read end of its stderr is closed.
+    async fn spawn(setup: Setup, deaf: bool) -> Self {
         let files = Files::write(setup);
         let mut child = Command::new(env!("CARGO_BIN_EXE_castellan"))
             .args(["serve", "--config"])
@@ -40,7 +46,12 @@ impl Process {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
-                sink.lock().unwrap().push(line.unwrap_or_default());
+                let line = line.unwrap_or_default();
+                let serving = line.contains("addr=");
+                sink.lock().unwrap().push(line);
+                if deaf && serving {
+                    return;
+                }
             }
         });
         let found = Arc::clone(&log);
@@ -176,4 +187,56 @@ async fn an_api_server_answering_503_is_one_line_per_request() {
     let log = p.log().await.join("\n");
     assert!(log.contains("names no configured cluster"), "{log}");
     assert!(!log.contains("not a JWT"), "{log}");
+}
+
+/// Lines are written by a thread of their own, yet none is lost at exit:
+/// after SIGTERM every request's line and the last word (`stopped`, logged
+/// just before the process ends) are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_line_is_written_before_exit() {
+    let mut p = Process::start(Setup::default()).await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    let token = p.files.tokens.mint("ns", "sa", "istio-ca", 3600).unwrap();
+    for _ in 0..20 {
+        p.send(&csr, &token, "Kubernetes", None).await.unwrap();
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = p.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let log = Arc::clone(&p.log);
+    let complete = eventually(Duration::from_secs(5), async || {
+        log.lock()
+            .unwrap()
+            .last()
+            .is_some_and(|l| l.ends_with("stopped"))
+    })
+    .await;
+    let log = p.log.lock().unwrap().clone();
+    assert!(complete, "the last line is `stopped`: {log:#?}");
+    let issued = log
+        .iter()
+        .filter(|l| l.contains("CreateCertificate"))
+        .count();
+    assert_eq!(issued, 20, "{log:#?}");
+    assert!(log.iter().any(|l| l.contains("shutting down")), "{log:#?}");
+}
+
+/// A log sink that went away (its reader closed the pipe) loses lines but
+/// takes nothing down: castellan goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_log_pipe_does_not_stop_serving() {
+    let mut p = Process::spawn(Setup::default(), true).await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    let token = p.files.tokens.mint("ns", "sa", "istio-ca", 3600).unwrap();
+    for _ in 0..200 {
+        p.send(&csr, &token, "Kubernetes", None).await.unwrap();
+    }
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "castellan still runs"
+    );
 }

@@ -104,10 +104,12 @@ pub enum KeyType {
 impl Cli {
     /// Runs the chosen command.
     pub fn run(self) -> ExitCode {
-        let runtime = match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        let mut b = if std::env::var("CASTELLAN_RT").is_ok_and(|v| v == "current") {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+        };
+        let runtime = match b.enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("castellan: cannot start the runtime: {e}");
@@ -129,8 +131,11 @@ impl Cli {
                     Ok(c) => c,
                     Err(e) => return fail(&e, EXIT_UNUSABLE),
                 };
-                init_logging(config.log.format);
-                match crate::server::run(&config).await {
+                let logging = init_logging(config.log.format);
+                let outcome = crate::server::run(&config).await;
+                // Every line logged is out before the last word.
+                drop(logging);
+                match outcome {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(&e, exit_code(&e)),
                 }
@@ -144,14 +149,16 @@ impl Cli {
                 ca_key_type,
                 kubeconfig,
             } => {
-                init_logging(LogFormat::Text);
+                let logging = init_logging(LogFormat::Text);
                 let options = demo::Options {
                     listen,
                     metrics_listen,
                     key_type: ca_key_type,
                     kubeconfig,
                 };
-                demo::run(&dir, &options).await
+                let code = demo::run(&dir, &options).await;
+                drop(logging);
+                code
             }
             Command::Request(args) => request::run(args).await,
             Command::Token {
@@ -178,7 +185,14 @@ impl Cli {
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default `info` level.
-pub fn init_logging(format: LogFormat) {
+///
+/// Lines are formatted where they are logged and written to stderr by a
+/// thread of their own, as many as have queued up in one write: a request
+/// costs no system call for its log line (measured in BENCHMARKS.md). At most
+/// [`QUEUED_LOG_LINES`] wait; beyond that, logging waits for the sink rather
+/// than drop lines. Lines still queued are written when the returned guard
+/// is dropped.
+pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let from_env = std::env::var("RUST_LOG").ok();
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -190,19 +204,29 @@ pub fn init_logging(format: LogFormat) {
     {
         filter = filter.add_directive(quiet);
     }
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(QUEUED_LOG_LINES)
+        .thread_name("castellan-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     // A log sink that went away (a closed pipe) loses lines; it must not
-    // take requests down: tracing-subscriber would report the failed write
-    // with eprintln!, which panics on that same closed stderr.
+    // take requests down: the writing thread drops failed writes, and
+    // tracing-subscriber's own reports of them (eprintln!, which panics on
+    // that same closed stderr) are off.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .log_internal_errors(false)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    guard
 }
+
+/// Log lines formatted but not yet written, at most (about 400 bytes each).
+pub const QUEUED_LOG_LINES: usize = 16 * 1024;
 
 /// An enforced practice failed: the material is readable but unfit.
 pub const EXIT_PRACTICE: u8 = 1;

@@ -359,9 +359,13 @@ pub async fn run_until_terminated(running: Running, config: &Config) -> Result<(
     terminated().await;
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     running.shutdown();
-    running
+    let outcome = running
         .wait(Duration::from_secs(config.server.shutdown_grace_secs))
-        .await
+        .await;
+    if outcome.is_ok() {
+        tracing::info!("stopped");
+    }
+    outcome
 }
 
 async fn terminated() {
