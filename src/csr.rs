@@ -6,7 +6,7 @@
 
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use const_oid::{ObjectIdentifier, db::rfc5280, db::rfc5912};
-use der::{Decode, Encode, asn1::UintRef};
+use der::{Decode, Encode, Header, Reader, SliceReader, Tag, asn1::UintRef};
 use rustls_pki_types::{CertificateSigningRequestDer, pem::PemObject};
 use x509_cert::{
     ext::pkix::{BasicConstraints, SubjectAltName, name::GeneralName},
@@ -116,7 +116,7 @@ pub fn verify(pem: &str) -> Result<VerifiedCsr, Error> {
         .map_err(|e| Error::Malformed(e.to_string()))?;
     let key_bytes = req.info.public_key.subject_public_key.raw_bytes();
     let key = key_kind(&req, key_bytes)?;
-    check_signature(&req, key, key_bytes)?;
+    check_signature(&req, signed_part(der.as_ref())?, key, key_bytes)?;
     check_subject(&req)?;
     let uri = requested_uri(&req)?;
     Ok(VerifiedCsr {
@@ -170,7 +170,18 @@ fn rsa_key(key_bytes: &[u8]) -> Result<KeyKind, Error> {
     Ok(KeyKind::Rsa { bits })
 }
 
-fn check_signature(req: &CertReq, key: KeyKind, key_bytes: &[u8]) -> Result<(), Error> {
+/// The CertificationRequestInfo as received: the bytes the signature covers
+/// (the same as re-encoding it, since the request parsed as DER, without
+/// the copy).
+fn signed_part(der: &[u8]) -> Result<&[u8], Error> {
+    let malformed = |e: der::Error| Error::Malformed(e.to_string());
+    let mut reader = SliceReader::new(der).map_err(malformed)?;
+    let outer = Header::decode(&mut reader).map_err(malformed)?;
+    outer.tag().assert_eq(Tag::Sequence).map_err(malformed)?;
+    reader.tlv_bytes().map_err(malformed)
+}
+
+fn check_signature(req: &CertReq, tbs: &[u8], key: KeyKind, key_bytes: &[u8]) -> Result<(), Error> {
     let sig_oid = req.algorithm.oid;
     let alg: &'static dyn VerificationAlgorithm = match (key, sig_oid) {
         (KeyKind::EcdsaP256, rfc5912::ECDSA_WITH_SHA_256) => &signature::ECDSA_P256_SHA256_ASN1,
@@ -188,13 +199,9 @@ fn check_signature(req: &CertReq, key: KeyKind, key_bytes: &[u8]) -> Result<(), 
         }
         _ => return Err(Error::SignatureAlgorithm(signature_name(sig_oid))),
     };
-    let tbs = req
-        .info
-        .to_der()
-        .map_err(|e| Error::Malformed(e.to_string()))?;
     let sig = req.signature.as_bytes().ok_or(Error::BadSignature)?;
     UnparsedPublicKey::new(alg, key_bytes)
-        .verify(&tbs, sig)
+        .verify(tbs, sig)
         .map_err(|_| Error::BadSignature)
 }
 

@@ -113,12 +113,7 @@ impl SigningCa {
                 let tbs = cert.tbs_certificate();
                 let not_after = tbs.validity().not_after.to_system_time();
                 let warnings = issued.warnings;
-                let serial = tbs
-                    .serial_number()
-                    .as_bytes()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let serial = profile::hex(tbs.serial_number().as_bytes());
                 Ok(Leaf {
                     der: der.to_vec(),
                     serial,
