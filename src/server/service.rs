@@ -105,7 +105,9 @@ impl IstioCertificateService for CaService {
             ..Trace::default()
         };
         let certs = peer_certs.as_deref().map(Vec::as_slice);
-        let work = me.handle(&meta, certs, cluster, req, &mut trace);
+        // Boxed: the handler's state (authentication, impersonation, signing
+        // futures) is kilobytes, moved on every wrapping otherwise.
+        let work = Box::pin(me.handle(&meta, certs, cluster, req, &mut trace));
         let handler_deadline = deadline
             .checked_sub(HANDLER_MARGIN.min(budget / 2))
             .unwrap_or(deadline);
