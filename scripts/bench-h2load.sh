@@ -28,6 +28,8 @@ mkdir -p docs/bench
 clk=$(getconf CLK_TCK)
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 metric() { curl -s http://127.0.0.1:15014/metrics | awk -v m="$1" '$1 == m {print $2}'; }
 
 # Latency percentiles (ms) and successes from an h2load --log-file
@@ -61,6 +63,20 @@ for key in ec-p256 rsa-2048; do
         --ca-key-type "$key" 2>"$work/demo-$key.log" &
     pid=$!
     until curl -sf -o /dev/null http://127.0.0.1:15014/readyz; do sleep 0.01; done
+    # `serve` alone on the demo's files, started cold: start-to-ready (load
+    # and judge the CA, issue the serving certificate, bind) and idle RSS.
+    kill -TERM "$pid"; wait "$pid" || true
+    started=$(now_ms)
+    "$bin" serve --config "$dir/castellan.toml" 2>"$work/serve-$key.log" &
+    pid=$!
+    until curl -sf -o /dev/null http://127.0.0.1:15014/readyz; do sleep 0.002; done
+    ready_ms=$(( $(now_ms) - started ))
+    sleep 1
+    idle_kib=$(kib "$pid" VmRSS)
+    # Private memory; the rest of VmRSS is the binary's pages, as many as
+    # the page cache holds and fault-around maps (a fresh copy of the same
+    # binary shows ~3 MiB more).
+    anon_kib=$(kib "$pid" RssAnon)
     floor=$("$bin" bench --addr https://localhost:15012 --root "$dir/root-cert.pem" \
         --token-key "$dir/token-signing-key.pem" --key-type "$key" --ca-key-type "$key" \
         --ceiling-only | sed -n 's/^floor_us_per_cert=//p')
@@ -109,6 +125,10 @@ print(json.dumps(row))
 PY
         tail -1 "$out"
     done
+    python3 -c 'import json, sys; print(json.dumps({"server": "castellan", "key": sys.argv[1], "process": True,
+        "ready_ms": int(sys.argv[2]), "idle_rss_kib": int(sys.argv[3]), "idle_anon_kib": int(sys.argv[4]),
+        "peak_rss_kib": int(sys.argv[5])}))' \
+        "$key" "$ready_ms" "$idle_kib" "$anon_kib" "$(kib "$pid" VmHWM)" | tee -a "$out"
     kill -TERM "$pid"; wait "$pid" || true
 done
 

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+# Start-to-ready and memory lines are for the tables, not the plots.
+rows = [r for r in rows if not r.get("process")]
 out = os.path.dirname(sys.argv[1]) or "."
 series = {}
 for r in rows:
