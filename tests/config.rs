@@ -205,6 +205,32 @@ jwks_file = "/jwks.json"
             assert!(err.contains(n), "`{err}` lacks `{n}` for\n{text}");
         }
     }
+    // A key store's mistakes name the key store's section, and only it.
+    let store = "[signer.mint.pkcs11]\nmodule = \"/m.so\"\ntoken_label = \"t\"";
+    for (extra, needles) in [
+        ("", &["signer.mint.pkcs11", "pin_file", "pin_env"][..]),
+        (
+            "pin_env = \"PIN\"\npool_size = 0",
+            &["signer.mint.pkcs11", "pool_size"],
+        ),
+        (
+            "pin_env = \"PIN\"\nlabel_prefix = \"\"",
+            &["signer.mint.pkcs11", "label_prefix"],
+        ),
+    ] {
+        let text = mint(roots, "", &format!("{ok}\n{store}\n{extra}"));
+        let err = parse(&text).expect_err(&text);
+        for n in needles {
+            assert!(err.contains(n), "`{err}` lacks `{n}` for\n{text}");
+        }
+        assert!(!err.contains("signer.pkcs11:"), "{err}");
+    }
+    parse(&mint(
+        roots,
+        "",
+        &format!("{ok}\n{store}\npin_env = \"PIN\""),
+    ))
+    .unwrap();
 }
 
 #[test]

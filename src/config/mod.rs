@@ -396,7 +396,7 @@ pub enum Error {
     Invalid { key: &'static str, problem: String },
     #[error(transparent)]
     FileSigner(#[from] castellan_file::ConfigError),
-    #[error(transparent)]
+    #[error("signer.pkcs11: {0}")]
     Pkcs11Signer(#[from] castellan_pkcs11::ConfigError),
     #[error(transparent)]
     VaultSigner(#[from] castellan_vault::ConfigError),

@@ -56,7 +56,11 @@ impl KeyStore {
     /// # Errors
     /// [`crate::ConfigError`] naming the keys to change.
     pub fn validate(&self) -> Result<(), crate::ConfigError> {
-        self.config("k").validate()?;
+        crate::session_rules(
+            (&self.pin_file, &self.pin_env),
+            (&self.token_label, &self.token_serial),
+            self.pool_size,
+        )?;
         if self.label_prefix.is_empty() || self.label_prefix.len() > 64 {
             return Err(crate::ConfigError::LabelPrefix);
         }
@@ -75,8 +79,7 @@ impl KeyStore {
             pin_env: self.pin_env.clone(),
             pool_size: self.pool_size,
             rsa_padding: RsaPadding::Pkcs1,
-            // Unused for a minted key: Vault certifies it. Set so that the
-            // shared validation holds.
+            // Unused for a minted key: Vault certifies it.
             cert_file: Some("minted".into()),
             cert_label: None,
             chain_file: None,

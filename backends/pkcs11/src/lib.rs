@@ -64,17 +64,17 @@ pub struct Config {
 /// A `[signer]` section that cannot work, whatever the token holds.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("signer.pkcs11: set exactly one of `{0}` and `{1}`")]
+    #[error("set exactly one of `{0}` and `{1}`")]
     ExactlyOne(&'static str, &'static str),
-    #[error("signer.pkcs11: set `{0}` or `{1}` (or both)")]
+    #[error("set `{0}` or `{1}` (or both)")]
     AtLeastOne(&'static str, &'static str),
-    #[error("signer.pkcs11: `pool_size` must be at least 1")]
+    #[error("`pool_size` must be at least 1")]
     NoSessions,
-    #[error("signer.pkcs11: `key_id` = {0:?} is not hex bytes (e.g. \"01\" or \"0a1b\")")]
+    #[error("`key_id` = {0:?} is not hex bytes (e.g. \"01\" or \"0a1b\")")]
     KeyIdNotHex(String),
-    #[error("signer.pkcs11: `chain_file` and `root_file` go with `cert_file`, not `cert_label`")]
+    #[error("`chain_file` and `root_file` go with `cert_file`, not `cert_label`")]
     FilesWithLabel,
-    #[error("signer.mint.pkcs11: `label_prefix` must be 1 to 64 characters")]
+    #[error("`label_prefix` must be 1 to 64 characters")]
     LabelPrefix,
 }
 /// What went wrong, and whether waiting can fix it.
@@ -127,23 +127,38 @@ impl Config {
         if self.cert_label.is_some() && self.chain_file.is_some() {
             return Err(ConfigError::FilesWithLabel);
         }
-        if self.pin_file.is_some() == self.pin_env.is_some() {
-            return Err(ConfigError::ExactlyOne("pin_file", "pin_env"));
-        }
-        if self.token_label.is_none() && self.token_serial.is_none() {
-            return Err(ConfigError::AtLeastOne("token_label", "token_serial"));
-        }
+        session_rules(
+            (&self.pin_file, &self.pin_env),
+            (&self.token_label, &self.token_serial),
+            self.pool_size,
+        )?;
         if self.key_label.is_none() && self.key_id.is_none() {
             return Err(ConfigError::AtLeastOne("key_label", "key_id"));
-        }
-        if self.pool_size == 0 {
-            return Err(ConfigError::NoSessions);
         }
         if let Some(id) = &self.key_id {
             token::hex(id)?;
         }
         Ok(())
     }
+}
+
+/// What a signer section and a key store section (`[signer.mint.pkcs11]`)
+/// alike must set: one PIN source, a token, at least one session.
+fn session_rules(
+    (pin_file, pin_env): (&Option<PathBuf>, &Option<String>),
+    (token_label, token_serial): (&Option<String>, &Option<String>),
+    pool_size: usize,
+) -> Result<(), ConfigError> {
+    if pin_file.is_some() == pin_env.is_some() {
+        return Err(ConfigError::ExactlyOne("pin_file", "pin_env"));
+    }
+    if token_label.is_none() && token_serial.is_none() {
+        return Err(ConfigError::AtLeastOne("token_label", "token_serial"));
+    }
+    if pool_size == 0 {
+        return Err(ConfigError::NoSessions);
+    }
+    Ok(())
 }
 
 impl From<ConfigError> for Error {
