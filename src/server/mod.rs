@@ -4,23 +4,24 @@
 mod admission;
 mod health;
 mod limits;
+mod preflight;
 mod service;
 mod serving;
 mod shards;
 mod tls;
 
-use std::{io, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use rustls_pki_types::{CertificateDer, pem::PemObject};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
+pub use preflight::{check_listeners, crypto_ready, read_roots, rules};
 pub use service::CaService;
 pub use tls::provider as tls_provider;
 
 use crate::{
     authn,
-    ca::{self, CaHandle, Rules},
+    ca::{self, CaHandle},
     config::Config,
     impersonation::NodeAuthorizer,
     issuer::{self, Issuer},
@@ -399,108 +400,7 @@ fn observe(metrics: &Metrics, ca: &ca::SigningCa) {
     metrics.observe_ca(ca.roots_not_after(), ca.facts().not_after);
 }
 
-/// The cryptography castellan runs on, set up and, in the FIPS build,
-/// required to be FIPS: the module in FIPS mode, and the TLS providers of
-/// the listener and of every client (the process default, which the Vault,
-/// Kubernetes and JWKS clients use). `serve` and `castellan check` both
-/// start here.
-///
-/// # Errors
-/// [`crate::fips::Error`] naming what is not FIPS.
-pub fn crypto_ready() -> Result<crate::fips::Module, crate::fips::Error> {
-    tls::install_default();
-    crate::fips::require(&[
-        ("castellan's TLS provider", tls::provider().fips()),
-        (
-            "the TLS clients' provider (Vault, Kubernetes, JWKS)",
-            rustls::crypto::CryptoProvider::get_default().is_some_and(|p| p.fips()),
-        ),
-    ])?;
-    Ok(crate::fips::module())
-}
-
-/// What the signing material is judged against, from the configuration:
-/// the one place `serve` and `castellan check` get it from.
-///
-/// # Errors
-/// When `ca.roots_file` cannot be read.
-pub fn rules(config: &Config, counters: ca::Counters) -> Result<Rules, Error> {
-    let roots = match &config.ca.roots_file {
-        Some(path) => Some(read_roots(path)?),
-        None => None,
-    };
-    Ok(Rules {
-        trust_domain: config.trust_domain.clone(),
-        default_ttl: Duration::from_secs(config.issuance.default_ttl_secs),
-        min_ttl: Duration::from_secs(config.issuance.min_ttl_secs),
-        max_ttl: Duration::from_secs(config.issuance.max_ttl_secs),
-        roots,
-        counters,
-        waived: config.practices.waive.clone(),
-        trust: None,
-    })
-}
-
-/// Binds both listeners and lets them go, so `castellan check` tells what
-/// `serve` would find. An address in use is reported, not refused: it is
-/// what a castellan already serving there looks like. Returns those notes.
-///
-/// # Errors
-/// Which address cannot be bound, and why (not local, privileged…).
-pub async fn check_listeners(config: &Config) -> Result<Vec<String>, Error> {
-    let mut notes = Vec::new();
-    let mut addrs = vec![(config.server.listen, "server.listen")];
-    if let Some(addr) = config.server.metrics_listen {
-        if addr == config.server.listen && addr.port() != 0 {
-            return Err(Error::Io {
-                what: format!("server.metrics_listen {addr}"),
-                source: io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "is also server.listen; give them different ports",
-                ),
-            });
-        }
-        addrs.push((addr, "server.metrics_listen"));
-    }
-    for (addr, key) in addrs {
-        match bind(addr, key).await {
-            Ok(_) => {}
-            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
-                notes.push(format!(
-                    "{key} {addr} is in use (by a castellan serving it?)"
-                ));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(notes)
-}
-
-/// Reads a PEM bundle of root certificates.
-///
-/// # Errors
-/// When the file is unreadable or holds no certificate.
-pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let what = || format!("ca.roots_file {}", path.display());
-    let pem = std::fs::read(path).map_err(|source| Error::Io {
-        what: what(),
-        source,
-    })?;
-    let roots = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::Pem {
-            path: path.to_owned(),
-            source,
-        })?;
-    if roots.is_empty() {
-        return Err(Error::NoCertificate {
-            path: path.to_owned(),
-        });
-    }
-    Ok(roots)
-}
-
-async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, Error> {
+pub(super) async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, Error> {
     TcpListener::bind(addr).await.map_err(|source| Error::Io {
         what: format!("{key} {addr}"),
         source,
