@@ -36,16 +36,6 @@ const MINT_TTL_SECS: u64 = 172_800;
 const COUNT_CERTS: usize = 200;
 const COUNT_IDLE: Duration = Duration::from_secs(20);
 
-/// `ca` again (rcgen keys are not `Clone`), for another castellan under it.
-fn copy(ca: &Ca) -> Ca {
-    Ca {
-        params: ca.params.clone(),
-        key: rcgen::KeyPair::from_pem(&ca.key.serialize_pem()).unwrap(),
-        pem: ca.pem.clone(),
-        der: ca.der.clone(),
-    }
-}
-
 /// Requests per second and p99 (ms) of `CALLERS` tasks calling `path` with
 /// `bodies`, with castellan's own token (same policy checks as castellan's calls).
 async fn raw(
@@ -274,7 +264,7 @@ fn main() {
             tls: Some(format!("cert_file = \"{}\"\nkey_file = \"{}\"", d.join("s.pem").display(), d.join("s.key").display())),
             ca: roots_file.clone(),
             signer: Some(format!("[signer]\ntype = \"vault\"\naddress = \"{addr}\"\n{auth}[signer.pki]\nmount = \"pki_int\"\nrole = \"spiffe\"\n")),
-            root: Some(copy(&root)),
+            root: Some(root.duplicate()),
             ..Setup::default()
         };
         let transit = |addr: &str| Setup {
@@ -283,14 +273,14 @@ fn main() {
                 transit_cert.display(),
                 d.join("root.pem").display()
             )),
-            root: Some(copy(&root)),
+            root: Some(root.duplicate()),
             ..Setup::default()
         };
         // Intermediates of 48 h (twice the default 24 h leaf maximum).
         let mint = |addr: &str| Setup {
             ca: roots_file.clone(),
             signer: Some(format!("[signer]\ntype = \"vault\"\naddress = \"{addr}\"\n{auth}[signer.mint]\nmount = \"pki_ent\"\nttl_secs = {MINT_TTL_SECS}\n")),
-            root: Some(copy(&root)),
+            root: Some(root.duplicate()),
             ..Setup::default()
         };
         let addr = bao.addr();
@@ -300,7 +290,7 @@ fn main() {
             ("Mint", &mint, None),
         ];
         // The file signer, for the speed mint mode should reach.
-        let file = TestCa::start_with(Setup { root: Some(copy(&root)), ..Setup::default() }).await;
+        let file = TestCa::start_with(Setup { root: Some(root.duplicate()), ..Setup::default() }).await;
         let file_rps = castellan(&file, seconds).await.rps();
         println!("castellan, file signer (end to end):      {file_rps:>7.0} req/s");
         stop(file).await;

@@ -418,12 +418,7 @@ async fn each_replica_mints_its_own_intermediate_under_the_same_root() {
     let bao = vault(&root).await;
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let issuance = "max_ttl_secs = 3600\ndefault_ttl_secs = 3600\n";
-    let again = Ca {
-        params: root.params.clone(),
-        key: rcgen::KeyPair::from_pem(&root.key.serialize_pem()).unwrap(),
-        pem: root.pem.clone(),
-        der: root.der.clone(),
-    };
+    let again = root.duplicate();
     let one = start(&bao, root, d1.path(), 7200, issuance).await;
     let two = start(&bao, again, d2.path(), 7200, issuance).await;
     let (a, b) = (

@@ -52,6 +52,17 @@ pub fn ca_params(cn: &str, path_len: Option<u8>) -> CertificateParams {
 }
 
 impl Ca {
+    /// The same CA again (rcgen keys are not `Clone`), for a second
+    /// castellan under it.
+    pub fn duplicate(&self) -> Self {
+        Self {
+            params: self.params.clone(),
+            key: KeyPair::from_pem(&self.key.serialize_pem()).unwrap(),
+            pem: self.pem.clone(),
+            der: self.der.clone(),
+        }
+    }
+
     pub fn root(cn: &str, alg: KeyAlg) -> Self {
         let key = key(alg);
         let params = ca_params(cn, None);
