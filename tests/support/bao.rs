@@ -281,34 +281,8 @@ path "pki_ent/issuer/+/sign-intermediate" { capabilities = ["create", "update"] 
     /// certificate issued by `root` (the offline root the test holds), and a
     /// SPIFFE role. Returns the role name.
     pub async fn pki(&self, root: &Ca, role: Value) -> String {
-        self.post(
-            "sys/mounts/pki_int",
-            json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}),
-        )
-        .await;
-        let csr = self
-            .post(
-                "pki_int/intermediate/generate/internal",
-                json!({"common_name": "OpenBao Intermediate", "key_type": "ec", "key_bits": 256}),
-            )
-            .await["data"]["csr"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let mut req = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
-        let template = super::pki::ca_params("OpenBao Intermediate", Some(0));
-        req.params.is_ca = template.is_ca;
-        req.params.key_usages = template.key_usages;
-        req.params.not_before = template.not_before;
-        req.params.not_after = template.not_after;
-        req.params.use_authority_key_identifier_extension = true;
-        let issuer = rcgen::Issuer::from_params(&root.params, &root.key);
-        let cert = req.signed_by(&issuer).unwrap();
-        self.post(
-            "pki_int/intermediate/set-signed",
-            json!({"certificate": cert.pem()}),
-        )
-        .await;
+        self.issuing_ca("pki_int", "OpenBao Intermediate", 0, root)
+            .await;
         let mut body = json!({
             "allowed_uri_sans": ["spiffe://cluster.local/*"],
             "allow_any_name": false,
@@ -340,22 +314,30 @@ path "pki_ent/issuer/+/sign-intermediate" { capabilities = ["create", "update"] 
     /// inside OpenBao, certified by `root` (the offline root the test holds)
     /// with path length 1, so that it can certify castellan's intermediates.
     pub async fn enterprise_issuer(&self, root: &Ca) {
+        self.issuing_ca("pki_ent", "Enterprise Issuing CA", 1, root)
+            .await;
+    }
+
+    /// A PKI mount `mount` holding a CA named `cn`, its key made inside
+    /// OpenBao and its certificate (path length `path_len`) issued by
+    /// `root`, the offline root the test holds.
+    async fn issuing_ca(&self, mount: &str, cn: &str, path_len: u8, root: &Ca) {
         self.post(
-            "sys/mounts/pki_ent",
+            &format!("sys/mounts/{mount}"),
             json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}),
         )
         .await;
         let csr = self
             .post(
-                "pki_ent/intermediate/generate/internal",
-                json!({"common_name": "Enterprise Issuing CA", "key_type": "ec", "key_bits": 256}),
+                &format!("{mount}/intermediate/generate/internal"),
+                json!({"common_name": cn, "key_type": "ec", "key_bits": 256}),
             )
             .await["data"]["csr"]
             .as_str()
             .unwrap()
             .to_owned();
         let mut req = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
-        let template = super::pki::ca_params("Enterprise Issuing CA", Some(1));
+        let template = super::pki::ca_params(cn, Some(path_len));
         req.params.is_ca = template.is_ca;
         req.params.key_usages = template.key_usages;
         req.params.not_before = template.not_before;
@@ -364,7 +346,7 @@ path "pki_ent/issuer/+/sign-intermediate" { capabilities = ["create", "update"] 
         let issuer = rcgen::Issuer::from_params(&root.params, &root.key);
         let cert = req.signed_by(&issuer).unwrap();
         self.post(
-            "pki_ent/intermediate/set-signed",
+            &format!("{mount}/intermediate/set-signed"),
             json!({"certificate": cert.pem()}),
         )
         .await;
