@@ -515,21 +515,36 @@ async fn keys_minted_in_the_hsm_sign_rotate_and_are_destroyed() {
             .as_micros()
     );
     hsm::empty_token(token);
-    // A key a replica that died left behind, long ago by its label.
-    let out = Command::new("pkcs11-tool")
-        .arg("--module")
-        .arg(hsm::module())
-        .args(["--token-label", token, "--login", "--pin", hsm::PIN])
-        .args(["--keypairgen", "--key-type", "EC:prime256v1", "--id", "99"])
-        .args(["--label", "castellan-mint-1000-dead", "--usage-sign"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(minted_keys(token).len(), 1);
+    // A key a replica that died left behind, long ago by its label, and
+    // one a live replica minted a minute ago (younger than ttl + 1 h: it
+    // may still sign, and must be left alone).
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let alive = format!("castellan-mint-{}-alive", unix_now - 60);
+    for (label, id) in [("castellan-mint-1000-dead", "99"), (alive.as_str(), "98")] {
+        let out = Command::new("pkcs11-tool")
+            .arg("--module")
+            .arg(hsm::module())
+            .args(["--token-label", token, "--login", "--pin", hsm::PIN])
+            .args(["--keypairgen", "--key-type", "EC:prime256v1", "--id", id])
+            .args(["--label", label, "--usage-sign"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(minted_keys(token).len(), 2);
+    let ours = |token: &str| {
+        let (alive_keys, ours): (Vec<_>, Vec<_>) =
+            minted_keys(token).into_iter().partition(|k| k.0 == alive);
+        assert_eq!(alive_keys.len(), 1, "the live replica's key is kept");
+        ours
+    };
 
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
     let bao = vault(&root).await;
@@ -557,9 +572,9 @@ async fn keys_minted_in_the_hsm_sign_rotate_and_are_destroyed() {
 
     let first = issue(&ca, 8).await.unwrap();
     verify::assert_good(&first, &ca.root.der, "a leaf of an HSM-held minted key");
-    // The dead replica's key is gone; the one left is the intermediate's,
-    // and it cannot leave the token.
-    let keys = minted_keys(token);
+    // The dead replica's key is gone; the one left beside the live
+    // replica's is the intermediate's, and it cannot leave the token.
+    let keys = ours(token);
     assert_eq!(keys.len(), 1, "{keys:?}");
     let (label, sensitive, extractable, point) = &keys[0];
     assert!(
@@ -581,7 +596,7 @@ async fn keys_minted_in_the_hsm_sign_rotate_and_are_destroyed() {
     verify::assert_good(&now, &ca.root.der, "a leaf after rotation");
     assert!(
         eventually(Duration::from_secs(10), async || {
-            let keys = minted_keys(token);
+            let keys = ours(token);
             keys.len() == 1 && keys[0].3 == certified_point(&now[1])
         })
         .await,
