@@ -96,7 +96,6 @@ fn retire(
     bundle: &[(String, String)],
     now: u64,
 ) -> Result<String, String> {
-    let life = rules.leaf_life.as_secs();
     let mut needed = Vec::new();
     let mut removable = Vec::new();
     for (f, r) in &state.roots {
@@ -104,7 +103,7 @@ fn retire(
         if bundle.iter().any(|(fp, _)| fp == f) {
             continue;
         }
-        let until = last.saturating_add(life);
+        let until = keep_until(rules, last);
         if until > now {
             needed.push(format!(
                 "`{}` ({}) until {}",
@@ -120,7 +119,7 @@ fn retire(
         if bundle.iter().any(|(fp, _)| *fp == e.fingerprint) {
             continue;
         }
-        match e.signs_until.map(|t| t.saturating_add(life)) {
+        match e.signs_until.map(|t| keep_until(rules, t)) {
             None => needed.push(format!(
                 "`{}` ({}), another CA's root it still signs under (trust.external has no \
                  signs_until)",
@@ -165,7 +164,6 @@ pub fn status(
     let state = rules.state.load();
     let now = secs(now);
     let soak = rules.soak.as_secs();
-    let life = rules.leaf_life.as_secs();
     let mut lines = Vec::new();
     for (f, subject) in bundle {
         let r = state.roots.get(f);
@@ -177,7 +175,7 @@ pub fn status(
         );
         let external = rules.external.iter().find(|e| e.fingerprint == *f);
         let line = if let Some(e) = external {
-            let next = match e.signs_until.map(|t| (t, t.saturating_add(life))) {
+            let next = match e.signs_until.map(|t| (t, keep_until(rules, t))) {
                 None => "another CA still signs under it: keep it; set trust.external signs_until \
                          when that CA stops"
                     .to_owned(),
@@ -195,7 +193,7 @@ pub fn status(
                 short(f)
             )
         } else if let Some(last) = issued {
-            let until = last.saturating_add(life);
+            let until = keep_until(rules, last);
             let next = if until > now {
                 format!(
                     "keep it until {}, when its last leaf has expired",
@@ -226,7 +224,7 @@ pub fn status(
     }
     for e in &rules.external {
         if !bundle.iter().any(|(fp, _)| *fp == e.fingerprint) {
-            let gone = e.signs_until.is_some_and(|t| t.saturating_add(life) <= now);
+            let gone = e.signs_until.is_some_and(|t| keep_until(rules, t) <= now);
             let what = if gone {
                 "retired"
             } else {
@@ -244,7 +242,7 @@ pub fn status(
             continue;
         }
         if let Some(last) = r.last_issued {
-            let until = last.saturating_add(life);
+            let until = keep_until(rules, last);
             let what = if until > now {
                 format!(
                     "leaves under it live until {}: put it back",
@@ -265,6 +263,13 @@ fn short(fingerprint: &str) -> String {
 
 fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Until when a root must stay in the bundle after the last leaf was
+/// signed under it (`last_signed`, Unix seconds): that leaf's whole life.
+/// The guard and `castellan check`'s status both ask this one rule.
+fn keep_until(rules: &TrustRules, last_signed: u64) -> u64 {
+    last_signed.saturating_add(rules.leaf_life.as_secs())
 }
 
 fn at(secs: u64) -> SystemTime {
