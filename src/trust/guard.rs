@@ -266,10 +266,14 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 /// Until when a root must stay in the bundle after the last leaf was
-/// signed under it (`last_signed`, Unix seconds): that leaf's whole life.
-/// The guard and `castellan check`'s status both ask this one rule.
+/// signed under it (`last_signed`, Unix seconds): that leaf's whole life,
+/// and one second more — the record is in whole seconds (rounded down), and
+/// a leaf is valid through its notAfter second (RFC 5280). The guard and
+/// `castellan check`'s status both ask this one rule.
 fn keep_until(rules: &TrustRules, last_signed: u64) -> u64 {
-    last_signed.saturating_add(rules.leaf_life.as_secs())
+    last_signed
+        .saturating_add(rules.leaf_life.as_secs())
+        .saturating_add(1)
 }
 
 fn at(secs: u64) -> SystemTime {
