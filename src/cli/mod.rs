@@ -104,12 +104,10 @@ pub enum KeyType {
 impl Cli {
     /// Runs the chosen command.
     pub fn run(self) -> ExitCode {
-        let mut b = if std::env::var("CASTELLAN_RT").is_ok_and(|v| v == "current") {
-            tokio::runtime::Builder::new_current_thread()
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-        };
-        let runtime = match b.enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("castellan: cannot start the runtime: {e}");
