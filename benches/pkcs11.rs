@@ -141,6 +141,8 @@ fn main() {
             counters: castellan::metrics::Metrics::new().unwrap().ca_counters(),
             waived: Vec::new(),
             trust: None,
+            crl: false,
+            clock: castellan::clock::Clock::system(),
         };
         let handle = Arc::new(CaHandle::load(ca::source(&config.signer, &config.trust_domain), rules).await.unwrap());
         let issuer = Issuer::new(handle, Duration::from_secs(120), Duration::from_secs(600));

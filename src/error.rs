@@ -26,6 +26,9 @@ pub enum Error {
     /// `castellan revoke --identity` refused it new certificates.
     #[error("{0} is revoked: refused new certificates until the denial is lifted")]
     Revoked(String),
+    /// What castellan signs must be recorded for the guards to hold.
+    #[error("not issuing: {0}")]
+    Unrecorded(String),
 }
 
 // === impl Error ===
@@ -76,6 +79,7 @@ impl From<&Error> for Status {
             Error::Overloaded(_) => Self::resource_exhausted("too many requests in flight; retry"),
             Error::Timeout(_) => Self::deadline_exceeded("request deadline exceeded"),
             Error::Revoked(_) => Self::permission_denied("identity revoked"),
+            Error::Unrecorded(_) => Self::unavailable("trust record unavailable"),
         }
     }
 }

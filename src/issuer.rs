@@ -68,18 +68,16 @@ pub struct ServerCert {
 /// Why issuance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the signing certificate expired at {}", ca::date(*.0))]
-    CaExpired(SystemTime),
+    #[error("the signing chain ended at {}, when `{}` expired", ca::date(.0.not_after), .0.subject)]
+    CaExpired(ca::Limit),
     #[error(
-        "the signing certificate expires at {}, less than the shortest useful lifetime ({} s) \
-         from now: renew the intermediate",
-        ca::date(*not_after),
+        "the signing chain ends at {}, when `{}` expires: less than the shortest useful \
+         lifetime ({} s) from now; renew it",
+        ca::date(limit.not_after),
+        limit.subject,
         min.as_secs()
     )]
-    CaExpiring {
-        not_after: SystemTime,
-        min: Duration,
-    },
+    CaExpiring { limit: ca::Limit, min: Duration },
     #[error(transparent)]
     Ca(#[from] ca::Error),
     #[error("encoding the certificate: {0}")]
@@ -200,24 +198,26 @@ impl Issuer {
     }
 
     /// NotBefore backdated for skew (not before the CA's own), NotAfter cut
-    /// to the CA's: a certificate never outlives its issuer. Below `min` of
-    /// life left the CA is refused rather than handing out certificates that
-    /// make their holders renew in a loop.
+    /// to the end of the CA's chain: a certificate never outlives any
+    /// certificate above it. Below `min` of life left the CA is refused
+    /// rather than handing out certificates that make their holders renew in
+    /// a loop.
     fn validity(&self, ca: &SigningCa, ttl: Duration, min: Duration) -> Result<Validity, Error> {
-        let now = SystemTime::now();
+        let now = ca.clock().now();
         let facts = ca.facts();
-        if facts.not_after <= now {
-            return Err(Error::CaExpired(facts.not_after));
+        let limit = ca.limit();
+        if limit.not_after <= now {
+            return Err(Error::CaExpired(limit.clone()));
         }
         let not_before = now
             .checked_sub(self.skew)
             .unwrap_or(now)
             .max(facts.not_before);
-        let asked = now.checked_add(ttl).unwrap_or(facts.not_after);
-        let not_after = asked.min(facts.not_after);
+        let asked = now.checked_add(ttl).unwrap_or(limit.not_after);
+        let not_after = asked.min(limit.not_after);
         if not_after.duration_since(now).unwrap_or_default() < min {
             return Err(Error::CaExpiring {
-                not_after: facts.not_after,
+                limit: limit.clone(),
                 min,
             });
         }

@@ -14,6 +14,7 @@
 pub mod authn;
 pub mod ca;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod csr;
 pub mod error;

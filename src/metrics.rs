@@ -359,9 +359,10 @@ const CODE_LABELS: [&str; 9] = [
 ];
 
 /// The `error` label's values of `citadel_server_csr_sign_err_count`.
-pub(crate) const SIGN_ERROR_LABELS: [&str; 7] = [
+pub(crate) const SIGN_ERROR_LABELS: [&str; 8] = [
     "ca_expired",
     "ca_expiring",
+    "trust_record_unwritten",
     "signer_unavailable",
     "key_mismatch",
     "leaf_refused",

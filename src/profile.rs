@@ -93,18 +93,46 @@ impl Serial {
     /// # Errors
     /// [`Error::Random`] if the system RNG fails.
     pub fn random(rng: &dyn SecureRandom) -> Result<Self, Error> {
-        let mut bytes = [0u8; 16];
-        rng.fill(&mut bytes).map_err(|_| Error::Random)?;
+        let mut bytes = [0u8; SERIAL_LEN];
+        let (random, check) = bytes.split_at_mut(SERIAL_RANDOM);
+        rng.fill(random).map_err(|_| Error::Random)?;
         // Clear the sign bit (positive) and set the next one, so the
-        // encoding is always 16 bytes and never zero.
-        bytes[0] = (bytes[0] & 0x7f) | 0x40;
+        // encoding is always 16 bytes and never zero: 94 random bits.
+        random[0] = (random[0] & 0x7f) | 0x40;
+        check.copy_from_slice(&check_digits(random));
         Ok(Self(bytes))
+    }
+
+    /// Whether `serial` (big-endian bytes) is one castellan made: its
+    /// length, its leading bits and its check digits — a mistyped serial
+    /// passes with odds of one in four billion. Serials of other CAs, and
+    /// of castellan before it wrote check digits, do not pass.
+    pub fn is_castellans(serial: &[u8]) -> bool {
+        serial.len() == SERIAL_LEN
+            && serial[0] & 0xc0 == 0x40
+            && serial[SERIAL_RANDOM..] == check_digits(&serial[..SERIAL_RANDOM])
     }
 
     /// Lower-case hex, as `openssl x509 -serial` prints it.
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
+}
+
+/// A serial's length, and the random part of it; the rest is check digits.
+const SERIAL_LEN: usize = 16;
+const SERIAL_RANDOM: usize = 12;
+
+/// The first bytes of a SHA-256 over the random part, under a label of
+/// castellan's own.
+fn check_digits(random: &[u8]) -> [u8; SERIAL_LEN - SERIAL_RANDOM] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(b"castellan serial check v1\0");
+    ctx.update(random);
+    let digest = ctx.finish();
+    let mut out = [0u8; SERIAL_LEN - SERIAL_RANDOM];
+    out.copy_from_slice(&digest.as_ref()[..SERIAL_LEN - SERIAL_RANDOM]);
+    out
 }
 
 impl std::fmt::Display for Serial {
@@ -294,5 +322,21 @@ mod tests {
         let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(super::hex(&bytes), expected);
         assert_eq!(super::hex(&[]), "");
+    }
+
+    #[test]
+    fn serials_carry_check_digits_a_typo_breaks() {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        for _ in 0..100 {
+            let serial = super::Serial::random(&rng).unwrap();
+            assert!(super::Serial::is_castellans(&serial.0));
+            for i in 0..serial.0.len() {
+                let mut typo = serial.0;
+                typo[i] ^= 0x01;
+                assert!(!super::Serial::is_castellans(&typo), "byte {i}");
+            }
+        }
+        assert!(!super::Serial::is_castellans(&[0x40; 15]));
+        assert!(!super::Serial::is_castellans(&[]));
     }
 }

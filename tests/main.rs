@@ -24,6 +24,7 @@ mod mesh;
 mod mint;
 mod one_truth;
 mod pkcs11;
+mod record;
 mod refusals;
 mod reload;
 mod revocation;

@@ -16,6 +16,8 @@ use serde_json::Value;
 use tonic::Code;
 use x509_cert::Certificate;
 
+use castellan::{config::Config, server};
+
 use crate::support::{
     Setup, TestCa, csr, eventually, hsm, http_get, id,
     kube::{FakeKube, Kind},
@@ -251,15 +253,107 @@ async fn revoke_refuses_what_it_cannot_do_with_a_clear_message() {
             "trust domain",
         ),
         (vec!["--identity", "not a spiffe id"], "not a SPIFFE ID"),
+        // A mistyped serial (castellan's serials end in check digits).
+        (
+            vec!["--serial", "4f1e2d3c4b5a69788796a5b4c3d2e1f0"],
+            "not a serial castellan issued",
+        ),
+        (vec!["--serial", "01", "--lift"], "a revocation is final"),
     ] {
         let (code, out) = revoke(&config_path(&ca), &args);
         assert_eq!(code, 2, "{args:?}: {out}");
         assert!(out.contains(says), "{args:?}: {out}");
     }
+    let state = || std::fs::read_to_string(aux.path().join("state.json")).unwrap();
+    assert!(!state().contains("4f1e2d3c"), "nothing refused was written");
+
+    // Forced, a serial without check digits is revoked, and said so; the
+    // same again changes nothing, and says that too.
+    let (code, out) = revoke(&config_path(&ca), &["--serial", "0a:0b", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("revoked serial a0b") && out.contains("forced"),
+        "{out}"
+    );
+    let (code, out) = revoke(&config_path(&ca), &["--serial", "0a0b", "--force"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("already revoked") && out.contains("nothing changed"),
+        "{out}"
+    );
+    let (code, out) = revoke(
+        &config_path(&ca),
+        &["--identity", &id("apps", "x"), "--lift"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("not refused; nothing changed"), "{out}");
+
     let plain = TestCa::start().await;
     let (code, out) = revoke(&config_path(&plain), &["--serial", "01"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("no [trust] section"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_revokes_at_once_beside_a_serving_castellan_lose_nothing() {
+    let aux = tempfile::tempdir().unwrap();
+    let ca = TestCa::start_with(Setup {
+        extra: trust_section(aux.path(), 600),
+        ..Setup::default()
+    })
+    .await;
+    let mut serials = Vec::new();
+    for i in 0..50 {
+        serials.push(serial_of(&issue(&ca, &format!("sa{i}")).await.unwrap()));
+    }
+    // Every revoke a process of its own, all started before any is waited
+    // for, while the serving castellan merges into the record every second.
+    let config = config_path(&ca);
+    let children: Vec<_> = serials
+        .iter()
+        .map(|serial| {
+            Command::new(env!("CARGO_BIN_EXE_castellan"))
+                .args(["revoke", "--config"])
+                .arg(&config)
+                .args(["--serial", serial])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect::<Vec<_>>();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let issuer = ca.intermediate.pem.clone();
+    let TestCa { running, dir, .. } = ca;
+    running.kill();
+
+    // Restarted on the same files: every one of the fifty is in its CRL.
+    let restarted = server::start(&Config::load(&dir.path().join("castellan.toml")).unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{}/ca-crl.pem", restarted.metrics_addr.unwrap());
+    let mut text = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let (code, body) = http_get(&url).await;
+            text = openssl_crl(&body, &issuer, &["-text"]).1;
+            code == 200
+        })
+        .await
+    );
+    let missing: Vec<&String> = serials
+        .iter()
+        .filter(|s| !text.contains(&s.to_uppercase()))
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?}\n{text}");
+    restarted.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -486,4 +580,40 @@ async fn transit_ca(
     })
     .await;
     (ca, cert)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_ca_without_crl_sign_is_refused_when_crls_are_on() {
+    let aux = tempfile::tempdir().unwrap();
+    let files = crate::support::Files::write(Setup {
+        extra: trust_section(aux.path(), 600),
+        ..Setup::default()
+    });
+    let config = Config::load(&files.config).unwrap();
+    crate::support::init_trust(&config).await;
+    let no_crl_sign = files.root.intermediate("No CRL Sign", KeyAlg::EcP256, |p| {
+        p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    });
+    crate::support::pki::write_cacerts(
+        &files.dir.path().join("ca"),
+        &no_crl_sign,
+        &[&no_crl_sign, &files.root],
+        &files.root.pem,
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .args(["check", "--config"])
+        .arg(&files.config)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("FAIL  the signing CA can sign CRLs") && out.contains("cRLSign"),
+        "{out}"
+    );
+    let e = server::start(&config)
+        .await
+        .expect_err("serve refuses what check fails")
+        .to_string();
+    assert!(e.contains("cRLSign") && e.contains("ca-cert.pem"), "{e}");
 }

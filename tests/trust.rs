@@ -115,7 +115,10 @@ async fn a_switch_waits_for_the_new_root_to_soak_then_happens_by_itself() {
     let r2 = Ca::root("Root Two", KeyAlg::EcP256);
     let roots_pem = format!("{}{}", r1.pem, r2.pem);
     let started = Instant::now();
-    let ca = TestCa::start_with(setup(r1, aux.path(), &[&r1_copy, &r2], "soak_secs = 4\n")).await;
+    // A soak of one renewal cycle: half of the 8 s maximum lifetime.
+    let mut short = setup(r1, aux.path(), &[&r1_copy, &r2], "soak_secs = 4\n");
+    short.issuance = "default_ttl_secs = 8\nmin_ttl_secs = 1\nmax_ttl_secs = 8\n".into();
+    let ca = TestCa::start_with(short).await;
     assert!(
         eventually(Duration::from_secs(5), async || {
             let s = state(aux.path());
@@ -184,11 +187,12 @@ async fn a_switch_waits_for_the_new_root_to_soak_then_happens_by_itself() {
     assert!(last.contains(r2.pem.trim()) && last.contains(r1_copy.pem.trim()));
 }
 
-/// A castellan's files, with `state` already recorded and the signing
-/// intermediate under `signing_root`.
-fn files(signing_root: Ca, aux: &Path, roots: &[&Ca], trust_extra: &str) -> (Files, PathBuf) {
+/// A castellan's files, the signing intermediate under `signing_root`, and
+/// its record (as written before, or created as `castellan trust init` does).
+async fn files(signing_root: Ca, aux: &Path, roots: &[&Ca], trust_extra: &str) -> (Files, PathBuf) {
     let files = Files::write(setup(signing_root, aux, roots, trust_extra));
     let config = files.config.clone();
+    crate::support::init_trust(&Config::load(&config).unwrap()).await;
     (files, config)
 }
 
@@ -208,7 +212,7 @@ async fn serve_and_check_refuse_an_unsoaked_root_alike_unless_forced() {
         ],
     );
     let r2_copy = crate::mesh::clone_ca(&r2);
-    let (_files, config) = files(r2, aux.path(), &[&r1, &r2_copy], "");
+    let (_files, config) = files(r2, aux.path(), &[&r1, &r2_copy], "").await;
 
     let (code, out) = check(&config);
     assert_eq!(code, 1, "{out}");
@@ -216,7 +220,7 @@ async fn serve_and_check_refuse_an_unsoaked_root_alike_unless_forced() {
         out.contains(&format!("FAIL  {}", trust::ROTATION_PRACTICE)),
         "{out}"
     );
-    assert!(out.contains("served to workloads only since"), "{out}");
+    assert!(out.contains("without a break only since"), "{out}");
     assert!(out.contains("incoming") || out.contains("active"), "{out}");
     assert!(out.contains("outgoing  `CN=Root One`"), "{out}");
     let before = std::fs::read(aux.path().join("state.json")).unwrap();
@@ -264,7 +268,7 @@ async fn a_root_stays_until_its_last_leaf_has_expired() {
     );
     let r2_copy = crate::mesh::clone_ca(&r2);
     // The bundle: Root Two only.
-    let (_files, config) = files(r2, aux.path(), &[&r2_copy], "");
+    let (_files, config) = files(r2, aux.path(), &[&r2_copy], "").await;
 
     let (code, out) = check(&config);
     assert_eq!(code, 1, "{out}");
@@ -288,7 +292,7 @@ async fn a_root_stays_until_its_last_leaf_has_expired() {
                 &r1,
                 "CN=Root One",
                 Some(t - 86_400 * 5),
-                Some(t - 86_400 - 600),
+                Some(t - 86_400 - 1_200),
             ),
             (&r2_copy, "CN=Root Two", Some(t - 86_400 * 4), Some(t - 30)),
         ],
@@ -416,7 +420,7 @@ async fn a_mesh_moves_off_istiods_ca_with_both_sides_trusting_each_other_at_ever
     std::fs::write(aux.path().join("istiod-root.pem"), &old.pem).unwrap();
     let external = |signs_until: Option<String>| {
         format!(
-            "[[trust.external]]\nroots_file = \"{}\"\n{}",
+            "[[trust.external]]\nroots_file = \"{}\"\nmax_leaf_ttl_secs = 86400\n{}",
             aux.path().join("istiod-root.pem").display(),
             signs_until.map_or_else(String::new, |t| format!("signs_until = {t}\n"))
         )
@@ -427,7 +431,7 @@ async fn a_mesh_moves_off_istiods_ca_with_both_sides_trusting_each_other_at_ever
 
     // Step 2: castellan beside istiod, the old root in its bundle as
     // another CA's, which still signs.
-    let (files, config) = files(ent, aux.path(), &[&ent_copy, &old], &external(None));
+    let (files, config) = files(ent, aux.path(), &[&ent_copy, &old], &external(None)).await;
     let (code, out) = check(&config);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -524,7 +528,7 @@ async fn a_full_root_rotation_with_short_lifetimes() {
         r1,
         aux.path(),
         &[&r1_copy, &r2],
-        "soak_secs = 3\nrecord_interval_secs = 1\n",
+        "soak_secs = 3\nrecord_interval_secs = 1\nmax_unrecorded_secs = 2\n",
     );
     setup.tls = Some(tls);
     setup.issuance = "default_ttl_secs = 5\nmin_ttl_secs = 1\nmax_ttl_secs = 5\n".into();
@@ -593,4 +597,33 @@ async fn a_full_root_rotation_with_short_lifetimes() {
         .await
         .unwrap();
     running.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soak_shorter_than_a_renewal_cycle_is_refused_unless_waived() {
+    let aux = tempfile::tempdir().unwrap();
+    let r1 = Ca::root("Root One", KeyAlg::EcP256);
+    let r1_copy = crate::mesh::clone_ca(&r1);
+    let (_files, config) = files(r1, aux.path(), &[&r1_copy], "soak_secs = 0\n").await;
+    let (code, out) = check(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("FAIL  {}", trust::SOAK_PRACTICE)) && out.contains("43200"),
+        "{out}"
+    );
+    assert!(
+        server::start(&Config::load(&config).unwrap())
+            .await
+            .is_err()
+    );
+
+    let text = std::fs::read_to_string(&config).unwrap() + "force = true\n";
+    std::fs::write(&config, text).unwrap();
+    let (code, out) = check(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("WAIVED  {}", trust::SOAK_PRACTICE))
+            && out.contains("WAIVED by trust.force"),
+        "{out}"
+    );
 }

@@ -63,16 +63,41 @@ impl Assessment {
     }
 }
 
-/// The verdicts, and the fingerprints of the roots the signing chain was
-/// verified to end at.
+/// Judges `ca` against `rules`: its verdicts, the roots its chain was
+/// verified to end at, and the chain's end (which that root may set).
 pub(super) async fn run(
-    ca: &SigningCa,
+    ca: &mut SigningCa,
     cert: &Certificate,
     source: &str,
     rules: &Rules,
-) -> Result<(Assessment, Vec<String>), Error> {
-    let mut a = Assessment::default();
+) -> Result<(), Error> {
+    // A signature the certificate's key verifies is the proof that holds for
+    // every back end, including HSMs that publish no public key.
+    let probe = match probe(ca, &rules.trust_domain, true).await {
+        Ok(p) => Ok(p),
+        Err(Error::Backend(e)) => return Err(Error::Backend(e)),
+        Err(e) => Err(e),
+    };
     let tbs = cert.tbs_certificate();
+    let signed_by_cert_key = probe
+        .as_ref()
+        .is_ok_and(|p| verify::signed_by(p, tbs.subject_public_key_info()));
+    let cert_key = tbs.subject_public_key_info().to_der()?;
+    let published = match &ca.backend {
+        castellan_signer::Backend::Signs(s) => s.public_key_der(),
+        castellan_signer::Backend::Issues(_) => None,
+    };
+    let key_matches = signed_by_cert_key && published.is_none_or(|k| k == cert_key);
+    let probe_failure = probe.as_ref().err().map(ToString::to_string);
+    let leaf = probe.as_ref().ok().filter(|_| key_matches);
+    ca.active_roots = leaf.map_or_else(Vec::new, |leaf| active_roots(ca, leaf));
+    let root = ca
+        .active_roots
+        .first()
+        .and_then(|f| ca.root_names.iter().position(|(fp, _)| fp == f))
+        .and_then(|i| ca.roots.get(i));
+    ca.limit = super::chain::limit_with_root(&ca.limit, root)?;
+    let mut a = Assessment::default();
     let subject = tbs.subject().to_string();
 
     let shared = shared_key(ca, cert);
@@ -105,23 +130,6 @@ pub(super) async fn run(
         ca_constraints(cert, source)?,
     );
 
-    // A signature the certificate's key verifies is the proof that holds for
-    // every back end, including HSMs that publish no public key.
-    let probe = match probe(ca, &rules.trust_domain, true).await {
-        Ok(p) => Ok(p),
-        Err(Error::Backend(e)) => return Err(Error::Backend(e)),
-        Err(e) => Err(e),
-    };
-    let signed_by_cert_key = probe
-        .as_ref()
-        .is_ok_and(|p| verify::signed_by(p, tbs.subject_public_key_info()));
-    let cert_key = tbs.subject_public_key_info().to_der()?;
-    let published = match &ca.backend {
-        castellan_signer::Backend::Signs(s) => s.public_key_der(),
-        castellan_signer::Backend::Issues(_) => None,
-    };
-    let published_matches = published.is_none_or(|k| k == cert_key);
-    let key_matches = signed_by_cert_key && published_matches;
     a.record(
         "private key matches the signing certificate",
         true,
@@ -146,12 +154,10 @@ pub(super) async fn run(
         validity(ca, source, rules),
     );
 
-    let probe_failure = probe.as_ref().err().map(ToString::to_string);
-    let probe = probe.ok().filter(|_| key_matches);
     a.record(
         "rooted in the configured enterprise root(s)",
         true,
-        match &probe {
+        match leaf {
             Some(leaf) => rooted(ca, leaf, source),
             None => Err(probe_failure
                 .clone()
@@ -183,23 +189,60 @@ pub(super) async fn run(
     a.record(
         "SM-DR15 workload certificates are never CAs",
         true,
-        match &probe {
+        match leaf {
             Some(leaf) => leaf_not_ca(leaf),
             None => Err(probe_failure
                 .unwrap_or_else(|| "not verified: no probe certificate could be issued".into())),
         },
     );
 
-    let active = probe
-        .as_ref()
-        .map_or_else(Vec::new, |leaf| active_roots(ca, leaf));
+    if rules.crl {
+        a.record(
+            "the signing CA can sign CRLs",
+            true,
+            crl_sign(ca, cert, source)?,
+        );
+    }
     if let Some(trust) = &rules.trust {
-        let (switch, retire) =
-            crate::trust::judge(trust, ca.root_names(), &active, SystemTime::now());
+        let now = rules.clock.now();
+        let (switch, retire) = crate::trust::judge(trust, ca.root_names(), &ca.active_roots, now);
         a.record(crate::trust::ROTATION_PRACTICE, !trust.force, switch);
         a.record(crate::trust::RETIREMENT_PRACTICE, !trust.force, retire);
+        let soak = crate::trust::soak_floor(trust);
+        a.record(crate::trust::SOAK_PRACTICE, !trust.force, soak);
     }
-    Ok((a, active))
+    ca.assessment = a;
+    Ok(())
+}
+
+/// With CRLs on, castellan signs one with the signing CA's key: its
+/// certificate must allow that (keyUsage cRLSign), or every client rejects
+/// the CRL ("key usage does not include CRL signing") and, under Envoy's
+/// rule, every chain with it. An issuing back end signs its own.
+fn crl_sign(
+    ca: &SigningCa,
+    cert: &Certificate,
+    source: &str,
+) -> Result<Result<String, String>, Error> {
+    if let castellan_signer::Backend::Issues(_) = &ca.backend {
+        return Ok(Ok(
+            "the issuing back end signs its own CRL; castellan checks and republishes it".into(),
+        ));
+    }
+    let ku = cert
+        .tbs_certificate()
+        .get_extension::<KeyUsage>()?
+        .map(|(_, ku)| ku);
+    Ok(if ku.is_some_and(|ku| ku.0.contains(KeyUsages::CRLSign)) {
+        Ok("keyUsage cRLSign: CRLs castellan signs verify".into())
+    } else {
+        Err(format!(
+            "{source} lacks keyUsage cRLSign, and [trust.crl] is on: every CRL castellan signed \
+             would be rejected (\"key usage does not include CRL signing\"), and with it every \
+             chain under Envoy's rule. Issue the intermediate with keyUsage keyCertSign, \
+             cRLSign, or remove [trust.crl]"
+        ))
+    })
 }
 
 /// The roots a probe certificate verifies to, each alone.
@@ -251,28 +294,46 @@ fn ca_constraints(cert: &Certificate, source: &str) -> Result<Result<String, Str
     })
 }
 
+/// The signing certificate's own validity, and the chain's: a leaf is
+/// valid only while every certificate above it is, so the chain ends when
+/// the first of them expires (an enterprise CA older than the intermediate
+/// it certified, a minted intermediate signed past its issuer's end).
 fn validity(ca: &SigningCa, source: &str, rules: &Rules) -> Result<String, String> {
-    let (from, until) = (ca.facts.not_before, ca.facts.not_after);
-    let now = SystemTime::now();
-    let span = format!("valid {} to {}", date(from), date(until));
+    let (from, own) = (ca.facts.not_before, ca.facts.not_after);
+    let until = ca.limit.not_after;
+    let now = rules.clock.now();
+    let span = format!("valid {} to {}", date(from), date(own));
+    let by = if until < own {
+        format!(
+            "; the chain ends earlier, at {}, when `{}` above it expires",
+            date(until),
+            ca.limit.subject
+        )
+    } else {
+        String::new()
+    };
     if now < from {
         return Err(format!(
             "{source} is not yet valid ({span}); check the clock"
         ));
     }
+    let whose = if until < own { "'s chain" } else { "" };
     let Ok(left) = until.duration_since(now) else {
         return Err(format!(
-            "{source} has expired ({span}); renew the intermediate"
+            "{source}{whose} has expired ({span}{by}); renew what has expired"
         ));
     };
     if left < rules.max_ttl {
         return Err(format!(
-            "{source} expires sooner than a workload certificate with the maximum TTL of {} s \
-             issued now would ({span}): renew the intermediate or lower issuance.max_ttl_secs",
+            "{source}{whose} expires sooner than a workload certificate with the maximum TTL of \
+             {} s issued now would ({span}{by}): renew it or lower issuance.max_ttl_secs",
             rules.max_ttl.as_secs()
         ));
     }
-    Ok(format!("{span} ({} days left)", left.as_secs() / 86_400))
+    Ok(format!(
+        "{span}{by} ({} days left)",
+        left.as_secs() / 86_400
+    ))
 }
 
 /// Issues a throwaway workload certificate for a fresh key, exactly as a real
@@ -304,7 +365,7 @@ pub(super) async fn probe(
         .serialize_request(&key)
         .and_then(|r| r.pem())
         .map_err(|e| unfit(ProbeError::Rcgen(e)))?;
-    let now = SystemTime::now();
+    let now = ca.clock.now();
     let leaf = ca
         .issue_checked(
             &LeafRequest {
@@ -315,8 +376,8 @@ pub(super) async fn probe(
                 not_before: now.max(ca.facts.not_before),
                 not_after: now
                     .checked_add(PROBE_TTL)
-                    .unwrap_or(ca.facts.not_after)
-                    .min(ca.facts.not_after),
+                    .unwrap_or(ca.limit.not_after)
+                    .min(ca.limit.not_after),
             },
             always_verify,
         )

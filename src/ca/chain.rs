@@ -77,3 +77,42 @@ pub(super) fn earliest_expiry(roots: &[CertificateDer<'static>]) -> Result<Syste
     }
     earliest.ok_or(Error::NoRoots)
 }
+
+/// The certificate of `chain` (signing certificate first) that expires
+/// first.
+pub(super) fn limit(chain: &[CertificateDer<'static>]) -> Result<super::Limit, Error> {
+    let mut limit: Option<super::Limit> = None;
+    for der in chain {
+        let cert = Certificate::from_der(der)?;
+        let tbs = cert.tbs_certificate();
+        let not_after = tbs.validity().not_after.to_system_time();
+        if limit.as_ref().is_none_or(|l| not_after < l.not_after) {
+            limit = Some(super::Limit {
+                not_after,
+                subject: tbs.subject().to_string(),
+            });
+        }
+    }
+    limit.ok_or(Error::NoRoots)
+}
+
+/// `limit`, or the root the chain ends at if that expires first.
+pub(super) fn limit_with_root(
+    limit: &super::Limit,
+    root: Option<&CertificateDer<'static>>,
+) -> Result<super::Limit, Error> {
+    let Some(root) = root else {
+        return Ok(limit.clone());
+    };
+    let cert = Certificate::from_der(root)?;
+    let tbs = cert.tbs_certificate();
+    let not_after = tbs.validity().not_after.to_system_time();
+    Ok(if not_after < limit.not_after {
+        super::Limit {
+            not_after,
+            subject: tbs.subject().to_string(),
+        }
+    } else {
+        limit.clone()
+    })
+}

@@ -98,7 +98,7 @@ impl SigningCa {
                 let identity = identity.to_string();
                 let ttl = req
                     .not_after
-                    .duration_since(SystemTime::now())
+                    .duration_since(self.clock.now())
                     .unwrap_or_default();
                 let issued = issuer
                     .issue(&LeafOrder {

@@ -32,7 +32,7 @@ pub use recheck::{Refusal, Verdict, check_issued_leaf};
 pub use reload::{CaHandle, spawn_prober, spawn_reloader};
 pub use rotate::{Outcome as RotationOutcome, due as rotation_due, spawn_rotator};
 
-use crate::{pem, profile};
+use crate::{clock::Clock, pem, profile};
 
 /// What the signing material is judged against.
 #[derive(Clone, Debug)]
@@ -51,6 +51,10 @@ pub struct Rules {
     pub waived: Vec<Waivable>,
     /// The root rotation guards (`[trust]`), when configured.
     pub trust: Option<crate::trust::TrustRules>,
+    /// With `[trust.crl]`: the signing CA must be able to sign CRLs.
+    pub crl: bool,
+    /// What every rule about time asks.
+    pub clock: Clock,
 }
 
 /// The practices an operator may waive. The others (no self-signed CA,
@@ -88,6 +92,9 @@ pub struct SigningCa {
     /// The whole root bundle as one PEM element: the response's last element.
     roots_pem: String,
     roots_not_after: SystemTime,
+    /// The earliest notAfter along the chain, up to the root it ends at,
+    /// and the subject of the certificate that sets it.
+    limit: Limit,
     /// Each root's fingerprint and subject, for the trust record.
     root_names: Vec<(String, String)>,
     /// The roots the signing chain was verified to end at.
@@ -97,6 +104,14 @@ pub struct SigningCa {
     proof: proof::KeyProof,
     min_ttl: std::time::Duration,
     rng: SystemRandom,
+    clock: Clock,
+}
+
+/// What ends a chain's life: the certificate along it that expires first.
+#[derive(Clone, Debug)]
+pub struct Limit {
+    pub not_after: SystemTime,
+    pub subject: String,
 }
 
 /// Why signing material cannot be used or a certificate cannot be made.
@@ -194,6 +209,7 @@ impl SigningCa {
         let intermediates = chain::path_order(&cert, &material.chain, &roots)?;
         let mut chain = vec![material.cert.clone()];
         chain.extend(intermediates);
+        let limit = chain::limit(&chain)?;
 
         let spki = cert.tbs_certificate().subject_public_key_info();
         let algorithm = match &backend {
@@ -230,6 +246,7 @@ impl SigningCa {
                 })
                 .collect(),
             active_roots: Vec::new(),
+            limit,
             roots,
             roots_not_after,
             fingerprint: material.fingerprint,
@@ -237,11 +254,9 @@ impl SigningCa {
             proof,
             min_ttl: rules.min_ttl,
             rng: SystemRandom::new(),
+            clock: rules.clock.clone(),
         };
-        let (assessment, active_roots) =
-            assess::run(&ca, &cert, &material.cert_source, rules).await?;
-        ca.assessment = assessment;
-        ca.active_roots = active_roots;
+        assess::run(&mut ca, &cert, &material.cert_source, rules).await?;
         Ok(ca)
     }
 
@@ -280,6 +295,22 @@ impl SigningCa {
         self.roots_not_after
     }
 
+    /// When the chain ends: no leaf under it is valid later, whatever the
+    /// signing certificate says.
+    pub fn not_after(&self) -> SystemTime {
+        self.limit.not_after
+    }
+
+    /// The certificate whose expiry ends the chain.
+    pub fn limit(&self) -> &Limit {
+        &self.limit
+    }
+
+    /// The clock the CA's rules read.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// Each root's fingerprint and subject.
     pub fn root_names(&self) -> &[(String, String)] {
         &self.root_names
@@ -314,15 +345,16 @@ impl SigningCa {
             return Some(reason);
         }
         let left = self
-            .facts
+            .limit
             .not_after
-            .duration_since(SystemTime::now())
+            .duration_since(self.clock.now())
             .unwrap_or_default();
         if left < self.min_ttl {
             return Some(format!(
-                "the signing certificate expires at {}, in less than issuance.min_ttl_secs; \
-                 renew the intermediate",
-                date(self.facts.not_after)
+                "the signing chain ends at {} (`{}` expires then), in less than \
+                 issuance.min_ttl_secs; renew it",
+                date(self.limit.not_after),
+                self.limit.subject
             ));
         }
         let backend_ok = match &self.backend {

@@ -88,10 +88,12 @@ pub fn spawn_rotator(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let facts = handle.current().facts().clone();
+            let current = handle.current();
+            let facts = current.facts().clone();
             let wait = due(&facts)
-                .duration_since(SystemTime::now())
+                .duration_since(current.clock().now())
                 .unwrap_or_default();
+            drop(current);
             tokio::time::sleep(wait).await;
             let (cap, mut retry) = (retry_cap(&facts), FIRST_RETRY);
             loop {

@@ -6,6 +6,7 @@ use std::{path::Path, process::ExitCode};
 use crate::{
     authn,
     ca::{self, SigningCa},
+    clock::Clock,
     config::Config,
     metrics::Metrics,
     server,
@@ -27,12 +28,14 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         Ok(m) => m.ca_counters(),
         Err(e) => return unusable(&e),
     };
-    let mut rules = match server::rules(&config, counters) {
+    let clock = Clock::system();
+    let mut rules = match server::rules(&config, counters, clock.clone()) {
         Ok(r) => r,
         Err(e) => return unusable(&e),
     };
-    // The record is read, never written: check changes nothing.
-    rules.trust = match crate::trust::open(&config).await {
+    // The record is read and proven writable, never written: check changes
+    // nothing, and fails where serve would.
+    rules.trust = match crate::trust::open_writable(&config, clock.clone()).await {
         Ok(t) => t.map(|(_, rules)| rules),
         Err(e) => return unusable(&e),
     };
@@ -94,13 +97,12 @@ pub(super) async fn run(path: &Path) -> ExitCode {
             ""
         }
     );
-    for line in signing_lines(&ca, source.self_rotating(), std::time::SystemTime::now()) {
+    for line in signing_lines(&ca, source.self_rotating(), clock.now()) {
         println!("{line}");
     }
     if let Some(trust) = &rules.trust {
         println!("ROOTS {} (soak {} s)", trust.store, trust.soak.as_secs());
-        let now = std::time::SystemTime::now();
-        for line in crate::trust::status(trust, ca.root_names(), ca.active_roots(), now) {
+        for line in crate::trust::status(trust, ca.root_names(), ca.active_roots(), clock.now()) {
             println!("      {line}");
         }
     }

@@ -22,6 +22,7 @@ pub mod token;
 #[cfg(not(feature = "testing"))]
 #[allow(unreachable_pub, dead_code)]
 mod token;
+mod trust;
 
 use std::{io::Write as _, net::SocketAddr, path::PathBuf, process::ExitCode};
 
@@ -53,6 +54,9 @@ enum Command {
     /// Revoke a leaf by serial, or refuse an identity new certificates and
     /// revoke its leaves, in the trust record every replica reads.
     Revoke(revoke::Args),
+    /// The trust record: `castellan trust init` creates it on a first install.
+    #[command(subcommand)]
+    Trust(trust::Command),
     /// Create a throwaway offline root, intermediate and token issuer in DIR
     /// and serve a real CA with them: nothing to install, no cluster needed.
     Demo {
@@ -140,6 +144,7 @@ impl Cli {
             }
             Command::Check { config } => check::run(&config).await,
             Command::Revoke(args) => revoke::run(args).await,
+            Command::Trust(command) => trust::run(command).await,
             Command::Demo {
                 dir,
                 listen,

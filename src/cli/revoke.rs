@@ -1,23 +1,24 @@
 //! `castellan revoke`: revoke a leaf by serial, or refuse an identity new
 //! certificates (and revoke the leaves replicas remember issuing to it), in
 //! the trust record every replica reads; `--lift` ends an identity's denial.
+//! Every run says what it changed, or that nothing did.
 
-use std::{
-    path::PathBuf,
-    process::ExitCode,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
+    ca::date,
+    clock::{Clock, at},
     config::Config,
-    trust::{self, Denied, Reason, Revoked, TrustState},
+    profile::Serial,
+    trust::{self, Denied, Reason, Revoked, Store, TrustRules, TrustState},
 };
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
     #[arg(long, env = "CASTELLAN_CONFIG")]
     config: PathBuf,
-    /// A leaf's serial number, hex (as castellan logs it).
+    /// A leaf's serial number, hex (as castellan logs it, or as
+    /// `openssl x509 -serial` prints it).
     #[arg(
         long,
         conflicts_with = "identity",
@@ -30,9 +31,14 @@ pub(super) struct Args {
     identity: Option<String>,
     #[arg(long, value_enum, default_value_t = Reason::Unspecified)]
     reason: Reason,
-    /// Ends the denial of --identity (its revoked leaves stay revoked).
-    #[arg(long, requires = "identity")]
+    /// Ends the denial of --identity (its revoked leaves stay revoked). A
+    /// revoked serial cannot be lifted.
+    #[arg(long)]
     lift: bool,
+    /// Revoke a serial castellan's check digits do not vouch for: a leaf
+    /// castellan issued before its serials carried them (castellan 0.1).
+    #[arg(long, requires = "serial")]
+    force: bool,
 }
 
 pub(super) async fn run(args: Args) -> ExitCode {
@@ -50,44 +56,36 @@ pub(super) async fn run(args: Args) -> ExitCode {
 
 async fn revoke(args: &Args) -> Result<String, String> {
     let config = Config::load(&args.config).map_err(|e| e.to_string())?;
-    let Some((store, rules)) = trust::open(&config).await.map_err(|e| e.to_string())? else {
+    let clock = Clock::system();
+    let Some((store, rules)) = trust::open(&config, clock.clone())
+        .await
+        .map_err(|e| e.to_string())?
+    else {
         return Err(format!(
             "{}: no [trust] section: revocations are kept in the trust record \
              (trust.state_configmap or trust.state_file)",
             args.config.display()
         ));
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut change = TrustState::default();
     let vault_pki = matches!(&config.signer, crate::config::Signer::Vault(v) if v.pki.is_some());
-    let message = match (&args.serial, &args.identity) {
-        (Some(serial), _) if vault_pki => {
-            let serial = normalize(serial)?;
-            return Err(format!(
-                "the signer is Vault PKI, whose CRL castellan publishes as Vault signs it: revoke \
-                 the leaf in Vault (`vault write <mount>/revoke serial_number={serial}`, or with \
-                 `certificate=` for a role with no_store)"
-            ));
-        }
+    match (&args.serial, &args.identity) {
         (Some(serial), _) => {
             let serial = normalize(serial)?;
-            change.revoked.insert(
-                serial.clone(),
-                Revoked {
-                    reason: args.reason,
-                    at: now,
-                    // No leaf castellan issued lives longer from now.
-                    until: now.saturating_add(rules.leaf_life.as_secs()),
-                    identity: None,
-                },
-            );
-            format!(
-                "revoked serial {serial} ({}); every replica lists it in its CRL within {} s",
-                store.describe(),
-                rules.interval.as_secs()
-            )
+            if args.lift {
+                return Err(format!(
+                    "--serial {serial} --lift: a revocation is final (castellan does not use \
+                     certificateHold). If the wrong leaf was revoked, its workload gets a new \
+                     certificate when it renews: restart its pods to renew at once"
+                ));
+            }
+            if vault_pki {
+                return Err(format!(
+                    "the signer is Vault PKI, whose CRL castellan publishes as Vault signs it: \
+                     revoke the leaf in Vault (`vault write <mount>/revoke \
+                     serial_number={serial}`, or with `certificate=` for a role with no_store)"
+                ));
+            }
+            by_serial(&store, &rules, &clock, &serial, args).await
         }
         (None, Some(identity)) => {
             let id = spiffe::SpiffeId::new(identity)
@@ -98,32 +96,110 @@ async fn revoke(args: &Args) -> Result<String, String> {
                     config.trust_domain
                 ));
             }
-            let denied = Denied {
-                reason: args.reason,
-                at: if args.lift { 0 } else { now },
-                lifted: args.lift.then_some(now),
-            };
-            change.denied.insert(id.to_string(), denied);
-            if args.lift {
-                format!("{id} may get certificates again (its revoked leaves stay revoked)")
-            } else if vault_pki {
-                format!(
-                    "{id} is refused new certificates (PERMISSION_DENIED) by every replica \
-                     within {} s; its leaves are Vault's: revoke them in Vault",
-                    rules.interval.as_secs()
-                )
-            } else {
-                format!(
-                    "{id} is refused new certificates (PERMISSION_DENIED) by every replica \
-                     within {} s; the leaves they issued to it are revoked",
-                    rules.interval.as_secs()
-                )
-            }
+            by_identity(&store, &rules, &clock, &id.to_string(), args, vault_pki).await
         }
-        (None, None) => return Err("give --serial or --identity".into()),
-    };
-    store.merge(&change).await.map_err(|e| e.to_string())?;
-    Ok(message)
+        (None, None) => Err("give --serial or --identity".into()),
+    }
+}
+
+async fn by_serial(
+    store: &Store,
+    rules: &TrustRules,
+    clock: &Clock,
+    serial: &str,
+    args: &Args,
+) -> Result<String, String> {
+    let castellans = trust::serial_bytes(serial).is_some_and(|b| Serial::is_castellans(&b));
+    if !castellans && !args.force {
+        return Err(format!(
+            "--serial {serial}: not a serial castellan issued — every serial castellan writes \
+             ends in check digits, and these do not match. Check it for a typo (castellan logs \
+             each leaf's serial; `openssl x509 -noout -serial -in leaf.pem` prints it). A leaf \
+             castellan issued before check digits (castellan 0.1) has none: revoke it with \
+             --force"
+        ));
+    }
+    if let Some(r) = rules.state.load().revoked.get(serial) {
+        return Ok(format!(
+            "serial {serial} was already revoked at {} ({:?}); nothing changed",
+            date(at(r.at)),
+            r.reason
+        ));
+    }
+    let now = clock.unix();
+    let mut change = TrustState::default();
+    change.revoked.insert(
+        serial.to_owned(),
+        Revoked {
+            reason: args.reason,
+            at: now,
+            // No leaf castellan issued lives longer from now.
+            until: now.saturating_add(rules.leaf_life.as_secs()),
+            identity: None,
+        },
+    );
+    let merged = store.merge(&change, now).await.map_err(|e| e.to_string())?;
+    let stands = merged.revoked.get(serial).map_or(now, |r| r.at);
+    Ok(format!(
+        "revoked serial {serial} ({:?}) at {}{}, in {}; every replica lists it in its CRL within \
+         {} s",
+        args.reason,
+        date(at(stands)),
+        if castellans {
+            ""
+        } else {
+            " (forced: not checked against castellan's check digits)"
+        },
+        store.describe(),
+        rules.interval.as_secs()
+    ))
+}
+
+async fn by_identity(
+    store: &Store,
+    rules: &TrustRules,
+    clock: &Clock,
+    id: &str,
+    args: &Args,
+    vault_pki: bool,
+) -> Result<String, String> {
+    let now = clock.unix();
+    let denied_now = rules.state.load().denied.get(id).cloned();
+    let active = denied_now.as_ref().is_some_and(Denied::active);
+    if args.lift && !active {
+        return Ok(format!("{id} is not refused; nothing changed"));
+    }
+    if !args.lift && active {
+        let since = denied_now.map_or(now, |d| d.at);
+        return Ok(format!(
+            "{id} has been refused since {}; nothing changed",
+            date(at(since))
+        ));
+    }
+    let mut change = TrustState::default();
+    change.denied.insert(
+        id.to_owned(),
+        Denied {
+            reason: args.reason,
+            at: if args.lift { 0 } else { now },
+            lifted: args.lift.then_some(now),
+        },
+    );
+    store.merge(&change, now).await.map_err(|e| e.to_string())?;
+    let within = rules.interval.as_secs();
+    Ok(if args.lift {
+        format!("{id} may get certificates again (its revoked leaves stay revoked)")
+    } else if vault_pki {
+        format!(
+            "{id} is refused new certificates (PERMISSION_DENIED) by every replica within \
+             {within} s; its leaves are Vault's: revoke them in Vault"
+        )
+    } else {
+        format!(
+            "{id} is refused new certificates (PERMISSION_DENIED) by every replica within \
+             {within} s; the leaves they issued to it are revoked"
+        )
+    })
 }
 
 /// The serial as the record keys it, refusing what no certificate has.

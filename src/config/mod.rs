@@ -60,6 +60,7 @@ pub const DEFAULT_ISTIOD_SERVICE_ACCOUNT: &str = "istiod";
 pub const DEFAULT_ISTIOD_TTL_SECS: u64 = 6 * 3600;
 pub const DEFAULT_CRL_VALIDITY_SECS: u64 = 24 * 3600;
 pub const DEFAULT_RECORD_INTERVAL_SECS: u64 = 60;
+pub const DEFAULT_MAX_UNRECORDED_SECS: u64 = 600;
 /// Istio's name for the CRL ConfigMap (`PILOT_CRL_CONFIGMAP`'s default).
 pub const DEFAULT_CRL_CONFIGMAP: &str = "istio-ca-crl";
 
@@ -466,6 +467,11 @@ impl Config {
             resolve_opt(base, &mut t.state_file);
             for e in &mut t.external {
                 castellan_signer::resolve(base, &mut e.roots_file);
+            }
+            if let Some(crl) = &mut t.crl {
+                for f in &mut crl.upstream_files {
+                    castellan_signer::resolve(base, f);
+                }
             }
         }
     }

@@ -35,6 +35,20 @@ pub struct Trust {
     /// revocation takes to reach every replica.
     #[serde(default = "defaults::default_record_interval")]
     pub record_interval_secs: u64,
+    /// How long castellan keeps issuing while the record cannot be written,
+    /// which is also how far the record may lag (every leaf lifetime the
+    /// guards reckon with is this much longer). Unset: ten minutes, or two
+    /// record intervals if longer.
+    pub max_unrecorded_secs: Option<u64>,
+}
+
+impl Trust {
+    /// `max_unrecorded_secs`, or its default.
+    pub fn max_unrecorded_secs(&self) -> u64 {
+        self.max_unrecorded_secs.unwrap_or_else(|| {
+            super::DEFAULT_MAX_UNRECORDED_SECS.max(self.record_interval_secs.saturating_mul(2))
+        })
+    }
 }
 
 /// The CRL castellan signs and publishes.
@@ -47,6 +61,11 @@ pub struct Crl {
     /// Published beside the trust bundle ([kubernetes.trust_bundle]),
     /// key `ca-crl.pem`, where Istio's sidecars mount it.
     pub configmap_name: String,
+    /// CRLs of the CAs above castellan's signing CA, PEM or DER (the
+    /// enterprise root's, covering the intermediate, and any CA between),
+    /// re-read every record interval. Envoy needs a current CRL from every
+    /// CA of a chain: castellan publishes nothing until these complete the set.
+    pub upstream_files: Vec<PathBuf>,
 }
 
 impl Default for Crl {
@@ -54,6 +73,7 @@ impl Default for Crl {
         Self {
             validity_secs: DEFAULT_CRL_VALIDITY_SECS,
             configmap_name: DEFAULT_CRL_CONFIGMAP.to_owned(),
+            upstream_files: Vec::new(),
         }
     }
 }
@@ -67,6 +87,10 @@ pub struct ExternalRoots {
     /// When that CA stopped (or stops) signing, a TOML date-time with its
     /// offset (`2026-12-03T10:00:00Z`). Unset: it still signs.
     pub signs_until: Option<toml::value::Datetime>,
+    /// The longest lifetime of a leaf that CA issues (istiod's default
+    /// `DEFAULT_WORKLOAD_CERT_TTL` is 86400, its maximum 90 days): its root
+    /// is kept that long after `signs_until`.
+    pub max_leaf_ttl_secs: u64,
 }
 
 impl ExternalRoots {

@@ -99,9 +99,30 @@ impl Config {
                     "must be between 1 and 3600 (an hour)",
                 );
             }
+            let unrecorded = t.max_unrecorded_secs();
+            if unrecorded < t.record_interval_secs.saturating_mul(2)
+                || unrecorded > MAX_DURATION_SECS
+            {
+                return Err(Error::Invalid {
+                    key: "trust.max_unrecorded_secs",
+                    problem: format!(
+                        "is {unrecorded} s: it must be at least two record intervals ({} s, \
+                         trust.record_interval_secs = {}) and at most a year",
+                        t.record_interval_secs.saturating_mul(2),
+                        t.record_interval_secs
+                    ),
+                });
+            }
             for e in &t.external {
                 if let Err(problem) = e.signs_until_unix() {
                     return invalid("trust.external.signs_until", &problem);
+                }
+                if e.max_leaf_ttl_secs == 0 || e.max_leaf_ttl_secs > MAX_DURATION_SECS {
+                    return invalid(
+                        "trust.external.max_leaf_ttl_secs",
+                        "must be between 1 and a year: the longest lifetime of that CA's leaves \
+                         (istiod: its MAX_WORKLOAD_CERT_TTL, 90 days at most)",
+                    );
                 }
             }
             if t.soak_secs.is_some_and(|s| s > MAX_DURATION_SECS) {

@@ -1,18 +1,19 @@
 //! The operational listener: liveness, readiness and Prometheus metrics over
 //! plain HTTP, apart from the gRPC port so probes need no TLS or token.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::{ca::CaHandle, metrics::Metrics};
+use crate::{ca::CaHandle, metrics::Metrics, trust::Revocations};
 
 #[derive(Clone)]
 struct Ops {
     ca: Arc<CaHandle>,
     metrics: Metrics,
     crl: Option<watch::Receiver<Option<String>>>,
+    trust: Option<Arc<Revocations>>,
 }
 
 /// Serves `/healthz`, `/readyz`, `/metrics` and, with `[trust.crl]`,
@@ -22,6 +23,7 @@ pub(super) fn spawn(
     ca: Arc<CaHandle>,
     metrics: Metrics,
     crl: Option<watch::Receiver<Option<String>>>,
+    trust: Option<Arc<Revocations>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let app = Router::new()
@@ -29,7 +31,12 @@ pub(super) fn spawn(
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/ca-crl.pem", get(crl_pem))
-        .with_state(Ops { ca, metrics, crl });
+        .with_state(Ops {
+            ca,
+            metrics,
+            crl,
+            trust,
+        });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -40,16 +47,19 @@ pub(super) fn spawn(
     })
 }
 
-/// Ready while the signing certificate in use is valid and its signer can
-/// sign. A refused reload does not make castellan unready: the previous CA
-/// keeps serving.
+/// Ready while the signing chain in use is valid, its signer can sign, and
+/// the trust record keeps up. A refused reload does not make castellan
+/// unready: the previous CA keeps serving.
 async fn ready(State(ops): State<Ops>) -> (StatusCode, &'static str) {
-    let ca = ops.ca.current();
-    if ca.facts().not_after <= SystemTime::now() {
-        (
+    if ops.trust.as_ref().is_some_and(|t| t.unrecorded().is_some()) {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "signing certificate expired\n",
-        )
+            "trust record not written for longer than trust.max_unrecorded_secs\n",
+        );
+    }
+    let ca = ops.ca.current();
+    if ca.not_after() <= ca.clock().now() {
+        (StatusCode::SERVICE_UNAVAILABLE, "signing chain expired\n")
     } else if !ca.healthy() {
         (StatusCode::SERVICE_UNAVAILABLE, "signer unavailable\n")
     } else {

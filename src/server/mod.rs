@@ -22,6 +22,7 @@ pub use tls::provider as tls_provider;
 use crate::{
     authn,
     ca::{self, CaHandle},
+    clock::Clock,
     config::Config,
     impersonation::NodeAuthorizer,
     issuer::{self, Issuer},
@@ -140,10 +141,18 @@ impl Running {
 /// # Errors
 /// [`Error`] naming what stops it from starting.
 pub async fn start(config: &Config) -> Result<Running, Error> {
+    start_with_clock(config, Clock::system()).await
+}
+
+/// As [`start`], with every rule about time reading `clock`.
+///
+/// # Errors
+/// As [`start`].
+pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, Error> {
     crypto_ready()?;
     let metrics = Metrics::new()?;
-    let mut rules = rules(config, metrics.ca_counters())?;
-    let trust = crate::trust::open(config).await?;
+    let mut rules = rules(config, metrics.ca_counters(), clock.clone())?;
+    let trust = crate::trust::open_writable(config, clock).await?;
     if let Some((_, t)) = &trust {
         if t.force {
             tracing::warn!(
@@ -167,7 +176,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
     let mut background = Vec::new();
     let revocations = trust.as_ref().map(|(_, t)| {
         Arc::new(crate::trust::Revocations::new(
-            Arc::clone(&t.state),
+            t,
             crate::trust::ISSUED_CAPACITY,
         ))
     });
@@ -264,6 +273,7 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
                 Arc::clone(&ca),
                 metrics.clone(),
                 crl.as_ref().map(|(rx, _)| rx.clone()),
+                revocations.clone(),
                 stopped(shutdown_rx.clone()),
             ));
             Some(a)

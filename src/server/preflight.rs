@@ -9,6 +9,7 @@ use rustls_pki_types::{CertificateDer, pem::PemObject};
 use super::{Error, bind, tls};
 use crate::{
     ca::{self, Rules},
+    clock::Clock,
     config::Config,
 };
 
@@ -37,7 +38,7 @@ pub fn crypto_ready() -> Result<crate::fips::Module, crate::fips::Error> {
 ///
 /// # Errors
 /// When `ca.roots_file` cannot be read.
-pub fn rules(config: &Config, counters: ca::Counters) -> Result<Rules, Error> {
+pub fn rules(config: &Config, counters: ca::Counters, clock: Clock) -> Result<Rules, Error> {
     let roots = match &config.ca.roots_file {
         Some(path) => Some(read_roots(path)?),
         None => None,
@@ -51,6 +52,8 @@ pub fn rules(config: &Config, counters: ca::Counters) -> Result<Rules, Error> {
         counters,
         waived: config.practices.waive.clone(),
         trust: None,
+        crl: config.trust.as_ref().is_some_and(|t| t.crl.is_some()),
+        clock,
     })
 }
 

@@ -160,10 +160,13 @@ impl Inner {
             .revocations
             .as_deref()
             .map(|r| (r, identity.to_string()));
-        if let Some((r, id)) = &revocations
-            && r.is_denied(id)
-        {
-            return Err(Error::Revoked(id.clone()));
+        if let Some((r, id)) = &revocations {
+            if r.is_denied(id) {
+                return Err(Error::Revoked(id.clone()));
+            }
+            if let Some(why) = r.unrecorded() {
+                return Err(Error::Unrecorded(why));
+            }
         }
         let approved = policy::check(csr, &identity, req.validity_duration, &self.ttl)?;
         trace.clamped_from = approved.clamped_from();
@@ -274,6 +277,11 @@ impl Inner {
             }
             Error::Overloaded(_) => m.overloaded.inc(),
             Error::Revoked(_) => m.revoked_refusals.inc(),
+            Error::Unrecorded(_) => {
+                m.sign_errors
+                    .with_label_values(&["trust_record_unwritten"])
+                    .inc();
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::{
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, UNIX_EPOCH},
 };
 
 use tokio::{sync::watch, task::JoinHandle};
@@ -33,8 +33,8 @@ pub fn spawn_crl(
         let mut number = 0u64;
         let mut said_unsupported = false;
         loop {
-            let now = SystemTime::now();
-            let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = rules.clock.now();
+            let secs = crate::clock::unix(now);
             // Monotonic across restarts and replicas: the signing time.
             number = secs.max(number.saturating_add(1));
             let listed = entries(&rules, secs);
@@ -107,9 +107,7 @@ pub fn spawn_crl(
                         if r.is_err() {
                             return;
                         }
-                        let secs = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map_or(0, |d| d.as_secs());
+                        let secs = rules.clock.unix();
                         if serials(&entries(&rules, secs)) != signed {
                             break;
                         }
@@ -130,7 +128,7 @@ fn entries(rules: &TrustRules, now: u64) -> Vec<CrlEntry> {
         .filter(|(_, r)| r.until >= now)
         .filter_map(|(serial, r)| {
             Some(CrlEntry {
-                serial: bytes(serial)?,
+                serial: super::serial_bytes(serial)?,
                 revoked_at: UNIX_EPOCH.checked_add(Duration::from_secs(r.at))?,
                 reason: r.reason,
             })
@@ -150,27 +148,4 @@ fn next_update(der: &[u8]) -> i64 {
 
 fn serials(entries: &[CrlEntry]) -> Vec<Vec<u8>> {
     entries.iter().map(|e| e.serial.clone()).collect()
-}
-
-/// Big-endian bytes of a hex serial (an odd length gets a leading zero).
-fn bytes(hex: &str) -> Option<Vec<u8>> {
-    let padded = if hex.len() % 2 == 1 {
-        format!("0{hex}")
-    } else {
-        hex.to_owned()
-    };
-    (0..padded.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(padded.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn hex_serials_become_bytes() {
-        assert_eq!(super::bytes("abc"), Some(vec![0x0a, 0xbc]));
-        assert_eq!(super::bytes("00ff"), Some(vec![0x00, 0xff]));
-        assert_eq!(super::bytes("zz"), None);
-    }
 }

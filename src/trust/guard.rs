@@ -1,14 +1,20 @@
-//! The two guards, judged from the record, the root bundle in use and the
-//! roots the signing chain ends at — the same for `castellan check`, start
-//! and every reload — and the per-root status `check` prints.
+//! The guards, judged from the record, the root bundle in use and the roots
+//! the signing chain ends at — the same for `castellan check`, start and
+//! every reload: signing moves only to a root workloads have been served
+//! without a break for a soak; no root leaves the bundle while leaves under
+//! it live (castellan's own, or another CA's it was told of, even after that
+//! CA's section is gone); a soak shorter than a renewal cycle is a waiver.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use super::{TrustRules, TrustState};
-use crate::ca::date;
+use crate::{
+    ca::date,
+    clock::{at, unix},
+};
 
-/// The verdicts of the switch guard (roots as fingerprint and subject) and the retirement guard: `Ok` with the
-/// evidence, or `Err` with what to do.
+/// The verdicts of the switch guard (roots as fingerprint and subject) and
+/// the retirement guard: `Ok` with the evidence, or `Err` with what to do.
 pub fn judge(
     rules: &TrustRules,
     bundle: &[(String, String)],
@@ -16,11 +22,37 @@ pub fn judge(
     now: SystemTime,
 ) -> (Result<String, String>, Result<String, String>) {
     let state = rules.state.load();
-    let now = secs(now);
+    let now = unix(now);
     (
         switch(&state, rules, bundle, active, now),
         retire(&state, rules, bundle, now),
     )
+}
+
+/// A soak shorter than one renewal cycle (half the longest workload
+/// lifetime) lets signing move to a root that workloads which renewed once
+/// since it was added have not all received.
+///
+/// # Errors
+/// The evidence, when the soak is shorter.
+pub fn soak_floor(rules: &TrustRules) -> Result<String, String> {
+    let (soak, cycle) = (rules.soak.as_secs(), rules.renewal_cycle.as_secs());
+    if soak >= cycle {
+        return Ok(format!(
+            "trust.soak_secs = {soak} s, at least one renewal cycle (half of \
+             issuance.max_ttl_secs: {cycle} s)"
+        ));
+    }
+    let fix = if rules.force {
+        "WAIVED by trust.force".to_owned()
+    } else {
+        format!("raise it to at least {cycle}, or set trust.force = true to waive this")
+    };
+    Err(format!(
+        "trust.soak_secs = {soak} s is shorter than one renewal cycle (half of \
+         issuance.max_ttl_secs: {cycle} s): workloads that have not renewed since a new root \
+         was added would not trust certificates under it; {fix}"
+    ))
 }
 
 fn switch(
@@ -39,54 +71,66 @@ fn switch(
     let Some(first) = active.first() else {
         return Err("not judged: the signing chain was not verified to any root".into());
     };
-    if !state.has_issued() && !rules.external.is_empty() {
-        let others: Vec<String> = rules
-            .external
-            .iter()
+    if !state.has_issued() {
+        let others: Vec<String> = externals(state, rules)
+            .into_iter()
             .map(|e| format!("`{}`", e.subject))
             .collect();
-        return Ok(format!(
-            "{} is the first root castellan signs under, joining a mesh signed under {} \
-             (trust.external): workloads trust it through that CA's bundle (docs/migrate.md)",
-            subject(first),
-            others.join(", ")
-        ));
-    }
-    if !state.has_issued() {
-        return Ok(format!(
-            "{} is the first root castellan signs under ({}): nothing to soak",
-            subject(first),
-            rules.store
-        ));
+        return Ok(if others.is_empty() {
+            format!(
+                "{} is the first root castellan signs under ({}): nothing to soak",
+                subject(first),
+                rules.store
+            )
+        } else {
+            format!(
+                "{} is the first root castellan signs under, joining a mesh signed under {} \
+                 (trust.external): workloads trust it through that CA's bundle (docs/migrate.md)",
+                subject(first),
+                others.join(", ")
+            )
+        });
     }
     if let Some(f) = active
         .iter()
-        .find(|f| state.roots.get(*f).is_some_and(|r| r.last_issued.is_some()))
+        .find(|f| state.roots.get(*f).is_some_and(|r| r.signed_in_stretch()))
     {
         return Ok(format!("signing continues under {}", subject(f)));
     }
     let soak = rules.soak.as_secs();
-    let served = state.roots.get(first).and_then(|r| r.first_served);
-    match served {
+    let record = state.roots.get(first);
+    match record.and_then(super::RootRecord::stretch) {
         Some(t) if now >= t.saturating_add(soak) => Ok(format!(
-            "switching to {}: served to workloads since {}, more than trust.soak_secs ({soak} s)",
+            "switching to {}: served to workloads without a break since {}, more than \
+             trust.soak_secs ({soak} s)",
             subject(first),
             date(at(t))
         )),
         Some(t) => Err(format!(
-            "the signing chain ends at {}, served to workloads only since {}: workloads that have \
-             not renewed since would not trust certificates under it. Keep the previous signing \
-             material until {} (trust.soak_secs = {soak}), or set trust.force = true",
+            "the signing chain ends at {}, served to workloads without a break only since {}: \
+             workloads that have not renewed since would not trust certificates under it. Keep \
+             the previous signing material until {} (trust.soak_secs = {soak}), or set \
+             trust.force = true",
             subject(first),
             date(at(t)),
             date(at(t.saturating_add(soak)))
         )),
-        None => Err(format!(
-            "the signing chain ends at {}, which castellan has never served to workloads: add \
-             it to ca.roots_file beside the current root first, serve that for trust.soak_secs \
-             ({soak} s), then switch (or set trust.force = true)",
-            subject(first)
-        )),
+        None => match record.and_then(|r| r.withdrawn) {
+            Some(w) => Err(format!(
+                "the signing chain ends at {}, which left the root bundle at {}: workloads that \
+                 renewed since then no longer trust it. Put it back in ca.roots_file beside the \
+                 current root, serve that for trust.soak_secs ({soak} s), then switch (or set \
+                 trust.force = true)",
+                subject(first),
+                date(at(w))
+            )),
+            None => Err(format!(
+                "the signing chain ends at {}, which castellan has never served to workloads: \
+                 add it to ca.roots_file beside the current root first, serve that for \
+                 trust.soak_secs ({soak} s), then switch (or set trust.force = true)",
+                subject(first)
+            )),
+        },
     }
 }
 
@@ -96,11 +140,12 @@ fn retire(
     bundle: &[(String, String)],
     now: u64,
 ) -> Result<String, String> {
+    let in_bundle = |f: &str| bundle.iter().any(|(fp, _)| fp == f);
     let mut needed = Vec::new();
     let mut removable = Vec::new();
     for (f, r) in &state.roots {
         let Some(last) = r.last_issued else { continue };
-        if bundle.iter().any(|(fp, _)| fp == f) {
+        if in_bundle(f) {
             continue;
         }
         let until = keep_until(rules, last);
@@ -115,29 +160,30 @@ fn retire(
             removable.push(format!("`{}`", r.subject));
         }
     }
-    for e in &rules.external {
-        if bundle.iter().any(|(fp, _)| *fp == e.fingerprint) {
+    for e in externals(state, rules) {
+        if in_bundle(&e.fingerprint) {
             continue;
         }
-        match e.signs_until.map(|t| keep_until(rules, t)) {
+        match e.keep_until {
             None => needed.push(format!(
-                "`{}` ({}), another CA's root it still signs under (trust.external has no \
-                 signs_until)",
-                e.subject,
-                short(&e.fingerprint)
-            )),
-            Some(until) if until > now => needed.push(format!(
-                "`{}` ({}) until {}",
+                "`{}` ({}), another CA's root it still signs under ({})",
                 e.subject,
                 short(&e.fingerprint),
-                date(at(until))
+                e.source
+            )),
+            Some(until) if until > now => needed.push(format!(
+                "`{}` ({}), another CA's root, until {} ({})",
+                e.subject,
+                short(&e.fingerprint),
+                date(at(until)),
+                e.source
             )),
             Some(_) => removable.push(format!("`{}`", e.subject)),
         }
     }
     if needed.is_empty() {
         Ok(if removable.is_empty() {
-            "every root castellan signed under is in the root bundle".into()
+            "every root castellan or another CA signed under is in the root bundle".into()
         } else {
             format!(
                 "roots removed after their last leaf expired: {}",
@@ -153,8 +199,45 @@ fn retire(
     }
 }
 
-/// One line per root in the bundle or the record: its role, when it was
-/// served and signed under, and what is safe to do with it next.
+/// Another CA's root as the guards see it: as configured now, or as the
+/// record remembers it once its section is gone.
+struct OtherCa {
+    fingerprint: String,
+    subject: String,
+    /// `None`: that CA still signs.
+    keep_until: Option<u64>,
+    /// Where this comes from, for messages.
+    source: &'static str,
+}
+
+fn externals(state: &TrustState, rules: &TrustRules) -> Vec<OtherCa> {
+    let mut all: Vec<OtherCa> = rules
+        .external
+        .iter()
+        .map(|e| OtherCa {
+            fingerprint: e.fingerprint.clone(),
+            subject: e.subject.clone(),
+            keep_until: e
+                .signs_until
+                .map(|t| t.saturating_add(e.leaf_life.as_secs()).saturating_add(1)),
+            source: "trust.external",
+        })
+        .collect();
+    for (f, e) in &state.external {
+        if !all.iter().any(|o| o.fingerprint == *f) {
+            all.push(OtherCa {
+                fingerprint: f.clone(),
+                subject: e.subject.clone(),
+                keep_until: e.keep_until(),
+                source: "its [[trust.external]] section is gone; the record remembers it",
+            });
+        }
+    }
+    all
+}
+
+/// One line per root in the bundle or the record, and per generation: its
+/// role, when it was served and signed under, and what is safe to do next.
 pub fn status(
     rules: &TrustRules,
     bundle: &[(String, String)],
@@ -162,69 +245,15 @@ pub fn status(
     now: SystemTime,
 ) -> Vec<String> {
     let state = rules.state.load();
-    let now = secs(now);
-    let soak = rules.soak.as_secs();
+    let now = unix(now);
+    let others = externals(&state, rules);
     let mut lines = Vec::new();
     for (f, subject) in bundle {
-        let r = state.roots.get(f);
-        let served = r.and_then(|r| r.first_served);
-        let issued = r.and_then(|r| r.last_issued);
-        let served_text = served.map_or_else(
-            || "not yet served".into(),
-            |t| format!("served since {}", date(at(t))),
-        );
-        let external = rules.external.iter().find(|e| e.fingerprint == *f);
-        let line = if let Some(e) = external {
-            let next = match e.signs_until.map(|t| (t, keep_until(rules, t))) {
-                None => "another CA still signs under it: keep it; set trust.external signs_until \
-                         when that CA stops"
-                    .to_owned(),
-                Some((t, until)) if until > now => format!(
-                    "signed under by another CA until {}: keep it until {}",
-                    date(at(t)),
-                    date(at(until))
-                ),
-                Some(_) => "its leaves have expired: safe to remove from ca.roots_file".into(),
-            };
-            format!("external  `{subject}` ({}): {next}", short(f))
-        } else if active.contains(f) {
-            format!(
-                "active    `{subject}` ({}): signing under it; {served_text}",
-                short(f)
-            )
-        } else if let Some(last) = issued {
-            let until = keep_until(rules, last);
-            let next = if until > now {
-                format!(
-                    "keep it until {}, when its last leaf has expired",
-                    date(at(until))
-                )
-            } else {
-                "its leaves have expired: safe to remove from ca.roots_file".into()
-            };
-            format!(
-                "outgoing  `{subject}` ({}): last signed under {}; {next}",
-                short(f),
-                date(at(last))
-            )
-        } else {
-            let next = match served {
-                Some(t) if now >= t.saturating_add(soak) => {
-                    "soaked: safe to switch the signing material to it".into()
-                }
-                Some(t) => format!("switch to it after {}", date(at(t.saturating_add(soak)))),
-                None => "switch to it one soak after castellan first serves it".into(),
-            };
-            format!(
-                "incoming  `{subject}` ({}): {served_text}; {next}",
-                short(f)
-            )
-        };
-        lines.push(line);
+        lines.push(bundle_line(&state, rules, &others, f, subject, active, now));
     }
-    for e in &rules.external {
+    for e in &others {
         if !bundle.iter().any(|(fp, _)| *fp == e.fingerprint) {
-            let gone = e.signs_until.is_some_and(|t| keep_until(rules, t) <= now);
+            let gone = e.keep_until.is_some_and(|t| t <= now);
             let what = if gone {
                 "retired"
             } else {
@@ -238,7 +267,7 @@ pub fn status(
         }
     }
     for (f, r) in &state.roots {
-        if bundle.iter().any(|(fp, _)| fp == f) {
+        if bundle.iter().any(|(fp, _)| fp == f) || others.iter().any(|e| e.fingerprint == *f) {
             continue;
         }
         if let Some(last) = r.last_issued {
@@ -257,12 +286,72 @@ pub fn status(
     lines
 }
 
-fn short(fingerprint: &str) -> String {
-    format!("sha256 {}…", fingerprint.get(..16).unwrap_or(fingerprint))
+fn bundle_line(
+    state: &TrustState,
+    rules: &TrustRules,
+    others: &[OtherCa],
+    f: &String,
+    subject: &str,
+    active: &[String],
+    now: u64,
+) -> String {
+    let soak = rules.soak.as_secs();
+    let r = state.roots.get(f);
+    let stretch = r.and_then(super::RootRecord::stretch);
+    let served_text = stretch.map_or_else(
+        || "not yet served".into(),
+        |t| format!("served without a break since {}", date(at(t))),
+    );
+    if let Some(e) = others.iter().find(|e| e.fingerprint == *f) {
+        let next = match e.keep_until {
+            None => "another CA still signs under it: keep it; set trust.external signs_until \
+                     when that CA stops"
+                .to_owned(),
+            Some(until) if until > now => format!(
+                "another CA's leaves under it live until {}: keep it until then",
+                date(at(until))
+            ),
+            Some(_) => "its leaves have expired: safe to remove from ca.roots_file".into(),
+        };
+        return format!("external  `{subject}` ({}): {next}", short(f));
+    }
+    if active.contains(f) {
+        return format!(
+            "active    `{subject}` ({}): signing under it; {served_text}",
+            short(f)
+        );
+    }
+    if let Some(last) = r.and_then(|r| r.last_issued) {
+        let until = keep_until(rules, last);
+        let next = if until > now {
+            format!(
+                "keep it until {}, when its last leaf has expired",
+                date(at(until))
+            )
+        } else {
+            "its leaves have expired: safe to remove from ca.roots_file".into()
+        };
+        return format!(
+            "outgoing  `{subject}` ({}): last signed under {}; {next}",
+            short(f),
+            date(at(last))
+        );
+    }
+    let next = match stretch {
+        Some(t) if now >= t.saturating_add(soak) => {
+            "soaked: safe to switch the signing material to it".into()
+        }
+        Some(t) => format!("switch to it after {}", date(at(t.saturating_add(soak)))),
+        None => "switch to it one soak after castellan first serves it".into(),
+    };
+    format!(
+        "incoming  `{subject}` ({}): {served_text}; {next}",
+        short(f)
+    )
 }
 
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+fn short(fingerprint: &str) -> String {
+    format!("sha256 {}…", fingerprint.get(..16).unwrap_or(fingerprint))
 }
 
 /// Until when a root must stay in the bundle after the last leaf was
@@ -274,10 +363,4 @@ fn keep_until(rules: &TrustRules, last_signed: u64) -> u64 {
     last_signed
         .saturating_add(rules.leaf_life.as_secs())
         .saturating_add(1)
-}
-
-fn at(secs: u64) -> SystemTime {
-    UNIX_EPOCH
-        .checked_add(Duration::from_secs(secs))
-        .unwrap_or(UNIX_EPOCH)
 }

@@ -1,7 +1,8 @@
-//! What each request consults: whether its identity is refused, and — so
-//! that refusing an identity also revokes what it already holds — the
-//! leaves this replica issued, remembered for their lifetime in a bounded
-//! ring (oldest forgotten first).
+//! What each request consults: whether its identity is refused, whether
+//! the record keeps up with what castellan signs (if not for too long,
+//! nothing is issued), and — so that refusing an identity also revokes
+//! what it already holds — the leaves this replica issued, remembered for
+//! their lifetime in a bounded ring (oldest forgotten first).
 
 use std::{
     collections::VecDeque,
@@ -10,7 +11,8 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-use super::{Revoked, TrustState};
+use super::{RecordHealth, Revoked, TrustRules, TrustState};
+use crate::clock::Clock;
 
 /// Leaves remembered per replica: a day of issuance for about 150,000
 /// workloads renewing at half of 24 h, in tens of megabytes.
@@ -30,15 +32,27 @@ pub struct Revocations {
     state: Arc<ArcSwap<TrustState>>,
     issued: Mutex<VecDeque<IssuedLeaf>>,
     capacity: usize,
+    health: Arc<RecordHealth>,
+    lag: u64,
+    clock: Clock,
 }
 
 impl Revocations {
-    pub fn new(state: Arc<ArcSwap<TrustState>>, capacity: usize) -> Self {
+    pub fn new(rules: &TrustRules, capacity: usize) -> Self {
         Self {
-            state,
+            state: Arc::clone(&rules.state),
             issued: Mutex::new(VecDeque::new()),
             capacity,
+            health: Arc::clone(&rules.health),
+            lag: rules.lag.as_secs(),
+            clock: rules.clock.clone(),
         }
+    }
+
+    /// Why nothing may be issued now: the record has not been written for
+    /// longer than `trust.max_unrecorded_secs`.
+    pub fn unrecorded(&self) -> Option<String> {
+        self.health.stale(self.clock.unix(), self.lag)
     }
 
     /// Whether new certificates for `identity` are refused.
@@ -100,7 +114,14 @@ mod tests {
     #[test]
     fn a_denied_identity_gets_its_remembered_leaves_revoked_and_the_ring_is_bounded() {
         let state = Arc::new(ArcSwap::from_pointee(TrustState::default()));
-        let r = Revocations::new(Arc::clone(&state), 3);
+        let r = Revocations {
+            state: Arc::clone(&state),
+            issued: Mutex::new(VecDeque::new()),
+            capacity: 3,
+            health: Arc::new(RecordHealth::new(0)),
+            lag: 600,
+            clock: Clock::system(),
+        };
         r.issued("spiffe://td/ns/a/sa/x", "00ab", 1_000);
         r.issued("spiffe://td/ns/a/sa/y", "cd", 1_000);
         r.issued("spiffe://td/ns/a/sa/x", "ef", 50);

@@ -1,20 +1,36 @@
-//! What castellan remembers about each root — when it first served it to
-//! workloads and when it last signed under it — and what was revoked: leaf
-//! serials, and identities refused new certificates. Merged by taking the
-//! widest span and the union, so replicas recording at once converge
-//! whatever the order.
+//! What castellan remembers about trust, so that nothing is forgotten
+//! across rotations, restarts and replicas: each root's history, every
+//! signing CA it issued under (until its last leaf expires), other CAs'
+//! roots kept during a migration, and what was revoked — leaf serials, and
+//! identities refused new certificates. Merged by taking the widest span
+//! and the union, so replicas recording at once converge whatever the order.
 
 use std::collections::BTreeMap;
 
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-/// The record, keyed by each root's SHA-256 fingerprint (hex).
+pub use super::{
+    external::ExternalRecord,
+    generation::{Generation, SignedCrl},
+    roots::RootRecord,
+};
+
+/// The record, keyed by SHA-256 fingerprints (hex) of certificates.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustState {
+    /// When `castellan trust init` created the record.
+    #[serde(default)]
+    pub created: Option<u64>,
     #[serde(default)]
     pub roots: BTreeMap<String, RootRecord>,
+    /// Every signing CA castellan issued under whose leaves may still live.
+    #[serde(default)]
+    pub generations: BTreeMap<String, Generation>,
+    /// Other CAs' roots (`trust.external`), kept after the section is gone.
+    #[serde(default)]
+    pub external: BTreeMap<String, ExternalRecord>,
     /// Revoked leaves, by serial number (lowercase hex, no leading zeros).
     #[serde(default)]
     pub revoked: BTreeMap<String, Revoked>,
@@ -65,22 +81,10 @@ impl Denied {
     }
 }
 
-/// One root's history, in seconds since the Unix epoch.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RootRecord {
-    /// For people reading the record.
-    pub subject: String,
-    /// The first time castellan handed this root to workloads (in every
-    /// response and the published bundle).
-    pub first_served: Option<u64>,
-    /// The last time castellan's signing chain ended at this root.
-    pub last_issued: Option<u64>,
-}
-
 impl TrustState {
-    /// Notes that `roots` are served now and that signing ends at `active`.
-    /// Returns whether anything changed.
+    /// Notes that `roots` (fingerprint, subject) are the bundle served now
+    /// and that signing ends at `active`; a root of the record missing from
+    /// the bundle is noted as withdrawn. Returns whether anything changed.
     pub fn record(
         &mut self,
         roots: &[(String, String)],
@@ -89,12 +93,16 @@ impl TrustState {
         granularity: u64,
     ) -> bool {
         let before = self.clone();
-        for (fingerprint, subject) in roots {
-            let r = self.roots.entry(fingerprint.clone()).or_default();
-            if r.subject.is_empty() {
-                r.subject.clone_from(subject);
+        for (fingerprint, r) in &mut self.roots {
+            if !roots.iter().any(|(f, _)| f == fingerprint) {
+                r.absent(now, granularity);
             }
-            r.first_served.get_or_insert(now);
+        }
+        for (fingerprint, subject) in roots {
+            self.roots
+                .entry(fingerprint.clone())
+                .or_default()
+                .served(subject, now);
         }
         for fingerprint in active {
             let r = self.roots.entry(fingerprint.clone()).or_default();
@@ -109,18 +117,96 @@ impl TrustState {
         *self != before
     }
 
-    /// Both records in one: the earliest first serving, the latest issuance.
-    pub fn merge(&mut self, other: &Self) {
-        for (fingerprint, theirs) in &other.roots {
-            let mine = self.roots.entry(fingerprint.clone()).or_default();
-            if mine.subject.is_empty() {
-                mine.subject.clone_from(&theirs.subject);
+    /// Notes that castellan signs under the CA `entry` describes now (its
+    /// `first_issued`, `last_issued` and `crl` are ignored), at most once per
+    /// `granularity`. Returns whether anything changed.
+    pub fn record_generation(
+        &mut self,
+        fingerprint: &str,
+        entry: &Generation,
+        now: u64,
+        granularity: u64,
+    ) -> bool {
+        match self.generations.get_mut(fingerprint) {
+            Some(g) => {
+                let due = now >= g.last_issued.saturating_add(granularity);
+                let longer = entry.leaf_life > g.leaf_life;
+                if due {
+                    g.last_issued = now;
+                }
+                if longer {
+                    g.leaf_life = entry.leaf_life;
+                }
+                due || longer
             }
-            mine.first_served = match (mine.first_served, theirs.first_served) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            mine.last_issued = mine.last_issued.max(theirs.last_issued);
+            None => {
+                let mut g = entry.clone();
+                g.first_issued = now;
+                g.last_issued = now;
+                g.crl = None;
+                self.generations.insert(fingerprint.to_owned(), g);
+                true
+            }
+        }
+    }
+
+    /// Keeps `crl` as the generation's newest CRL if it is newer than the
+    /// one kept. Returns whether it was.
+    pub fn record_crl(&mut self, fingerprint: &str, crl: &SignedCrl) -> bool {
+        let Some(g) = self.generations.get_mut(fingerprint) else {
+            return false;
+        };
+        let before = g.crl.clone();
+        let mut with = g.clone();
+        with.crl = Some(crl.clone());
+        g.merge(&with);
+        g.crl != before
+    }
+
+    /// Notes another CA's root as configured now.
+    pub fn record_external(&mut self, fingerprint: &str, entry: &ExternalRecord) -> bool {
+        match self.external.get_mut(fingerprint) {
+            Some(e)
+                if e.signs_until == entry.signs_until
+                    && e.leaf_life == entry.leaf_life
+                    && e.subject == entry.subject =>
+            {
+                false
+            }
+            Some(e) => {
+                e.clone_from(entry);
+                true
+            }
+            None => {
+                self.external.insert(fingerprint.to_owned(), entry.clone());
+                true
+            }
+        }
+    }
+
+    /// Both records in one, whatever the order (see each part's merge).
+    pub fn merge(&mut self, other: &Self) {
+        self.created = match (self.created, other.created) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for (fingerprint, theirs) in &other.roots {
+            self.roots
+                .entry(fingerprint.clone())
+                .or_default()
+                .merge(theirs);
+        }
+        for (fingerprint, theirs) in &other.generations {
+            self.generations
+                .entry(fingerprint.clone())
+                .and_modify(|mine| mine.merge(theirs))
+                .or_insert_with(|| theirs.clone());
+        }
+        for (fingerprint, theirs) in &other.external {
+            self.external
+                .entry(fingerprint.clone())
+                .and_modify(|mine| mine.merge(theirs))
+                .or_insert_with(|| theirs.clone());
         }
         for (serial, theirs) in &other.revoked {
             self.revoked
@@ -153,12 +239,26 @@ impl TrustState {
         }
     }
 
-    /// Forgets revocations of leaves expired before `now`: they are of no
-    /// use in a CRL any more.
+    /// Forgets what no leaf alive at `now` depends on any more:
+    /// revocations of expired leaves, generations whose last leaf has
+    /// expired, other CAs' roots whose last leaf has. Roots are never
+    /// forgotten. Returns whether anything was.
     pub fn prune(&mut self, now: u64) -> bool {
-        let before = self.revoked.len();
+        let before = (
+            self.revoked.len(),
+            self.generations.len(),
+            self.external.len(),
+        );
         self.revoked.retain(|_, r| r.until >= now);
-        self.revoked.len() != before
+        self.generations.retain(|_, g| g.keep_until() >= now);
+        self.external
+            .retain(|_, e| e.keep_until().is_none_or(|t| t >= now));
+        before
+            != (
+                self.revoked.len(),
+                self.generations.len(),
+                self.external.len(),
+            )
     }
 
     /// Whether new certificates for `identity` are refused.
@@ -176,7 +276,7 @@ impl TrustState {
 /// A root's key in the record.
 pub fn fingerprint(der: &CertificateDer<'_>) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::profile::hex(d.as_ref())
 }
 
 #[cfg(test)]

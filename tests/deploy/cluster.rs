@@ -72,6 +72,8 @@ async fn run_rendered(
     let file = dir.path().join("castellan.toml");
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
     let config = Config::load(&file).unwrap();
+    // What the castellan-trust-init Job does on a first install.
+    crate::support::init_trust(&config).await;
     let running = server::start(&config).await.unwrap();
     let (tokens, _) = castellan::cli::token::TokenIssuer::generate(ISSUER).unwrap();
     Rendered {

@@ -45,6 +45,7 @@ fn every_rendering_validates_against_the_kubernetes_schemas_and_parses() {
 fn typed_round_trip(object: &Value) {
     use k8s_openapi::api::{
         apps::v1::Deployment,
+        batch::v1::Job,
         core::v1::{ConfigMap, Secret, Service, ServiceAccount},
         networking::v1::NetworkPolicy,
         policy::v1::PodDisruptionBudget,
@@ -73,6 +74,7 @@ fn typed_round_trip(object: &Value) {
         "Service" => check::<Service>(object),
         "PriorityClass" => check::<PriorityClass>(object),
         "Deployment" => check::<Deployment>(object),
+        "Job" => check::<Job>(object),
         "PodDisruptionBudget" => check::<PodDisruptionBudget>(object),
         "NetworkPolicy" => check::<NetworkPolicy>(object),
         "ServiceMonitor" => check::<operator::ServiceMonitor>(object),

@@ -237,3 +237,49 @@ fn every_shipped_castellan_toml_passes_castellans_validation() {
 }
 
 // === RBAC sufficiency, against the in-process API server ===
+
+/// A record in a ConfigMap exists only once `castellan trust init` made it:
+/// the castellan-trust-init Job runs it on castellan's own configuration,
+/// as castellan's service account.
+#[test]
+fn the_trust_init_job_creates_the_record_from_the_same_configuration() {
+    for overlay in deploy::overlays() {
+        let objects = deploy::render(&format!("overlays/{overlay}"));
+        let config = config_of(&objects);
+        if get(&config, "trust.state_configmap").is_none() {
+            continue;
+        }
+        let job = deploy::find(&objects, "Job", "castellan-trust-init");
+        let deployment = deploy::find(&objects, "Deployment", "castellan");
+        let spec = &job["spec"]["template"]["spec"];
+        assert_eq!(spec["serviceAccountName"], "castellan", "{overlay}");
+        assert_eq!(
+            strings(&spec["containers"][0]["args"]),
+            [
+                "trust",
+                "init",
+                "--config",
+                "/etc/castellan/config/castellan.toml"
+            ],
+            "{overlay}"
+        );
+        let config_map = |pod: &Value| {
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == "config")
+                .map(|v| v["configMap"]["name"].clone())
+        };
+        assert_eq!(
+            config_map(spec),
+            config_map(&deployment["spec"]["template"]["spec"]),
+            "{overlay}: the Job reads the Deployment's castellan.toml"
+        );
+        assert_eq!(
+            spec["containers"][0]["image"],
+            deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+            "{overlay}"
+        );
+    }
+}

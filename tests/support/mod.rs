@@ -67,6 +67,9 @@ pub struct Setup {
     pub tls: Option<String>,
     /// How long the intermediate is valid from now (default: the test CA's).
     pub intermediate_life: Option<Duration>,
+    /// Create the `[trust]` record before starting, as `castellan trust
+    /// init` does on a first install (default: yes).
+    pub init_trust: bool,
 }
 
 impl Default for Setup {
@@ -85,6 +88,7 @@ impl Default for Setup {
             root: None,
             tls: None,
             intermediate_life: None,
+            init_trust: true,
         }
     }
 }
@@ -95,8 +99,12 @@ impl TestCa {
     }
 
     pub async fn start_with(setup: Setup) -> Self {
+        let init = setup.init_trust;
         let files = Files::write(setup);
         let config = Config::load(&files.config).unwrap();
+        if init {
+            init_trust(&config).await;
+        }
         let running = server::start(&config).await.unwrap();
         Self {
             running,
@@ -241,6 +249,17 @@ impl Files {
             tokens,
             token_key: token_key.to_string(),
         }
+    }
+}
+
+/// Creates the configured trust record unless it exists, as `castellan
+/// trust init` does (the same code).
+pub async fn init_trust(config: &Config) {
+    if let Some(store) = castellan::trust::store(config).await.unwrap() {
+        store
+            .init(castellan::clock::Clock::system().unix())
+            .await
+            .unwrap();
     }
 }
 

@@ -118,6 +118,8 @@ pub(super) async fn pipeline(
             .ca_counters(),
         waived: Vec::new(),
         trust: None,
+        crl: false,
+        clock: crate::clock::Clock::system(),
     };
     let ca = CaHandle::load(source, rules)
         .await

@@ -347,7 +347,10 @@ async fn serve(
         (&Method::DELETE, _, _) => "delete",
         _ => "other",
     };
-    inner.count(verb, target.kind.resource());
+    // `dryRun=All`: judged as the write would be (RBAC, admission, the
+    // resourceVersion), stored never; counted apart from real writes.
+    let dry = q.get("dryRun").is_some_and(|d| d == "All");
+    inner.count(if dry { "dry-run" } else { verb }, target.kind.resource());
     if inner.is_forbidden(verb, target.kind.resource()) {
         return forbidden(target.kind, verb, target.ns.as_deref());
     }
@@ -398,8 +401,8 @@ async fn serve(
         "watch" => watch_objects(inner, target, &q),
         "list" => list(&inner, &target, &q),
         "get" => get(&inner, &target),
-        "create" => create(&inner, &target, &body),
-        "update" => update(&inner, &target, &body),
+        "create" => create(&inner, &target, &body, dry),
+        "update" => update(&inner, &target, &body, dry),
         "delete" => delete(&inner, &target),
         _ => status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -454,7 +457,7 @@ fn parse(body: &Bytes) -> Result<Value, Box<Response>> {
     })
 }
 
-fn create(inner: &Inner, target: &Target, body: &Bytes) -> Response {
+fn create(inner: &Inner, target: &Target, body: &Bytes, dry: bool) -> Response {
     let obj = match parse(body) {
         Ok(o) => o,
         Err(r) => return *r,
@@ -497,11 +500,14 @@ fn create(inner: &Inner, target: &Target, body: &Bytes) -> Response {
             &format!("{} \"{name}\" already exists", target.kind.resource()),
         );
     }
+    if dry {
+        return (StatusCode::CREATED, Json(obj)).into_response();
+    }
     let stored = objects.put(&inner.changes, target.kind, &ns, obj);
     (StatusCode::CREATED, Json(stored)).into_response()
 }
 
-fn update(inner: &Inner, target: &Target, body: &Bytes) -> Response {
+fn update(inner: &Inner, target: &Target, body: &Bytes, dry: bool) -> Response {
     let obj = match parse(body) {
         Ok(o) => o,
         Err(r) => return *r,
@@ -527,6 +533,9 @@ fn update(inner: &Inner, target: &Target, body: &Bytes) -> Response {
                 target.kind.resource()
             ),
         );
+    }
+    if dry {
+        return Json(obj).into_response();
     }
     let stored = objects.put(&inner.changes, target.kind, &ns, obj);
     Json(stored).into_response()
