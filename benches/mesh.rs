@@ -86,7 +86,7 @@ fn main() {
                 "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\nidentity = \"bench\"\n[kubernetes.trust_bundle]\n{}",
                 kubeconfig.display(),
                 if trust {
-                    "[trust]\nstate_configmap = \"castellan-trust\"\n[trust.crl]\n"
+                    "[trust]\nstate_configmap = \"castellan-trust\"\n[trust.crl]\nupstream_files = [\"@DIR@/root-crl.pem\"]\n"
                 } else {
                     ""
                 }

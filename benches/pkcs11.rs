@@ -141,7 +141,7 @@ fn main() {
             counters: castellan::metrics::Metrics::new().unwrap().ca_counters(),
             waived: Vec::new(),
             trust: None,
-            crl: false,
+            crl: None,
             clock: castellan::clock::Clock::system(),
         };
         let handle = Arc::new(CaHandle::load(ca::source(&config.signer, &config.trust_domain), rules).await.unwrap());

@@ -59,6 +59,11 @@ pub fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// `2026-11-28T12:00:00Z`, as every message and status line writes a time.
+pub fn date(t: SystemTime) -> String {
+    der::DateTime::from_system_time(t).map_or_else(|_| format!("{t:?}"), |d| d.to_string())
+}
+
 /// The instant `secs` seconds after the Unix epoch.
 pub fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH

@@ -16,6 +16,7 @@ pub mod ca;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crl;
 pub mod csr;
 pub mod error;
 pub mod fips;

@@ -38,6 +38,12 @@ pub struct Metrics {
     pub crl_next_update: IntGauge,
     /// CRLs signed and verified.
     pub crl_signed: IntCounter,
+    /// Generations (or the signing CA) whose chain lacks a current CRL.
+    pub crl_missing: IntGauge,
+    /// Generations whose CRLs the published set holds.
+    pub crl_generations: IntGauge,
+    /// Each certificate of the signing chain's expiry, by position.
+    pub chain_certificate_expiry: prometheus::GaugeVec,
     pub key_mismatches: IntCounter,
     pub refused_leaves: IntCounter,
     pub signer_healthy: IntGauge,
@@ -97,6 +103,15 @@ impl Metrics {
             "Requests being handled now.",
         )?;
         registry.register(Box::new(in_flight.clone()))?;
+        let chain_certificate_expiry = prometheus::GaugeVec::new(
+            Opts::new(
+                "castellan_ca_certificate_expiry_timestamp",
+                "Unix time each certificate of the signing chain expires: position 0 is the \
+                 signing CA, then each CA above it; the root is `root`.",
+            ),
+            &["position", "subject"],
+        )?;
+        registry.register(Box::new(chain_certificate_expiry.clone()))?;
         let signer_healthy = IntGauge::new(
             "castellan_signer_healthy",
             "1 while the signing CA can issue (back end working, key proven), else 0.",
@@ -224,7 +239,8 @@ impl Metrics {
             )?,
             chain_expiry: gauge(
                 "citadel_server_cert_chain_expiry_timestamp",
-                "Unix time the signing certificate expires.",
+                "Unix time the signing chain ends: the earliest expiry of the signing CA, the CAs \
+                 above it and its root.",
             )?,
             reload_refused: counter(
                 "castellan_signer_reload_refused_count",
@@ -255,6 +271,16 @@ impl Metrics {
                 "castellan_crl_signed_count",
                 "CRLs signed by the signing CA and verified under its certificate.",
             )?,
+            crl_missing: int_gauge(
+                "castellan_crl_missing",
+                "Generations (signing CAs whose leaves may live) whose chain lacks a current CRL \
+                 from some CA; 0 when the published set covers them all.",
+            )?,
+            crl_generations: int_gauge(
+                "castellan_crl_generations",
+                "Generations whose CRLs, and their CAs' above, the published set holds.",
+            )?,
+            chain_certificate_expiry,
             authn_cache_hits: counter(
                 "castellan_authn_cache_hits_count",
                 "Requests whose credential was verified recently and not checked again.",
@@ -307,10 +333,29 @@ impl Metrics {
         }
     }
 
-    /// Sets the expiry gauges from the current CA.
-    pub fn observe_ca(&self, roots_not_after: SystemTime, chain_not_after: SystemTime) {
+    /// Sets the expiry gauges from the current CA: the bundle's earliest
+    /// root, the chain's end, and each certificate of the path (signing CA
+    /// first, the root last) — the series of a previous CA are removed.
+    pub fn observe_ca(
+        &self,
+        roots_not_after: SystemTime,
+        chain_not_after: SystemTime,
+        path: &[(String, SystemTime)],
+    ) {
         self.root_expiry.set(unix(roots_not_after));
         self.chain_expiry.set(unix(chain_not_after));
+        self.chain_certificate_expiry.reset();
+        let last = path.len().saturating_sub(1);
+        for (i, (subject, not_after)) in path.iter().enumerate() {
+            let position = if i == last && i > 0 {
+                "root".to_owned()
+            } else {
+                i.to_string()
+            };
+            self.chain_certificate_expiry
+                .with_label_values(&[position.as_str(), subject.as_str()])
+                .set(unix(*not_after));
+        }
     }
 
     /// Sets when the self-minted intermediate is due for replacement.

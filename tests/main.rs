@@ -11,6 +11,7 @@ mod support;
 mod ambient;
 mod authn;
 mod config;
+mod crl_set;
 mod demo;
 mod deploy;
 mod fips;

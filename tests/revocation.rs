@@ -24,9 +24,12 @@ use crate::support::{
     pki::{Ca, KeyAlg},
 };
 
+/// `[trust]` with its record in `aux` and `[trust.crl]`, the root's CRL
+/// (written by the test setup) as the upstream CRL.
 fn trust_section(aux: &Path, crl_validity: u64) -> String {
     format!(
-        "[trust]\nstate_file = \"{}\"\nrecord_interval_secs = 1\n[trust.crl]\nvalidity_secs = {crl_validity}\n",
+        "[trust]\nstate_file = \"{}\"\nrecord_interval_secs = 1\n[trust.crl]\n\
+         validity_secs = {crl_validity}\nupstream_files = [\"@DIR@/root-crl.pem\"]\n",
         aux.join("state.json").display()
     )
 }
@@ -64,7 +67,10 @@ fn crl_number(pem: &str, issuer_pem: &str) -> u64 {
     u64::from_str_radix(hex.trim(), 16).unwrap()
 }
 
-/// `openssl verify -crl_check` of `chain`'s leaf under `root`, with `crl`.
+/// `openssl verify -crl_check_all` of `chain`'s leaf under `root`, with
+/// the CRL file `crl`: Envoy's rule, a current CRL for every CA of the
+/// chain, the root's included (leaf-only `-crl_check` proves nothing for
+/// sidecars).
 fn verify_with_crl(chain: &[String], root: &str, crl: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let p = |f: &str| dir.path().join(f);
@@ -73,7 +79,7 @@ fn verify_with_crl(chain: &[String], root: &str, crl: &str) -> (bool, String) {
     std::fs::write(p("root.pem"), root).unwrap();
     std::fs::write(p("crl.pem"), crl).unwrap();
     let out = Command::new("openssl")
-        .args(["verify", "-x509_strict", "-crl_check", "-CAfile"])
+        .args(["verify", "-x509_strict", "-crl_check_all", "-CAfile"])
         .arg(p("root.pem"))
         .arg("-untrusted")
         .arg(p("ints.pem"))
@@ -401,7 +407,7 @@ async fn the_crl_is_published_beside_the_trust_bundle() {
             "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\n\
              [kubernetes.trust_bundle]\n\
              [trust]\nstate_configmap = \"castellan-trust\"\nrecord_interval_secs = 1\n\
-             [trust.crl]\nvalidity_secs = 600\n",
+             [trust.crl]\nvalidity_secs = 600\nupstream_files = [\"@DIR@/root-crl.pem\"]\n",
             kubeconfig.display()
         ),
         ..Setup::default()

@@ -14,6 +14,7 @@ use x509_cert::{
 
 use super::LeafRequest;
 use super::{Error, Rules, SigningCa, Waivable, chain::is_self_issued};
+use crate::clock::date;
 use crate::{profile::Subject, verify};
 
 /// The ceiling of NIST SP 800-204A SM-DR13 ("on the order of hours").
@@ -196,12 +197,17 @@ pub(super) async fn run(
         },
     );
 
-    if rules.crl {
+    if let Some(crl) = &rules.crl {
         a.record(
             "the signing CA can sign CRLs",
             true,
             crl_sign(ca, cert, source)?,
         );
+        let set = match name_clash(ca, cert, rules) {
+            Some(clash) => Err(clash),
+            None => crl_set(ca, crl, rules.clock.now()).await,
+        };
+        a.record(CRL_SET_PRACTICE, true, set);
     }
     if let Some(trust) = &rules.trust {
         let now = rules.clock.now();
@@ -213,6 +219,93 @@ pub(super) async fn run(
     }
     ca.assessment = a;
     Ok(())
+}
+
+/// The practice the CRL set is reported as.
+pub const CRL_SET_PRACTICE: &str = "a current CRL for every CA of the chain";
+
+/// Envoy checks a CRL for every CA of a chain and rejects the chain when
+/// one is missing or expired: castellan publishes a CRL only if it has a
+/// current one from every CA above the signing CA, up to the root (the
+/// signing CA's own it signs, or, for Vault PKI, reads from Vault).
+async fn crl_set(
+    ca: &SigningCa,
+    rules: &super::CrlRules,
+    now: SystemTime,
+) -> Result<String, String> {
+    if ca.active_roots.is_empty() {
+        return Err("not judged: the signing chain was not verified to any root".into());
+    }
+    let mut crls = crate::crl::Crl::read_files(&rules.upstream_files, "trust.crl.upstream_files")
+        .map_err(|e| e.to_string())?;
+    crls.extend(ca.upstream_crls.iter().cloned());
+    let mut own = String::new();
+    if !ca.signs_own_crl() {
+        match ca.backend_crl().await {
+            Ok(Some(der)) => match crate::crl::Crl::parse(&der, &ca.cert_source) {
+                Ok(c) if c.current(now) => own = "its own from the back end, ".into(),
+                Ok(_) => {
+                    return Err(format!(
+                        "the back end's CRL for {} has expired",
+                        ca.cert_source
+                    ));
+                }
+                Err(e) => return Err(e.to_string()),
+            },
+            Ok(None) => return Err(format!("the back end keeps no CRL for {}", ca.cert_source)),
+            Err(e) => return Err(format!("the back end's CRL: {e}")),
+        }
+    }
+    let path = ca.path();
+    match crate::crl::cover(&path, &crls, now) {
+        Ok(covered) => Ok(format!(
+            "{own}and from each CA above it: {}",
+            if covered.evidence.is_empty() {
+                "none (the root signed it)".to_owned()
+            } else {
+                covered.evidence.join(", ")
+            }
+        )),
+        Err(missing) => Err(format!(
+            "{}: clients that check CRLs (Envoy checks one for every CA of a chain) would \
+             reject every certificate under it. Give each CA's current CRL in \
+             trust.crl.upstream_files (PEM or DER; the root's CRL too), or remove [trust.crl] \
+             (docs/revoke.md)",
+            missing.join("; ")
+        )),
+    }
+}
+
+/// Another generation whose leaves may still live, under the same subject
+/// with another key: ztunnel takes the first CRL of an issuer *name*, so
+/// one of the two generations' leaves would fail (`InvalidCrlSignatureForPublicKey`).
+fn name_clash(ca: &SigningCa, cert: &Certificate, rules: &Rules) -> Option<String> {
+    use rustls_pki_types::pem::PemObject;
+    let trust = rules.trust.as_ref()?;
+    let state = trust.state.load();
+    let now = crate::clock::unix(rules.clock.now());
+    let tbs = cert.tbs_certificate();
+    state.generations.values().find_map(|g| {
+        if g.keep_until() < now {
+            return None;
+        }
+        let der = CertificateDer::from_pem_slice(g.certificate.as_bytes()).ok()?;
+        let other = Certificate::from_der(&der).ok()?;
+        let o = other.tbs_certificate();
+        (o.subject() == tbs.subject()
+            && o.subject_public_key_info() != tbs.subject_public_key_info())
+        .then(|| {
+            format!(
+                "{} has the subject `{}` of an earlier signing CA with another key, whose leaves \
+                 live until {}: ztunnel checks the first CRL of an issuer name only and would \
+                 fail the leaves of one of them; issue the new intermediate with a subject of \
+                 its own",
+                ca.cert_source,
+                tbs.subject(),
+                date(crate::clock::at(g.keep_until()))
+            )
+        })
+    })
 }
 
 /// With CRLs on, castellan signs one with the signing CA's key: its
@@ -446,9 +539,4 @@ pub enum ProbeError {
     Identity(SpiffeIdError),
     #[error("probe key or CSR: {0}")]
     Rcgen(rcgen::Error),
-}
-
-/// `2026-11-28T12:00:00Z`.
-pub fn date(t: SystemTime) -> String {
-    der::DateTime::from_system_time(t).map_or_else(|_| format!("{t:?}"), |d| d.to_string())
 }

@@ -23,13 +23,14 @@ use rustls_pki_types::CertificateDer;
 use spiffe::TrustDomain;
 use x509_cert::Certificate;
 
-pub use assess::{Assessment, Practice, ProbeError, date};
+pub use crate::clock::date;
+pub use assess::{Assessment, CRL_SET_PRACTICE, Practice, ProbeError};
 pub use backends::source;
 pub use castellan_signer::KeyAlgorithm;
 pub use crl::CrlEntry;
 pub use leaf::{Leaf, LeafRequest};
 pub use recheck::{Refusal, Verdict, check_issued_leaf};
-pub use reload::{CaHandle, spawn_prober, spawn_reloader};
+pub use reload::{CaHandle, Held, spawn_prober, spawn_reloader};
 pub use rotate::{Outcome as RotationOutcome, due as rotation_due, spawn_rotator};
 
 use crate::{clock::Clock, pem, profile};
@@ -51,10 +52,17 @@ pub struct Rules {
     pub waived: Vec<Waivable>,
     /// The root rotation guards (`[trust]`), when configured.
     pub trust: Option<crate::trust::TrustRules>,
-    /// With `[trust.crl]`: the signing CA must be able to sign CRLs.
-    pub crl: bool,
+    /// With `[trust.crl]`: what the CRL set must hold for this CA.
+    pub crl: Option<CrlRules>,
     /// What every rule about time asks.
     pub clock: Clock,
+}
+
+/// With CRLs published, every CA of the chain needs a current one.
+#[derive(Clone, Debug)]
+pub struct CrlRules {
+    /// CRLs of the CAs above the signing CA (`trust.crl.upstream_files`).
+    pub upstream_files: Vec<std::path::PathBuf>,
 }
 
 /// The practices an operator may waive. The others (no self-signed CA,
@@ -105,6 +113,8 @@ pub struct SigningCa {
     min_ttl: std::time::Duration,
     rng: SystemRandom,
     clock: Clock,
+    /// CRLs of the CAs above it that came with the material.
+    upstream_crls: Vec<crate::crl::Crl>,
 }
 
 /// What ends a chain's life: the certificate along it that expires first.
@@ -255,6 +265,11 @@ impl SigningCa {
             min_ttl: rules.min_ttl,
             rng: SystemRandom::new(),
             clock: rules.clock.clone(),
+            upstream_crls: material
+                .upstream_crls
+                .iter()
+                .filter_map(|der| crate::crl::Crl::parse(der, &material.cert_source).ok())
+                .collect(),
         };
         assess::run(&mut ca, &cert, &material.cert_source, rules).await?;
         Ok(ca)
@@ -309,6 +324,32 @@ impl SigningCa {
     /// The clock the CA's rules read.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// CRLs of the CAs above it that came with its material.
+    pub fn upstream_crls(&self) -> &[crate::crl::Crl] {
+        &self.upstream_crls
+    }
+
+    /// The signing certificate, each CA above it and the root its chain
+    /// was verified to end at: every certificate a client checks a CRL for.
+    pub fn path(&self) -> Vec<Certificate> {
+        let root = self
+            .active_roots
+            .first()
+            .and_then(|f| self.root_names.iter().position(|(fp, _)| fp == f))
+            .and_then(|i| self.roots.get(i));
+        self.chain
+            .iter()
+            .chain(root)
+            .filter_map(|der| Certificate::from_der(der).ok())
+            .collect()
+    }
+
+    /// Whether it signs with a key castellan holds (a CRL castellan signs),
+    /// rather than an issuing back end (a CRL the back end signs).
+    pub fn signs_own_crl(&self) -> bool {
+        matches!(self.backend, Backend::Signs(_))
     }
 
     /// Each root's fingerprint and subject.

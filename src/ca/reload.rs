@@ -16,10 +16,15 @@ use super::{Error, Rules, SigningCa};
 /// while healthy (and at every tick while the key is distrusted).
 const PROVE_EVERY_TICKS: u64 = 5;
 
-/// The current signing CA, shared by every request.
+/// The current signing CA, shared by every request, and the ones it
+/// replaced while their leaves may live: their keys still sign their CRLs.
 #[derive(Debug)]
 pub struct CaHandle {
     current: ArcSwap<SigningCa>,
+    retired: std::sync::Mutex<Vec<Retired>>,
+    /// How long a replaced CA is kept (its leaves' longest life), when
+    /// something still needs its key (the CRL keeper); `None`: let go at once.
+    keep_replaced: std::sync::Mutex<Option<Duration>>,
     source: Arc<dyn Source>,
     rules: Rules,
     /// Bumped on every swap, for whoever derives state from the CA.
@@ -27,6 +32,21 @@ pub struct CaHandle {
     /// The material last refused: the same content is not judged (nor
     /// logged, nor counted) again; a change is.
     refused: std::sync::Mutex<Option<Refused>>,
+}
+
+/// A signing CA replaced at `at`: no leaf was signed under it later.
+#[derive(Debug)]
+struct Retired {
+    ca: Arc<SigningCa>,
+    at: std::time::SystemTime,
+}
+
+/// A signing CA this replica holds: the current one (`retired_at` `None`)
+/// or one it replaced.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub ca: Arc<SigningCa>,
+    pub retired_at: Option<std::time::SystemTime>,
 }
 
 /// What was last refused: content that did not pass, or files that could
@@ -52,6 +72,8 @@ impl CaHandle {
         let ca = SigningCa::new(loaded.backend, loaded.material, &rules).await?;
         Ok(Self {
             current: ArcSwap::from_pointee(ca),
+            retired: std::sync::Mutex::new(Vec::new()),
+            keep_replaced: std::sync::Mutex::new(None),
             source,
             rules,
             generation: watch::Sender::new(0),
@@ -96,8 +118,69 @@ impl CaHandle {
     }
 
     fn swap(&self, ca: SigningCa) {
-        self.current.store(Arc::new(ca));
+        let old = self.current.swap(Arc::new(ca));
+        let at = old.clock().now();
+        let keep = *self
+            .keep_replaced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(life) = keep {
+            self.lock_retired().push(Retired { ca: old, at });
+            self.release(at, life);
+        }
         self.generation.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Keeps each CA this handle replaces from now on, with its key, until
+    /// `leaf_life` after it was replaced: its CRL is signed until its last
+    /// leaf has expired. Without this a replaced CA is let go at once.
+    pub fn keep_replaced_for(&self, leaf_life: Duration) {
+        *self
+            .keep_replaced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(leaf_life);
+    }
+
+    /// Every signing CA this replica holds, the current one first, then
+    /// those it replaced, newest first.
+    pub fn held(&self) -> Vec<Held> {
+        let mut held = vec![Held {
+            ca: self.current(),
+            retired_at: None,
+        }];
+        held.extend(self.lock_retired().iter().rev().map(|r| Held {
+            ca: Arc::clone(&r.ca),
+            retired_at: Some(r.at),
+        }));
+        held
+    }
+
+    /// Lets go of replaced CAs whose every leaf has expired at `now`: the
+    /// last one was signed when it was replaced, and lived at most
+    /// `leaf_life` (and never past the chain). An HSM key minted for one is
+    /// destroyed with it.
+    pub fn release(&self, now: std::time::SystemTime, leaf_life: Duration) {
+        self.lock_retired().retain(|r| {
+            let last =
+                r.at.checked_add(leaf_life)
+                    .unwrap_or(r.at)
+                    .min(r.ca.not_after());
+            now <= last + Duration::from_secs(1)
+        });
+    }
+
+    /// The CRLs of the CAs above the signing CA the back end can fetch now.
+    ///
+    /// # Errors
+    /// When the back end cannot be reached.
+    pub async fn upstream_crls(&self) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(self.source.upstream_crls().await?)
+    }
+
+    fn lock_retired(&self) -> std::sync::MutexGuard<'_, Vec<Retired>> {
+        self.retired
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reloads if the material changed. `Ok(true)` when a new CA was swapped

@@ -181,9 +181,14 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         ))
     });
     let crl = match (&trust, config.trust.as_ref().and_then(|t| t.crl.as_ref())) {
-        (Some((_, t)), Some(c)) => {
+        (Some((store, t)), Some(c)) => {
+            ca.keep_replaced_for(t.leaf_life);
             let (rx, task) = crate::trust::spawn_crl(
-                Duration::from_secs(c.validity_secs),
+                crate::trust::CrlConfig {
+                    validity: Duration::from_secs(c.validity_secs),
+                    upstream_files: c.upstream_files.clone(),
+                },
+                store.clone(),
                 t.clone(),
                 Arc::clone(&ca),
                 metrics.clone(),
@@ -407,7 +412,18 @@ fn follow_roots(ca: Arc<CaHandle>, client_roots: Arc<tls::ClientRoots>) -> JoinH
 }
 
 fn observe(metrics: &Metrics, ca: &ca::SigningCa) {
-    metrics.observe_ca(ca.roots_not_after(), ca.facts().not_after);
+    let path: Vec<(String, std::time::SystemTime)> = ca
+        .path()
+        .iter()
+        .map(|c| {
+            let tbs = c.tbs_certificate();
+            (
+                tbs.subject().to_string(),
+                tbs.validity().not_after.to_system_time(),
+            )
+        })
+        .collect();
+    metrics.observe_ca(ca.roots_not_after(), ca.not_after(), &path);
 }
 
 pub(super) async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, Error> {

@@ -52,7 +52,13 @@ pub fn rules(config: &Config, counters: ca::Counters, clock: Clock) -> Result<Ru
         counters,
         waived: config.practices.waive.clone(),
         trust: None,
-        crl: config.trust.as_ref().is_some_and(|t| t.crl.is_some()),
+        crl: config
+            .trust
+            .as_ref()
+            .and_then(|t| t.crl.as_ref())
+            .map(|c| ca::CrlRules {
+                upstream_files: c.upstream_files.clone(),
+            }),
         clock,
     })
 }

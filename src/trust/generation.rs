@@ -1,8 +1,8 @@
 //! Every signing CA castellan has issued under — a generation — kept in the
 //! record until its last leaf has expired: its certificate and chain (so a
 //! CRL can be checked and published for each CA of that chain), the root it
-//! ends at, how long its leaves live, and the latest CRL it (or, for Vault
-//! PKI, Vault) signed. Without this, a rotation forgets the leaves of the
+//! ends at, and how long its leaves live; the newest CRL it (or, for Vault
+//! PKI, Vault) signed is kept beside it. Without this, a rotation forgets the leaves of the
 //! previous intermediate: clients that check CRLs for the whole chain
 //! (Envoy) reject them, and their revocations are no longer published.
 
@@ -30,13 +30,10 @@ pub struct Generation {
     pub leaf_life: u64,
     pub first_issued: u64,
     pub last_issued: u64,
-    /// The newest CRL signed for it (by castellan, or by Vault for its own
-    /// issuer).
-    #[serde(default)]
-    pub crl: Option<SignedCrl>,
 }
 
-/// A CRL as kept in the record.
+/// A generation's newest CRL as kept in the record: signed by castellan
+/// with that generation's key, or Vault's for its own issuer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SignedCrl {
@@ -44,6 +41,13 @@ pub struct SignedCrl {
     pub number: u64,
     pub this_update: u64,
     pub next_update: u64,
+}
+
+impl SignedCrl {
+    /// Whether it replaces `other`: signed later, or numbered higher.
+    pub fn newer_than(&self, other: &Self) -> bool {
+        (self.this_update, self.number, &self.pem) > (other.this_update, other.number, &other.pem)
+    }
 }
 
 impl Generation {
@@ -69,17 +73,6 @@ impl Generation {
         if self.root.is_none() {
             self.root.clone_from(&theirs.root);
         }
-        let newer = match (&self.crl, &theirs.crl) {
-            (Some(mine), Some(other)) => {
-                (other.this_update, other.number, &other.pem)
-                    > (mine.this_update, mine.number, &mine.pem)
-            }
-            (None, Some(_)) => true,
-            (_, None) => false,
-        };
-        if newer {
-            self.crl.clone_from(&theirs.crl);
-        }
     }
 }
 
@@ -87,7 +80,7 @@ impl Generation {
 mod tests {
     use super::*;
 
-    fn generation(last_issued: u64, crl: Option<(u64, u64)>) -> Generation {
+    fn generation(last_issued: u64) -> Generation {
         Generation {
             subject: "CN=i".into(),
             certificate: "pem".into(),
@@ -97,31 +90,24 @@ mod tests {
             leaf_life: 100,
             first_issued: last_issued - 50,
             last_issued,
-            crl: crl.map(|(this_update, number)| SignedCrl {
-                pem: format!("crl {number}"),
-                number,
-                this_update,
-                next_update: this_update + 1_000,
-            }),
         }
     }
 
     #[test]
     fn kept_for_its_last_leafs_life_and_never_past_its_chain() {
-        assert_eq!(generation(1_000, None).keep_until(), 1_101);
-        assert_eq!(generation(9_990, None).keep_until(), 10_001);
+        assert_eq!(generation(1_000).keep_until(), 1_101);
+        assert_eq!(generation(9_990).keep_until(), 10_001);
     }
 
     #[test]
-    fn merged_in_any_order_to_the_widest_span_and_the_newest_crl() {
-        let a = generation(1_000, Some((900, 7)));
-        let b = generation(2_000, Some((950, 3)));
+    fn merged_in_any_order_to_the_widest_span() {
+        let a = generation(1_000);
+        let b = generation(2_000);
         let mut x = a.clone();
         x.merge(&b);
         let mut y = b.clone();
         y.merge(&a);
         assert_eq!(x, y);
         assert_eq!((x.first_issued, x.last_issued), (950, 2_000));
-        assert_eq!(x.crl.as_ref().map(|c| c.number), Some(3), "the later one");
     }
 }

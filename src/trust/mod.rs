@@ -19,7 +19,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use der::Decode;
 
-pub use crl::spawn_crl;
+pub use crl::{CrlConfig, spawn_crl};
 pub use guard::{judge, soak_floor, status};
 pub use health::RecordHealth;
 pub use recorder::spawn_recorder;

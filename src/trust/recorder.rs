@@ -105,7 +105,6 @@ pub(super) fn generation_of(ca: &SigningCa, leaf_life: u64) -> (String, Generati
         leaf_life,
         first_issued: 0,
         last_issued: 0,
-        crl: None,
     };
     (fp, generation)
 }

@@ -28,6 +28,9 @@ pub struct TrustState {
     /// Every signing CA castellan issued under whose leaves may still live.
     #[serde(default)]
     pub generations: BTreeMap<String, Generation>,
+    /// The newest CRL of each generation, by the same key.
+    #[serde(default)]
+    pub crls: BTreeMap<String, SignedCrl>,
     /// Other CAs' roots (`trust.external`), kept after the section is gone.
     #[serde(default)]
     pub external: BTreeMap<String, ExternalRecord>,
@@ -143,7 +146,6 @@ impl TrustState {
                 let mut g = entry.clone();
                 g.first_issued = now;
                 g.last_issued = now;
-                g.crl = None;
                 self.generations.insert(fingerprint.to_owned(), g);
                 true
             }
@@ -153,14 +155,14 @@ impl TrustState {
     /// Keeps `crl` as the generation's newest CRL if it is newer than the
     /// one kept. Returns whether it was.
     pub fn record_crl(&mut self, fingerprint: &str, crl: &SignedCrl) -> bool {
-        let Some(g) = self.generations.get_mut(fingerprint) else {
-            return false;
-        };
-        let before = g.crl.clone();
-        let mut with = g.clone();
-        with.crl = Some(crl.clone());
-        g.merge(&with);
-        g.crl != before
+        let newer = self
+            .crls
+            .get(fingerprint)
+            .is_none_or(|kept| crl.newer_than(kept));
+        if newer {
+            self.crls.insert(fingerprint.to_owned(), crl.clone());
+        }
+        newer
     }
 
     /// Notes another CA's root as configured now.
@@ -201,6 +203,9 @@ impl TrustState {
                 .entry(fingerprint.clone())
                 .and_modify(|mine| mine.merge(theirs))
                 .or_insert_with(|| theirs.clone());
+        }
+        for (fingerprint, theirs) in &other.crls {
+            self.record_crl(fingerprint, theirs);
         }
         for (fingerprint, theirs) in &other.external {
             self.external

@@ -68,6 +68,16 @@ async fn run_rendered(
     k.insert("namespace".into(), "istio-system".into());
     k.insert("identity".into(), "castellan-0".into());
     edit(&mut config);
+    // The CRLs of the CAs above, as ConfigMap castellan-crls would mount them.
+    if let Some(crl) = config
+        .get_mut("trust")
+        .and_then(|t| t.get_mut("crl"))
+        .and_then(toml::Value::as_table_mut)
+    {
+        let file = dir.path().join("root-crl.pem");
+        std::fs::write(&file, root.crl(time::Duration::days(7), &[])).unwrap();
+        crl.insert("upstream_files".into(), vec![path(&file)].into());
+    }
 
     let file = dir.path().join("castellan.toml");
     std::fs::write(&file, toml::to_string(&config).unwrap()).unwrap();
@@ -140,21 +150,31 @@ fn cluster(kube: &FakeKube) {
     kube.put_pod("apps", "web-1", "web-uid", "web", "node-1", "Running");
 }
 
-/// The ambient overlay with the ClusterTrustBundle component: every
-/// permission castellan can ask for.
+/// The ambient overlay with the ClusterTrustBundle and CRL components:
+/// every permission castellan can ask for.
 fn everything() -> Vec<Value> {
     deploy::yaml_documents(&compose(
         "everything",
         &["overlays/ambient"],
-        &["components/cluster-trust-bundle"],
+        &["components/cluster-trust-bundle", "components/crl"],
     ))
 }
 
+/// What turning the components on means in castellan.toml: the
+/// ClusterTrustBundle, and the CRL with the mounted upstream CRLs.
 fn with_cluster_trust_bundle(config: &mut toml::Table) {
     config["kubernetes"]["trust_bundle"]
         .as_table_mut()
         .unwrap()
         .insert("cluster_trust_bundle".into(), true.into());
+    let crl: toml::Table = toml::from_str(
+        "upstream_files = [\"/etc/castellan/crls/root-crl.pem\"]\nvalidity_secs = 86400\n",
+    )
+    .unwrap();
+    config["trust"]
+        .as_table_mut()
+        .unwrap()
+        .insert("crl".into(), crl.into());
 }
 
 /// The in-process cluster, authorizing castellan's account with exactly

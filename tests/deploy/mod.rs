@@ -50,6 +50,10 @@ fn renderings() -> Vec<(String, String)> {
         "overlays/file + components/monitoring".into(),
         compose("monitoring", &["overlays/file"], &["components/monitoring"]),
     ));
+    all.push((
+        "overlays/file + components/crl".into(),
+        compose("crl", &["overlays/file"], &["components/crl"]),
+    ));
     all
 }
 

@@ -239,6 +239,15 @@ impl Files {
         );
         let (tokens, token_key) = TokenIssuer::generate(ISSUER).unwrap();
         std::fs::write(dir.path().join("jwks.json"), tokens.jwks()).unwrap();
+        // The root's CRL, for `[trust.crl] upstream_files = ["@DIR@/root-crl.pem"]`.
+        std::fs::write(
+            dir.path().join("root-crl.pem"),
+            root.crl(time::Duration::days(7), &[]),
+        )
+        .unwrap();
+        setup.extra = setup
+            .extra
+            .replace("@DIR@", &dir.path().display().to_string());
         let config = config_text(dir.path().to_path_buf(), &setup);
         std::fs::write(dir.path().join("castellan.toml"), &config).unwrap();
         Self {

@@ -102,6 +102,55 @@ impl Ca {
 }
 
 impl Ca {
+    /// A CRL signed by this CA, PEM: valid from an hour ago for `life`,
+    /// listing `revoked` (DER serial numbers).
+    pub fn crl(&self, life: Duration, revoked: &[Vec<u8>]) -> String {
+        let now = OffsetDateTime::now_utc();
+        self.crl_at(now - Duration::hours(1), now + life, revoked)
+    }
+
+    /// A CRL signed by this CA with the given this and next update, PEM.
+    pub fn crl_at(
+        &self,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+        revoked: &[Vec<u8>],
+    ) -> String {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: rcgen::SerialNumber::from(
+                u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap(),
+            ),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(serial.clone()),
+                    revocation_time: this_update,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&Issuer::from_params(&self.params, &self.key))
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    /// The certificate's serial number, DER content bytes.
+    pub fn serial(&self) -> Vec<u8> {
+        x509_cert::Certificate::from_der(&self.der)
+            .unwrap()
+            .tbs_certificate()
+            .serial_number()
+            .as_bytes()
+            .to_vec()
+    }
+
     /// An intermediate CA certificate (PEM) for a key held elsewhere,
     /// given by its DER SubjectPublicKeyInfo.
     pub fn certify_public_key(&self, cn: &str, spki: Vec<u8>) -> String {

@@ -54,6 +54,7 @@ impl Source for FileSource {
                 roots: m.roots,
                 cert_source: format!("the signing certificate {}", self.describe()),
                 fingerprint: Some(m.fingerprint),
+                upstream_crls: Vec::new(),
             },
         })
     }

@@ -104,6 +104,7 @@ impl Source for Pkcs11Source {
                     roots,
                     cert_source,
                     fingerprint,
+                    upstream_crls: Vec::new(),
                 },
             })
         })

@@ -38,6 +38,17 @@ pub trait Source: Send + Sync + std::fmt::Debug {
     fn self_rotating(&self) -> bool {
         false
     }
+
+    /// The CRLs of the CAs above the signing certificate that this back end
+    /// can fetch (DER): for a minted intermediate, the CRL of the Vault
+    /// issuer that certified it. Clients that check CRLs check every CA of
+    /// the chain, so castellan publishes these beside its own.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the back end cannot be reached.
+    async fn upstream_crls(&self) -> Result<Vec<Vec<u8>>, Error> {
+        Ok(Vec::new())
+    }
 }
 
 /// What a [`Source`] loaded, not yet judged fit for use.
@@ -69,6 +80,9 @@ pub struct Material {
     pub cert_source: String,
     /// Changes whenever the material does; `None` for sources not polled.
     pub fingerprint: Option<Fingerprint>,
+    /// CRLs of the CAs above the signing certificate the back end fetched
+    /// with it (DER; see [`Source::upstream_crls`]).
+    pub upstream_crls: Vec<Vec<u8>>,
 }
 
 /// A key that signs DER TBSCertificates.

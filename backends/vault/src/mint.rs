@@ -42,6 +42,9 @@ const MAX_BACKDATE: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct Mint {
     path: String,
+    mount: String,
+    /// The issuer reference (`default` unless pinned).
+    issuer: String,
     ttl: Duration,
     key: KeyAlgorithm,
     common_name: String,
@@ -71,6 +74,11 @@ impl Mint {
         };
         Self {
             path,
+            mount: mount.to_owned(),
+            issuer: config
+                .issuer
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
             ttl: Duration::from_secs(config.ttl_secs),
             key: match config.key_type {
                 MintKey::EcP256 => KeyAlgorithm::EcdsaP256Sha256,
@@ -90,6 +98,19 @@ impl Mint {
         &self.path
     }
 
+    /// The CRL of the issuer that certifies castellan's intermediates
+    /// (`<mount>/issuer/<issuer>/crl`, the default issuer unless pinned),
+    /// DER. castellan checks it like any CA's CRL before publishing it.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when Vault cannot be reached, [`Error::Invalid`]
+    /// for an answer that holds no CRL.
+    pub async fn issuer_crl(&self, vault: &Vault) -> Result<Vec<u8>, Error> {
+        let path = format!("{}/issuer/{}/crl", self.mount, self.issuer);
+        let answer = vault.call(Method::GET, &path, None).await?;
+        crate::pki::crl_answer(&answer, &path)
+    }
+
     /// Generates a key, has Vault certify it, and checks the certificate.
     ///
     /// # Errors
@@ -104,7 +125,7 @@ impl Mint {
         let csr = self.csr(key.as_ref(), &spki).await?;
         let body = json!({
             "csr": csr,
-            "common_name": self.common_name,
+            "common_name": generation_name(&self.common_name, SystemTime::now())?,
             "uri_sans": self.spiffe_id,
             "ttl": format!("{}s", self.ttl.as_secs()),
             "max_path_length": 0,
@@ -237,6 +258,24 @@ impl Mint {
     }
 }
 
+/// Every intermediate's own subject: `common_name`, when it was minted and
+/// a random tag, at most 64 characters (X.520's bound). ztunnel picks the
+/// first CRL whose issuer *name* matches a certificate's issuer, so two
+/// generations alive under one name would fail the leaves of one of them.
+fn generation_name(common_name: &str, now: SystemTime) -> Result<String, Error> {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut tag = [0u8; 3];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut tag)
+        .map_err(|_| Error::Invalid("no randomness for the intermediate's name".into()))?;
+    let minted = der::DateTime::from_system_time(now)
+        .map_err(|e| Error::Invalid(format!("the time now: {e}")))?;
+    let suffix = format!(" {minted} {:02x}{:02x}{:02x}", tag[0], tag[1], tag[2]);
+    let room = 64usize.saturating_sub(suffix.len());
+    let base: String = common_name.chars().take(room).collect();
+    Ok(format!("{}{suffix}", base.trim_end()))
+}
+
 /// How far before now the intermediate starts, for clocks a little behind:
 /// 30 s, or a tenth of a lifetime shorter than five minutes.
 fn backdate(ttl: Duration) -> Duration {
@@ -289,6 +328,17 @@ mod tests {
             },
             "cluster.local",
         )
+    }
+
+    #[test]
+    fn every_generation_has_a_name_of_its_own_within_64_characters() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let a = generation_name("castellan cluster.local", now).unwrap();
+        let b = generation_name("castellan cluster.local", now).unwrap();
+        assert_ne!(a, b, "same second, another name");
+        assert!(a.starts_with("castellan cluster.local 2026-"), "{a}");
+        let long = generation_name(&"x".repeat(100), now).unwrap();
+        assert_eq!(long.chars().count(), 64, "{long}");
     }
 
     #[test]

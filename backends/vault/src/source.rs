@@ -84,6 +84,7 @@ impl VaultSource {
                 roots: Vec::new(),
                 cert_source: format!("the signing certificate of {}", self.describe()),
                 fingerprint: Some(digest_strings(&pems)),
+                upstream_crls: Vec::new(),
             },
         })
     }
@@ -93,6 +94,15 @@ impl VaultSource {
     async fn load_mint(&self, mint: &Mint) -> Result<Loaded, Error> {
         let vault = self.vault().await?;
         let minted = mint.mint(&vault).await?;
+        // Best effort: without [trust.crl] nobody asks for it, and with it
+        // castellan names the missing CRL when it judges the intermediate.
+        let upstream_crls = match mint.issuer_crl(&vault).await {
+            Ok(der) => vec![der],
+            Err(e) => {
+                tracing::debug!(error = %e, "the issuing CA's CRL not read");
+                Vec::new()
+            }
+        };
         Ok(Loaded {
             backend: Backend::Signs(minted.key),
             material: Material {
@@ -101,6 +111,7 @@ impl VaultSource {
                 roots: Vec::new(),
                 cert_source: format!("the intermediate minted by {}", self.describe()),
                 fingerprint: None,
+                upstream_crls,
             },
         })
     }
@@ -124,6 +135,7 @@ impl VaultSource {
                 roots: certs.roots,
                 cert_source: format!("the signing certificate {}", self.describe()),
                 fingerprint: Some(fingerprint),
+                upstream_crls: Vec::new(),
             },
         })
     }
@@ -158,6 +170,14 @@ impl Source for VaultSource {
 
     fn self_rotating(&self) -> bool {
         self.mint.is_some()
+    }
+
+    async fn upstream_crls(&self) -> Result<Vec<Vec<u8>>, castellan_signer::Error> {
+        let Some(mint) = &self.mint else {
+            return Ok(Vec::new());
+        };
+        let vault = self.vault().await?;
+        Ok(vec![mint.issuer_crl(&vault).await?])
     }
 
     async fn fingerprint(&self) -> Result<Option<Fingerprint>, castellan_signer::Error> {

@@ -118,7 +118,7 @@ pub(super) async fn pipeline(
             .ca_counters(),
         waived: Vec::new(),
         trust: None,
-        crl: false,
+        crl: None,
         clock: crate::clock::Clock::system(),
     };
     let ca = CaHandle::load(source, rules)
