@@ -144,7 +144,7 @@ fn main() {
             crl: None,
             clock: castellan::clock::Clock::system(),
         };
-        let handle = Arc::new(CaHandle::load(ca::source(&config.signer, &config.trust_domain), rules).await.unwrap());
+        let handle = Arc::new(CaHandle::load(ca::source(&config), rules).await.unwrap());
         let issuer = Issuer::new(handle, Duration::from_secs(120), Duration::from_secs(600));
         let (_, csr_pem) = support::csr::ztunnel(&support::id("bench", "w"));
         let verified = csr::verify(&csr_pem).unwrap();

@@ -23,6 +23,7 @@ mod limits;
 mod logs;
 mod mesh;
 mod mint;
+mod mint_lifecycle;
 mod one_truth;
 mod pkcs11;
 mod record;

@@ -390,26 +390,32 @@ async fn check_and_serve_refuse_a_minted_intermediate_outside_the_roots() {
 async fn an_intermediate_vault_cut_short_is_refused() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
     let bao = vault(&root).await;
-    // The mount cannot certify for as long as castellan asks.
-    bao.post("sys/mounts/pki_ent/tune", json!({"max_lease_ttl": "1h"}))
-        .await;
-    let dir = tempfile::tempdir().unwrap();
-    let roots = dir.path().join("roots.pem");
-    std::fs::write(&roots, &root.pem).unwrap();
-    let signer = signer(&bao, dir.path(), 7200).await;
-    let files = Files::write(setup(
-        root,
-        &roots,
-        signer,
-        "max_ttl_secs = 3600\ndefault_ttl_secs = 3600\n",
-    ));
-    let out = crate::one_truth::run(&["serve"], &files.config);
-    let text = crate::one_truth::text(&out);
-    assert_ne!(out.status.code(), Some(0), "{text}");
-    assert!(
-        text.contains("refusing the intermediate Vault signed") && text.contains("Vault cut it"),
-        "{text}"
-    );
+    // The mount cannot certify for as long as castellan asks: by half, and
+    // by a tenth — either way a leaf of the full hour issued just before
+    // the rotation (at half the intermediate's life) would be cut short.
+    for max in ["1h", "6480s"] {
+        bao.post("sys/mounts/pki_ent/tune", json!({"max_lease_ttl": max}))
+            .await;
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("roots.pem");
+        std::fs::write(&roots, &root.pem).unwrap();
+        let signer = signer(&bao, dir.path(), 7200).await;
+        let files = Files::write(setup(
+            root.duplicate(),
+            &roots,
+            signer,
+            "max_ttl_secs = 3600\ndefault_ttl_secs = 3600\n",
+        ));
+        let out = crate::one_truth::run(&["serve"], &files.config);
+        let text = crate::one_truth::text(&out);
+        assert_ne!(out.status.code(), Some(0), "{max}: {text}");
+        assert!(
+            text.contains("refusing the intermediate Vault signed")
+                && text.contains("Vault cut it")
+                && text.contains("7200 s"),
+            "{max}: {text}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,8 +437,9 @@ async fn each_replica_mints_its_own_intermediate_under_the_same_root() {
     verify::assert_good(&b, &one.root.der, "replica two, under the same root");
 }
 
-/// castellan's minted keys on the token `token`: label, sensitive,
-/// extractable, and the public point of the key's public half.
+/// castellan's minted keys on the token `token`: label, sensitive and for
+/// signing only (no decrypt, unwrap or derive), extractable, and the public
+/// point of the key's public half.
 fn minted_keys(token: &str) -> Vec<(String, bool, bool, Vec<u8>)> {
     use cryptoki::{
         object::{Attribute, AttributeType, ObjectClass},
@@ -455,18 +462,26 @@ fn minted_keys(token: &str) -> Vec<(String, bool, bool, Vec<u8>)> {
                     AttributeType::Label,
                     AttributeType::Sensitive,
                     AttributeType::Extractable,
+                    AttributeType::Decrypt,
+                    AttributeType::Unwrap,
+                    AttributeType::Derive,
                 ],
             )
             .unwrap();
         let (mut label, mut sensitive, mut extractable) = (String::new(), false, true);
+        let mut other_use = false;
         for a in attrs {
             match a {
                 Attribute::Label(l) => label = String::from_utf8(l).unwrap(),
                 Attribute::Sensitive(s) => sensitive = s,
                 Attribute::Extractable(e) => extractable = e,
+                Attribute::Decrypt(u) | Attribute::Unwrap(u) | Attribute::Derive(u) => {
+                    other_use |= u;
+                }
                 _ => {}
             }
         }
+        let sensitive = sensitive && !other_use;
         if !label.starts_with("castellan-mint-") {
             continue;
         }

@@ -9,15 +9,35 @@ use spiffe::TrustDomain;
 
 use crate::config;
 
-/// The configured back end; `trust_domain` names what a back end that
-/// mints its own intermediates certifies them for.
-pub fn source(signer: &config::Signer, trust_domain: &TrustDomain) -> Arc<dyn Source> {
+/// The configured back end.
+pub fn source(config: &config::Config) -> Arc<dyn Source> {
+    source_for(
+        &config.signer,
+        &config.trust_domain,
+        config.issuance.max_ttl_secs,
+    )
+}
+
+/// The back end of `signer`; `trust_domain` names what a back end that
+/// mints its own intermediates certifies them for, and each of those must
+/// live twice `longest_leaf` seconds (the longest workload certificate), so
+/// that a leaf issued just before the next rotation is not cut short.
+/// castellan's own serving and istiod's certificates may be: it renews
+/// them itself.
+pub fn source_for(
+    signer: &config::Signer,
+    trust_domain: &TrustDomain,
+    longest_leaf: u64,
+) -> Arc<dyn Source> {
     match signer {
         config::Signer::File(c) => Arc::new(castellan_file::FileSource::new(c.clone())),
         config::Signer::Pkcs11(c) => Arc::new(castellan_pkcs11::Pkcs11Source::new(c.clone())),
-        config::Signer::Vault(c) => Arc::new(castellan_vault::VaultSource::new(
-            c.as_ref().clone(),
-            trust_domain.as_str(),
-        )),
+        config::Signer::Vault(c) => {
+            let mut c = c.as_ref().clone();
+            if let Some(m) = &mut c.mint {
+                m.min_life_secs = Some(longest_leaf.saturating_mul(2));
+            }
+            Arc::new(castellan_vault::VaultSource::new(c, trust_domain.as_str()))
+        }
     }
 }

@@ -25,7 +25,7 @@ use x509_cert::Certificate;
 
 pub use crate::clock::date;
 pub use assess::{Assessment, CRL_SET_PRACTICE, Practice, ProbeError};
-pub use backends::source;
+pub use backends::{source, source_for};
 pub use castellan_signer::KeyAlgorithm;
 pub use crl::CrlEntry;
 pub use leaf::{Leaf, LeafRequest};
@@ -314,6 +314,14 @@ impl SigningCa {
     /// signing certificate says.
     pub fn not_after(&self) -> SystemTime {
         self.limit.not_after
+    }
+
+    /// Until when it issues: `issuance.min_ttl_secs` before the chain ends.
+    pub fn usable_until(&self) -> SystemTime {
+        self.limit
+            .not_after
+            .checked_sub(self.min_ttl)
+            .unwrap_or(std::time::UNIX_EPOCH)
     }
 
     /// The certificate whose expiry ends the chain.

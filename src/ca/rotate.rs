@@ -17,6 +17,12 @@ use crate::profile::IssuerFacts;
 /// Retries start here and double up to [`retry_cap`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// A refusal waiting will not fix (an answer outside the profile, a cut
+/// lifetime, a foreign or expiring issuer) is tried again slowly — from
+/// five minutes, doubling to an hour — but always at least twice more
+/// before the serving intermediate stops issuing.
+const REFUSED_FIRST: Duration = Duration::from_secs(300);
+const REFUSED_MAX: Duration = Duration::from_secs(3600);
 
 /// How an attempt to replace the intermediate ended, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,22 +101,24 @@ pub fn spawn_rotator(
                 .unwrap_or_default();
             drop(current);
             tokio::time::sleep(wait).await;
-            let (cap, mut retry) = (retry_cap(&facts), FIRST_RETRY);
+            let mut backoff = Backoff::new(retry_cap(&facts));
             loop {
-                let outcome = match handle.replace().await {
+                let result = handle.replace().await;
+                let ca = handle.current();
+                let outcome = match result {
                     Ok(()) => Outcome::Rotated,
                     Err(e) => {
                         let outcome = Outcome::of(&e);
+                        let wait = backoff.next(outcome, ca.clock().now(), ca.usable_until());
                         tracing::error!(
                             source = %handle.describe(),
                             error = %e,
-                            retry_in_secs = retry.min(cap).as_secs(),
+                            retry_in_secs = wait.as_secs(),
                             "new intermediate not minted; the current one keeps serving"
                         );
                         outcome
                     }
                 };
-                let ca = handle.current();
                 on_attempt(outcome, &ca);
                 if outcome == Outcome::Rotated {
                     tracing::info!(
@@ -122,11 +130,51 @@ pub fn spawn_rotator(
                     );
                     break;
                 }
-                tokio::time::sleep(retry.min(cap)).await;
-                retry = retry.saturating_mul(2);
+                tokio::time::sleep(backoff.last).await;
             }
         }
     })
+}
+
+/// How long to wait before the next attempt.
+#[derive(Debug)]
+struct Backoff {
+    cap: Duration,
+    unavailable: Duration,
+    refused: Duration,
+    /// The wait chosen last.
+    last: Duration,
+}
+
+impl Backoff {
+    fn new(cap: Duration) -> Self {
+        Self {
+            cap,
+            unavailable: FIRST_RETRY,
+            refused: REFUSED_FIRST,
+            last: FIRST_RETRY,
+        }
+    }
+
+    /// After an attempt that ended in `outcome` at `now`, with the serving
+    /// intermediate usable until `usable_until`: back end down, quickly
+    /// (up to the cap); refused, slowly, yet twice more before it is too late.
+    fn next(&mut self, outcome: Outcome, now: SystemTime, usable_until: SystemTime) -> Duration {
+        self.last = match outcome {
+            Outcome::Refused => {
+                let left = usable_until.duration_since(now).unwrap_or_default();
+                let wait = self.refused.min(REFUSED_MAX).min(left / 3);
+                self.refused = self.refused.saturating_mul(2);
+                wait.max(FIRST_RETRY)
+            }
+            Outcome::Unavailable | Outcome::Rotated => {
+                let wait = self.unavailable.min(self.cap);
+                self.unavailable = self.unavailable.saturating_mul(2);
+                wait
+            }
+        };
+        self.last
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +190,29 @@ mod tests {
             not_after: not_before + Duration::from_secs(life),
             signature_algorithm: crate::ca::KeyAlgorithm::EcdsaP256Sha256.identifier(),
         }
+    }
+
+    #[test]
+    fn refusals_are_retried_slowly_yet_before_it_is_too_late() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let days = |d: u64| now + Duration::from_secs(d * 86_400);
+        let mut b = Backoff::new(MAX_RETRY);
+        // A day of life left: five minutes, doubling to an hour.
+        let waits: Vec<u64> = (0..6)
+            .map(|_| b.next(Outcome::Refused, now, days(1)).as_secs())
+            .collect();
+        assert_eq!(waits, [300, 600, 1_200, 2_400, 3_600, 3_600]);
+        // Fifteen minutes left: a third of it, so two more tries fit.
+        let mut b = Backoff::new(MAX_RETRY);
+        let left = now + Duration::from_secs(900);
+        assert_eq!(b.next(Outcome::Refused, now, left).as_secs(), 300);
+        assert_eq!(b.next(Outcome::Refused, now, left).as_secs(), 300);
+        // Vault down: quickly, up to the cap.
+        let mut b = Backoff::new(Duration::from_secs(20));
+        let waits: Vec<u64> = (0..7)
+            .map(|_| b.next(Outcome::Unavailable, now, days(1)).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 20, 20]);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         Ok(t) => t.map(|(_, rules)| rules),
         Err(e) => return unusable(&e),
     };
-    let source = ca::source(&config.signer, &config.trust_domain);
+    let source = ca::source(&config);
     let loaded = match source.load().await {
         Ok(l) => l,
         Err(e) => return unusable(&e),

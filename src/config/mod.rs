@@ -476,6 +476,24 @@ impl Config {
         }
     }
 
+    /// The longest life of any certificate castellan issues: a workload's
+    /// maximum, and its own serving certificate's and istiod's when it
+    /// issues those.
+    pub fn longest_leaf_secs(&self) -> u64 {
+        let mut longest = self.issuance.max_ttl_secs;
+        if self.server.tls.cert_file.is_none() {
+            longest = longest.max(self.server.tls.ttl_secs);
+        }
+        if let Some(istiod) = self
+            .kubernetes
+            .as_ref()
+            .and_then(|k| k.istiod_cert.as_ref())
+        {
+            longest = longest.max(istiod.ttl_secs);
+        }
+        longest
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.server.request_timeout_secs)
     }

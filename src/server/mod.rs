@@ -170,8 +170,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
              as a waived failure"
         );
     }
-    let ca =
-        Arc::new(CaHandle::load(ca::source(&config.signer, &config.trust_domain), rules).await?);
+    let ca = Arc::new(CaHandle::load(ca::source(config), rules).await?);
     observe(&metrics, &ca.current());
     let mut background = Vec::new();
     let revocations = trust.as_ref().map(|(_, t)| {

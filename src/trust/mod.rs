@@ -122,17 +122,7 @@ pub async fn open(config: &Config, clock: Clock) -> Result<Option<(Store, TrustR
         return Ok(None);
     };
     let state = store.load().await?;
-    let mut leaf_life = config.issuance.max_ttl_secs;
-    if config.server.tls.cert_file.is_none() {
-        leaf_life = leaf_life.max(config.server.tls.ttl_secs);
-    }
-    if let Some(istiod) = config
-        .kubernetes
-        .as_ref()
-        .and_then(|k| k.istiod_cert.as_ref())
-    {
-        leaf_life = leaf_life.max(istiod.ttl_secs);
-    }
+    let leaf_life = config.longest_leaf_secs();
     let external = external_roots(&trust.external)?;
     let interval = Duration::from_secs(trust.record_interval_secs);
     let lag = Duration::from_secs(trust.max_unrecorded_secs());

@@ -227,6 +227,7 @@ path "transit/sign/*" { capabilities = ["create", "update"] }
 path "transit/keys/*" { capabilities = ["read"] }
 path "pki_ent/root/sign-intermediate" { capabilities = ["create", "update"] }
 path "pki_ent/issuer/+/sign-intermediate" { capabilities = ["create", "update"] }
+path "pki_ent/issuer/+/crl" { capabilities = ["read"] }
 "#;
         self.post("sys/policies/acl/castellan", json!({"policy": policy}))
             .await;
@@ -281,7 +282,7 @@ path "pki_ent/issuer/+/sign-intermediate" { capabilities = ["create", "update"] 
     /// certificate issued by `root` (the offline root the test holds), and a
     /// SPIFFE role. Returns the role name.
     pub async fn pki(&self, root: &Ca, role: Value) -> String {
-        self.issuing_ca("pki_int", "OpenBao Intermediate", 0, root)
+        self.issuing_ca("pki_int", "OpenBao Intermediate", 0, root, None)
             .await;
         let mut body = json!({
             "allowed_uri_sans": ["spiffe://cluster.local/*"],
@@ -314,14 +315,28 @@ path "pki_ent/issuer/+/sign-intermediate" { capabilities = ["create", "update"] 
     /// inside OpenBao, certified by `root` (the offline root the test holds)
     /// with path length 1, so that it can certify castellan's intermediates.
     pub async fn enterprise_issuer(&self, root: &Ca) {
-        self.issuing_ca("pki_ent", "Enterprise Issuing CA", 1, root)
+        self.issuing_ca("pki_ent", "Enterprise Issuing CA", 1, root, None)
+            .await;
+    }
+
+    /// As [`Bao::enterprise_issuer`], the issuing CA's certificate ending
+    /// at `not_after`.
+    pub async fn enterprise_issuer_until(&self, root: &Ca, not_after: time::OffsetDateTime) {
+        self.issuing_ca("pki_ent", "Enterprise Issuing CA", 1, root, Some(not_after))
             .await;
     }
 
     /// A PKI mount `mount` holding a CA named `cn`, its key made inside
     /// OpenBao and its certificate (path length `path_len`) issued by
     /// `root`, the offline root the test holds.
-    async fn issuing_ca(&self, mount: &str, cn: &str, path_len: u8, root: &Ca) {
+    async fn issuing_ca(
+        &self,
+        mount: &str,
+        cn: &str,
+        path_len: u8,
+        root: &Ca,
+        not_after: Option<time::OffsetDateTime>,
+    ) {
         self.post(
             &format!("sys/mounts/{mount}"),
             json!({"type": "pki", "config": {"max_lease_ttl": "87600h"}}),
@@ -341,7 +356,7 @@ path "pki_ent/issuer/+/sign-intermediate" { capabilities = ["create", "update"] 
         req.params.is_ca = template.is_ca;
         req.params.key_usages = template.key_usages;
         req.params.not_before = template.not_before;
-        req.params.not_after = template.not_after;
+        req.params.not_after = not_after.unwrap_or(template.not_after);
         req.params.use_authority_key_identifier_extension = true;
         let issuer = rcgen::Issuer::from_params(&root.params, &root.key);
         let cert = req.signed_by(&issuer).unwrap();

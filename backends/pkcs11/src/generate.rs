@@ -130,14 +130,26 @@ impl KeyStore {
                 Attribute::Label(label.as_bytes().to_vec()),
                 Attribute::Id(random.to_vec()),
             ];
+            // A signing key and nothing else: an intermediate's key that
+            // could also decrypt, unwrap or derive would be one more way to
+            // use it outside castellan's profile.
             let mut public = common.to_vec();
-            public.extend([Attribute::EcParams(params), Attribute::Verify(true)]);
+            public.extend([
+                Attribute::EcParams(params),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::Derive(false),
+            ]);
             let mut private = common.to_vec();
             private.extend([
                 Attribute::Private(true),
                 Attribute::Sensitive(true),
                 Attribute::Extractable(false),
                 Attribute::Sign(true),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
             ]);
             session
                 .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)

@@ -125,6 +125,12 @@ pub struct MintConfig {
     pub common_name: Option<String>,
     /// Make each key inside this PKCS#11 token instead of in memory.
     pub pkcs11: Option<castellan_pkcs11::KeyStore>,
+    /// The least lifetime a minted intermediate must have: twice the
+    /// longest leaf castellan issues, so that a leaf issued just before the
+    /// next rotation (at half life) still ends before it. Set by castellan
+    /// from `[issuance]`, not read from the file; unset: 90 % of `ttl_secs`.
+    #[serde(skip)]
+    pub min_life_secs: Option<u64>,
 }
 
 /// The key castellan generates for each intermediate.

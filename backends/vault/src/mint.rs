@@ -29,8 +29,8 @@ use x509_cert::{
 use crate::{Error, MintConfig, MintKey, Vault};
 
 /// Vault may cut the lifetime asked for (the mount's `max_lease_ttl`, the
-/// issuer's own expiry); less than this share of it is refused, since the
-/// rotation schedule and the leaf lifetimes were planned on the full one.
+/// issuer's own expiry); without a [`MintConfig::min_life_secs`], less
+/// than this share of it is refused.
 const MIN_SHARE_OF_TTL: f64 = 0.9;
 
 /// Vault backdates notBefore (30 s by default); more than this is a clock
@@ -42,6 +42,8 @@ const MAX_BACKDATE: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct Mint {
     path: String,
+    /// The least lifetime accepted.
+    min_life: Duration,
     mount: String,
     /// The issuer reference (`default` unless pinned).
     issuer: String,
@@ -72,8 +74,12 @@ impl Mint {
             Some(issuer) => format!("{mount}/issuer/{issuer}/sign-intermediate"),
             None => format!("{mount}/root/sign-intermediate"),
         };
+        let ttl = Duration::from_secs(config.ttl_secs);
         Self {
             path,
+            min_life: config
+                .min_life_secs
+                .map_or_else(|| ttl.mul_f64(MIN_SHARE_OF_TTL), Duration::from_secs),
             mount: mount.to_owned(),
             issuer: config
                 .issuer
@@ -139,6 +145,7 @@ impl Mint {
         let answer = vault.call(Method::POST, &self.path, Some(&body)).await?;
         let (cert, chain) = minted_answer(&answer, &self.path)?;
         self.check(&cert, &spki, SystemTime::now())
+            .and_then(|()| within_issuer(&cert, &chain))
             .map_err(|problem| {
                 Error::Invalid(format!(
                     "{}: refusing the intermediate Vault signed: {problem}",
@@ -245,17 +252,49 @@ impl Mint {
         if not_before > now + MAX_BACKDATE || not_before + MAX_BACKDATE + self.ttl < now {
             return Err("its notBefore is far from now (check the clocks)".into());
         }
-        let life = not_after.duration_since(now).unwrap_or_default();
-        if life.as_secs_f64() < self.ttl.as_secs_f64() * MIN_SHARE_OF_TTL {
+        // Rotation comes at half of notBefore..notAfter: that span must
+        // hold two of the longest leaves.
+        let life = not_after.duration_since(not_before).unwrap_or_default();
+        if life < self.min_life {
             return Err(format!(
                 "it lives {} s, not the {} s asked for: Vault cut it (the mount's max_lease_ttl \
-                 or the issuer's own expiry); tune the mount or lower signer.mint.ttl_secs",
+                 or the issuer's own expiry) below {} s, and a leaf issued before the next \
+                 rotation (at half its life) would be cut short; tune the mount or lower \
+                 signer.mint.ttl_secs",
                 life.as_secs(),
-                self.ttl.as_secs()
+                self.ttl.as_secs(),
+                self.min_life.as_secs()
             ));
         }
         Ok(())
     }
+}
+
+/// A minted intermediate must end before the CA that certified it: Vault
+/// signs past its own expiry with `leaf_not_after_behavior = permit`, and a
+/// chain is valid only while every certificate in it is.
+fn within_issuer(der: &[u8], chain: &[CertificateDer<'static>]) -> Result<(), String> {
+    let cert = Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
+    let tbs = cert.tbs_certificate();
+    let not_after = tbs.validity().not_after.to_system_time();
+    for above in chain {
+        let Ok(above) = Certificate::from_der(above) else {
+            continue;
+        };
+        let a = above.tbs_certificate();
+        let ends = a.validity().not_after.to_system_time();
+        if a.subject() == tbs.issuer() && ends < not_after {
+            return Err(format!(
+                "it outlives its issuer `{}`, which ends at {} (Vault signed past its own \
+                 expiry: leaf_not_after_behavior = permit): leaves under it would outlive their \
+                 chain; renew the issuing CA",
+                a.subject(),
+                der::DateTime::from_system_time(ends)
+                    .map_or_else(|_| "?".into(), |d| d.to_string())
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Every intermediate's own subject: `common_name`, when it was minted and
@@ -325,6 +364,7 @@ mod tests {
                 key_type: MintKey::EcP256,
                 common_name: None,
                 pkcs11: None,
+                min_life_secs: None,
             },
             "cluster.local",
         )
@@ -352,6 +392,7 @@ mod tests {
                 key_type: MintKey::EcP384,
                 common_name: Some("x".into()),
                 pkcs11: None,
+                min_life_secs: None,
             },
             "td",
         );

@@ -99,12 +99,13 @@ pub(super) async fn pipeline(
     each: Duration,
 ) -> Result<f64, String> {
     let trust_domain = TrustDomain::new("cluster.local").map_err(|e| e.to_string())?;
-    let source = ca::source(
+    let source = ca::source_for(
         &config::Signer::File(castellan_file::Config {
             dir: Some(ca_dir.to_owned()),
             ..Default::default()
         }),
         &trust_domain,
+        config::Issuance::default().max_ttl_secs,
     );
     let issuance = config::Issuance::default();
     let rules = Rules {
