@@ -160,6 +160,20 @@ async fn every_generation_verifies_under_envoys_and_ztunnels_rules_across_rotati
         verify::envoy(leaf, &root, &file).unwrap();
         verify::ztunnel(leaf, &root_der, &file).unwrap();
     }
+    // check says what clients will see of each generation.
+    let out = Command::new(env!("CARGO_BIN_EXE_castellan"))
+        .args(["check", "--config"])
+        .arg(dir.path().join("castellan.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("GENERATIONS")
+            && text.contains("signing   `CN=Test Intermediate Two`")
+            && text.contains("replaced  `CN=Test Intermediate`")
+            && text.contains("a revocation reaches its CRL only while"),
+        "{text}"
+    );
     restarted.kill();
 }
 

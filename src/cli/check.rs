@@ -105,6 +105,21 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         for line in crate::trust::status(trust, ca.root_names(), ca.active_roots(), clock.now()) {
             println!("      {line}");
         }
+        let signing = ca
+            .chain()
+            .first()
+            .map(crate::trust::fingerprint)
+            .unwrap_or_default();
+        let generations = crate::trust::generations(trust, &signing, clock.now());
+        if !generations.is_empty() {
+            println!(
+                "GENERATIONS {} (signing CAs whose leaves may live)",
+                trust.store
+            );
+            for line in generations {
+                println!("      {line}");
+            }
+        }
     }
     if ca.assessment().first_failure().is_none() {
         if ca.assessment().all_passed() {
@@ -132,6 +147,19 @@ fn signing_lines(ca: &SigningCa, self_rotating: bool, now: std::time::SystemTime
             left.as_secs_f64() / 3600.0
         ),
     ];
+    if ca.not_after() < facts.not_after {
+        lines.push(format!(
+            "      the chain ends earlier, at {} (in {:.1} h), when `{}` above it expires: \
+             leaves are cut to it and castellan stops issuing issuance.min_ttl_secs before",
+            ca::date(ca.not_after()),
+            ca.not_after()
+                .duration_since(now)
+                .unwrap_or_default()
+                .as_secs_f64()
+                / 3600.0,
+            ca.limit().subject
+        ));
+    }
     if self_rotating {
         lines.push(format!(
             "      rotates by itself: the next intermediate is minted at {} (half life); this \

@@ -104,7 +104,11 @@ pub(crate) async fn run(
         match reconcile(&api, &wanted, &issuer, &ca, &leadership).await {
             Ok(not_after) => {
                 metrics.istiod_cert_expiry.set(unix(not_after));
-                next_renewal = Some(renewal_in(not_after, wanted.ttl));
+                next_renewal = Some(renewal_in(
+                    not_after,
+                    wanted.ttl,
+                    ca.current().clock().now(),
+                ));
             }
             Err(t) => {
                 t.report(&metrics, "secrets", &wanted.secret);
@@ -293,7 +297,7 @@ fn still_good(secret: &Secret, wanted: &Wanted, ca: &CaHandle) -> Option<SystemT
     let not_after = tbs.validity().not_after.to_system_time();
     let life = not_after.duration_since(not_before).ok()?;
     let renew_at = not_before.checked_add(life.mul_f64(RENEW_AT))?;
-    (SystemTime::now() < renew_at).then_some(not_after)
+    (ca.current().clock().now() < renew_at).then_some(not_after)
 }
 
 /// A fresh key and certificate, as the Secret's data.
@@ -336,10 +340,8 @@ async fn issue(
     Ok((data, cert.not_after))
 }
 
-fn renewal_in(not_after: SystemTime, ttl: Duration) -> Duration {
-    let left = not_after
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+fn renewal_in(not_after: SystemTime, ttl: Duration, now: SystemTime) -> Duration {
+    let left = not_after.duration_since(now).unwrap_or_default();
     // Two thirds into a full lifetime is a third of it before the end.
     left.saturating_sub(ttl.mul_f64(1.0 - RENEW_AT))
         .max(Duration::from_secs(1))

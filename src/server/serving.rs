@@ -109,7 +109,7 @@ async fn renew(
     not_after: SystemTime,
 ) {
     let mut ca_changes = issuer.ca().subscribe();
-    let mut wait = renewal_delay(not_after);
+    let mut wait = renewal_delay(not_after, issuer.ca().current().clock().now());
     let mut expiring_logged = false;
     loop {
         tokio::select! {
@@ -125,7 +125,7 @@ async fn renew(
                 serving.current.store(Arc::new(key));
                 tracing::info!(not_after = %crate::ca::date(not_after), "serving certificate renewed");
                 expiring_logged = false;
-                renewal_delay(not_after)
+                renewal_delay(not_after, issuer.ca().current().clock().now())
             }
             Err(Error::Issue(e @ crate::issuer::Error::CaExpiring { .. })) => {
                 // Renewing would only shorten it: keep the current one, say so
@@ -148,9 +148,9 @@ async fn renew(
     }
 }
 
-fn renewal_delay(not_after: SystemTime) -> Duration {
+fn renewal_delay(not_after: SystemTime, now: SystemTime) -> Duration {
     not_after
-        .duration_since(SystemTime::now())
+        .duration_since(now)
         .unwrap_or_default()
         .mul_f64(RENEW_AT)
 }

@@ -364,3 +364,39 @@ fn keep_until(rules: &TrustRules, last_signed: u64) -> u64 {
         .saturating_add(rules.leaf_life.as_secs())
         .saturating_add(1)
 }
+
+/// One line per generation the record remembers alive at `now`: whether
+/// castellan signs under it, until when its leaves live, and what its CRL
+/// is — what clients will see of revocations of its leaves.
+pub fn generations(rules: &TrustRules, signing: &str, now: SystemTime) -> Vec<String> {
+    let state = rules.state.load();
+    let now = unix(now);
+    let mut alive: Vec<(&String, &super::Generation)> = state
+        .generations
+        .iter()
+        .filter(|(_, g)| g.keep_until() >= now)
+        .collect();
+    alive.sort_by_key(|(_, g)| std::cmp::Reverse(g.last_issued));
+    alive
+        .into_iter()
+        .map(|(f, g)| {
+            let crl = state.crls.get(f).map_or_else(
+                || "no CRL recorded".to_owned(),
+                |c| format!("its last CRL's next update {}", date(at(c.next_update))),
+            );
+            if f == signing {
+                format!("signing   `{}` ({}): {crl}", g.subject, short(f))
+            } else {
+                format!(
+                    "replaced  `{}` ({}): last signed under {}, leaves live until {}; {crl} — \
+                     a revocation reaches its CRL only while a replica that held it since \
+                     runs (docs/revoke.md)",
+                    g.subject,
+                    short(f),
+                    date(at(g.last_issued)),
+                    date(at(g.keep_until()))
+                )
+            }
+        })
+        .collect()
+}

@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use der::Decode;
 
 pub use crl::{CrlConfig, spawn_crl};
-pub use guard::{judge, soak_floor, status};
+pub use guard::{generations, judge, soak_floor, status};
 pub use health::RecordHealth;
 pub use recorder::spawn_recorder;
 pub use revocations::{ISSUED_CAPACITY, Revocations};
