@@ -126,9 +126,24 @@ fn leaf_recheck_us(chain: &[String], root: &Ca, csr_spki: &[u8]) -> f64 {
     let roots = [CertificateDer::from(root.der.clone())];
     let ints = [int];
     let identity = support::id("bench", "w");
-    castellan::ca::check_issued_leaf(&leaf, &identity, csr_spki, &ints, &roots).unwrap();
+    castellan::ca::check_issued_leaf(
+        &leaf,
+        &identity,
+        csr_spki,
+        &ints,
+        &roots,
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     micros(1000, || {
-        let _ = castellan::ca::check_issued_leaf(&leaf, &identity, csr_spki, &ints, &roots);
+        let _ = castellan::ca::check_issued_leaf(
+            &leaf,
+            &identity,
+            csr_spki,
+            &ints,
+            &roots,
+            std::time::SystemTime::now(),
+        );
     })
 }
 

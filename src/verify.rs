@@ -11,7 +11,8 @@ pub enum Usage {
     Server,
 }
 
-/// Verifies `leaf` through `intermediates` to one of `roots`, now.
+/// Verifies `leaf` through `intermediates` to one of `roots`, at `at` (the
+/// caller's clock: castellan's rules run on an injected one).
 ///
 /// # Errors
 /// webpki's verdict, e.g. `UnknownIssuer`, `CertExpired`, `BadSignature`.
@@ -20,6 +21,7 @@ pub fn chain(
     intermediates: &[CertificateDer<'_>],
     roots: &[CertificateDer<'_>],
     usage: Usage,
+    at: std::time::SystemTime,
 ) -> Result<(), webpki::Error> {
     let anchors = roots
         .iter()
@@ -34,7 +36,7 @@ pub fn chain(
         ALL_VERIFICATION_ALGS,
         &anchors,
         intermediates,
-        UnixTime::now(),
+        UnixTime::since_unix_epoch(at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default()),
         usage,
         None,
         None,

@@ -349,6 +349,7 @@ fn active_roots(ca: &SigningCa, leaf: &CertificateDer<'_>) -> Vec<String> {
                 ca.chain(),
                 std::slice::from_ref(*root),
                 verify::Usage::Client,
+                ca.clock.now(),
             )
             .is_ok()
         })
@@ -479,7 +480,13 @@ pub(super) async fn probe(
 }
 
 fn rooted(ca: &SigningCa, leaf: &CertificateDer<'_>, source: &str) -> Result<String, String> {
-    match verify::chain(leaf, ca.chain(), ca.roots(), verify::Usage::Client) {
+    match verify::chain(
+        leaf,
+        ca.chain(),
+        ca.roots(),
+        verify::Usage::Client,
+        ca.clock.now(),
+    ) {
         Ok(()) => {
             let mut path: Vec<String> = Vec::new();
             for der in ca.chain() {

@@ -12,6 +12,10 @@ mod proof;
 mod recheck;
 mod reload;
 mod rotate;
+#[cfg(test)]
+pub(crate) mod testkit;
+#[cfg(test)]
+mod timeline;
 
 use std::time::SystemTime;
 

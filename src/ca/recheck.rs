@@ -69,12 +69,13 @@ pub fn check_issued_leaf(
     spki: &[u8],
     chain: &[CertificateDer<'static>],
     roots: &[CertificateDer<'static>],
+    at: std::time::SystemTime,
 ) -> Result<(), Verdict> {
     let cert = Certificate::from_der(der).map_err(|e| Verdict::Refused(Refusal::Parse(e)))?;
     profile(&cert, identity, spki).map_err(Verdict::Refused)?;
     // The profile already requires serverAuth and clientAuth, so one usage
     // validates the path for both.
-    match verify::chain(der, chain, roots, verify::Usage::Client) {
+    match verify::chain(der, chain, roots, verify::Usage::Client, at) {
         Ok(()) => Ok(()),
         Err(
             webpki::Error::InvalidSignatureForPublicKey
@@ -95,7 +96,14 @@ impl SigningCa {
         identity: &str,
         spki: &[u8],
     ) -> Result<(), Error> {
-        match check_issued_leaf(der, identity, spki, self.chain(), self.roots()) {
+        match check_issued_leaf(
+            der,
+            identity,
+            spki,
+            self.chain(),
+            self.roots(),
+            self.clock.now(),
+        ) {
             Ok(()) => Ok(()),
             Err(Verdict::NotOurs) => {
                 self.proof

@@ -229,8 +229,14 @@ fn check_chain(
         .iter()
         .map(|p| first(p))
         .collect::<Result<Vec<_>, _>>()?;
-    verify::chain(&leaf, &intermediates, roots, verify::Usage::Client)
-        .map_err(|e| format!("issued chain does not verify against the given root: {e}"))?;
+    verify::chain(
+        &leaf,
+        &intermediates,
+        roots,
+        verify::Usage::Client,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| format!("issued chain does not verify against the given root: {e}"))?;
     let cert = x509_cert::Certificate::from_der(&leaf).map_err(|e| e.to_string())?;
     let uris: Vec<String> = cert
         .tbs_certificate()

@@ -266,6 +266,7 @@ fn still_good(secret: &Secret, wanted: &Wanted, ca: &CaHandle) -> Option<SystemT
         current.chain(),
         current.roots(),
         crate::verify::Usage::Server,
+        current.clock().now(),
     )
     .ok()?;
     let cert = Certificate::from_der(leaf).ok()?;

@@ -13,6 +13,8 @@ mod revocations;
 mod roots;
 mod state;
 mod store;
+#[cfg(test)]
+mod timeline;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

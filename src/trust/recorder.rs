@@ -73,7 +73,7 @@ pub fn spawn_recorder(
 }
 
 /// What this replica serves and signs under now, noted in `local`.
-fn note(local: &mut TrustState, rules: &TrustRules, ca: &SigningCa, now: u64) {
+pub(super) fn note(local: &mut TrustState, rules: &TrustRules, ca: &SigningCa, now: u64) {
     let granularity = rules.interval.as_secs();
     local.record(ca.root_names(), ca.active_roots(), now, granularity);
     let (fp, generation) = generation_of(ca, rules.leaf_life.as_secs());

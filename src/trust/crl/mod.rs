@@ -8,6 +8,8 @@
 
 mod set;
 mod sign;
+#[cfg(test)]
+mod timeline;
 
 use std::{
     path::PathBuf,
@@ -46,19 +48,7 @@ pub fn spawn_crl(
     ca: Arc<CaHandle>,
     metrics: Metrics,
 ) -> (watch::Receiver<Option<String>>, JoinHandle<()>) {
-    let (tx, rx) = watch::channel(None);
-    let mut keeper = Keeper {
-        config,
-        store,
-        rules,
-        ca,
-        metrics,
-        tx,
-        signer: sign::Signer::default(),
-        files: Vec::new(),
-        fetched: Vec::new(),
-        said: None,
-    };
+    let (mut keeper, rx) = Keeper::new(config, store, rules, ca, metrics);
     let task = tokio::spawn(async move {
         let mut record = keeper.rules.changed.subscribe();
         let mut cas = keeper.ca.subscribe();
@@ -92,6 +82,29 @@ struct Keeper {
 }
 
 impl Keeper {
+    fn new(
+        config: CrlConfig,
+        store: Store,
+        rules: TrustRules,
+        ca: Arc<CaHandle>,
+        metrics: Metrics,
+    ) -> (Self, watch::Receiver<Option<String>>) {
+        let (tx, rx) = watch::channel(None);
+        let keeper = Self {
+            config,
+            store,
+            rules,
+            ca,
+            metrics,
+            tx,
+            signer: sign::Signer::default(),
+            files: Vec::new(),
+            fetched: Vec::new(),
+            said: None,
+        };
+        (keeper, rx)
+    }
+
     /// Signs what is due, records it, re-reads the CAs above, and
     /// publishes the set if it is whole. Returns how long to wait.
     async fn round(&mut self) -> Duration {
