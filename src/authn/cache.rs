@@ -11,19 +11,17 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use super::Error;
+use crate::{clock::Clock, identity::Caller};
 use aws_lc_rs::digest;
 use prometheus::IntCounter;
 use quick_cache::sync::Cache;
-use tokio::time::Instant;
-
-use super::Error;
-use crate::identity::Caller;
 
 /// A verdict and how long it may be reused.
 #[derive(Clone, Debug)]
 struct Entry {
     verdict: Result<Arc<Caller>, Error>,
-    until: Instant,
+    until: SystemTime,
 }
 
 /// A dependency that is down is asked again at most this often per
@@ -38,6 +36,7 @@ pub(super) struct VerdictCache {
     negative_max_age: Duration,
     hits: IntCounter,
     misses: IntCounter,
+    clock: Clock,
 }
 
 // === impl VerdictCache ===
@@ -49,6 +48,7 @@ impl VerdictCache {
         negative_max_age: Duration,
         hits: IntCounter,
         misses: IntCounter,
+        clock: Clock,
     ) -> Self {
         Self {
             entries: Cache::new(capacity.max(1)),
@@ -56,6 +56,7 @@ impl VerdictCache {
             negative_max_age,
             hits,
             misses,
+            clock,
         }
     }
 
@@ -75,7 +76,7 @@ impl VerdictCache {
         }
         let key = key(cluster, token);
         match self.entries.get(&key) {
-            Some(e) if e.until > Instant::now() => {
+            Some(e) if e.until > self.clock.now() => {
                 self.hits.inc();
                 return e.verdict;
             }
@@ -93,7 +94,7 @@ impl VerdictCache {
                 let verdict = verify.await;
                 let reuse = match &verdict {
                     Ok((_, expires)) => expires
-                        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                        .and_then(|t| t.duration_since(self.clock.now()).ok())
                         .map_or(self.max_age, |d| d.min(self.max_age)),
                     Err(Error::Unavailable { .. }) => UNAVAILABLE_REUSE,
                     Err(_) if remember_rejections => self.negative_max_age,
@@ -101,7 +102,7 @@ impl VerdictCache {
                 };
                 Ok::<_, Error>(Entry {
                     verdict: verdict.map(|(caller, _)| Arc::new(caller)),
-                    until: later(reuse),
+                    until: later(self.clock.now(), reuse),
                 })
             })
             .await?;
@@ -114,8 +115,7 @@ impl VerdictCache {
 }
 
 /// `now + d`, or a far future for a `d` no clock can add (never a panic).
-fn later(d: Duration) -> Instant {
-    let now = Instant::now();
+fn later(now: SystemTime, d: Duration) -> SystemTime {
     now.checked_add(d)
         .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
         .unwrap_or(now)
@@ -129,4 +129,71 @@ fn key(cluster: Option<&str>, token: &str) -> [u8; 32] {
     let mut out = [0; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{clock::ManualClock, identity::ServiceAccount};
+
+    fn caller() -> Caller {
+        let sa = ServiceAccount {
+            namespace: "apps".into(),
+            name: "web".into(),
+        };
+        Caller {
+            identity: sa
+                .spiffe_id(&spiffe::TrustDomain::new("cluster.local").unwrap())
+                .unwrap(),
+            service_account: sa,
+            pod: None,
+            cluster_id: None,
+            authenticator: "test",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_verdict_lives_until_its_token_expires_on_castellans_clock() {
+        let start = SystemTime::now();
+        let (manual, clock) = ManualClock::starting_at(start);
+        let cache = VerdictCache::new(
+            10,
+            Duration::from_secs(300),
+            Duration::from_secs(10),
+            IntCounter::new("h", "h").unwrap(),
+            IntCounter::new("m", "m").unwrap(),
+            clock,
+        );
+        let verified = AtomicUsize::new(0);
+        let ask = || async {
+            cache
+                .get_or_verify(None, "token", true, async {
+                    verified.fetch_add(1, Ordering::Relaxed);
+                    Ok((caller(), Some(start + Duration::from_secs(100))))
+                })
+                .await
+                .unwrap()
+        };
+        ask().await;
+        manual.advance(Duration::from_secs(99));
+        ask().await;
+        assert_eq!(
+            verified.load(Ordering::Relaxed),
+            1,
+            "reused while the token lives"
+        );
+        manual.advance(Duration::from_secs(2));
+        ask().await;
+        assert_eq!(
+            verified.load(Ordering::Relaxed),
+            2,
+            "verified again once it expired"
+        );
+        // Hours later the max age bounds a token that lives for days.
+        manual.advance(Duration::from_secs(3 * 3600));
+        ask().await;
+        assert_eq!(verified.load(Ordering::Relaxed), 3);
+    }
 }

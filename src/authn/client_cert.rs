@@ -21,13 +21,17 @@ const NAME: &str = "client_cert";
 #[derive(Debug, Clone)]
 pub struct ClientCertAuthenticator {
     trust_domain: TrustDomain,
+    clock: crate::clock::Clock,
 }
 
 // === impl ClientCertAuthenticator ===
 
 impl ClientCertAuthenticator {
-    pub fn new(trust_domain: TrustDomain) -> Self {
-        Self { trust_domain }
+    pub fn new(trust_domain: TrustDomain, clock: crate::clock::Clock) -> Self {
+        Self {
+            trust_domain,
+            clock,
+        }
     }
 
     /// The caller named by `chain[0]`. The TLS layer has verified the chain
@@ -51,7 +55,7 @@ impl ClientCertAuthenticator {
         let cert =
             Certificate::from_der(leaf).map_err(|e| reject(format!("client certificate: {e}")))?;
         let tbs = cert.tbs_certificate();
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let not_after = tbs.validity().not_after.to_system_time();
         if now < tbs.validity().not_before.to_system_time() || now > not_after {
             return Err(reject(

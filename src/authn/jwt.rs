@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::clock::Clock;
+
 use jsonwebtoken::{Validation, dangerous::insecure_decode_claims, decode, decode_header};
 use serde::Deserialize;
 use spiffe::TrustDomain;
@@ -28,6 +30,8 @@ pub struct JwtAuthenticator {
     skew: Duration,
     jwks: Jwks,
     trust_domain: TrustDomain,
+    /// `exp`, `nbf` and `iat` are judged on castellan's clock.
+    clock: Clock,
 }
 
 /// The claims castellan reads. `sub` is required; the `kubernetes.io`
@@ -36,6 +40,7 @@ pub struct JwtAuthenticator {
 struct Claims {
     sub: String,
     exp: u64,
+    nbf: Option<u64>,
     iat: Option<i64>,
     #[serde(rename = "kubernetes.io")]
     kubernetes: Option<KubernetesClaim>,
@@ -64,7 +69,11 @@ struct Issuer {
 impl JwtAuthenticator {
     /// # Errors
     /// [`SetupError`] when the JWKS file cannot be read or the CA bundle is bad.
-    pub async fn new(config: &config::Jwt, trust_domain: TrustDomain) -> Result<Self, SetupError> {
+    pub async fn new(
+        config: &config::Jwt,
+        trust_domain: TrustDomain,
+        clock: Clock,
+    ) -> Result<Self, SetupError> {
         let refresh = Duration::from_secs(config.jwks_refresh_secs);
         let jwks = match (&config.jwks_file, &config.jwks_url) {
             (Some(path), _) => Jwks::from_file(path.clone(), refresh)
@@ -83,6 +92,7 @@ impl JwtAuthenticator {
             skew: Duration::from_secs(config.clock_skew_secs),
             jwks,
             trust_domain,
+            clock,
         })
     }
 
@@ -137,8 +147,9 @@ impl JwtAuthenticator {
         validation.set_issuer(&self.issuers);
         validation.set_audience(&self.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = self.skew.as_secs();
+        // Times are judged below on castellan's clock, not the library's.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
 
         let mut last = None;
         for key in keys {
@@ -162,14 +173,29 @@ impl JwtAuthenticator {
     }
 
     fn caller(&self, claims: Claims) -> Result<Caller, String> {
-        caller(claims, self.skew, &self.trust_domain)
+        caller(claims, self.skew, &self.trust_domain, self.clock.unix())
     }
 }
 
 /// The caller the verified claims name.
-fn caller(claims: Claims, skew: Duration, trust_domain: &TrustDomain) -> Result<Caller, String> {
+/// The caller the verified claims name, at `now` (Unix seconds), with
+/// `skew` allowed on each time.
+fn caller(
+    claims: Claims,
+    skew: Duration,
+    trust_domain: &TrustDomain,
+    now: u64,
+) -> Result<Caller, String> {
     {
-        let now = jsonwebtoken::get_current_timestamp();
+        let skew_secs = skew.as_secs();
+        if claims.exp.saturating_add(skew_secs) < now {
+            return Err(format!("invalid token: expired (exp {})", claims.exp));
+        }
+        if let Some(nbf) = claims.nbf
+            && nbf > now.saturating_add(skew_secs)
+        {
+            return Err(format!("invalid token: not valid yet (nbf {nbf})"));
+        }
         if let Some(iat) = claims.iat
             && iat > 0
             && iat.unsigned_abs() > now.saturating_add(skew.as_secs())
@@ -217,7 +243,7 @@ pub fn fuzz(input: &[u8]) {
         serde_json::from_slice::<Claims>(input),
         TrustDomain::new("cluster.local"),
     ) {
-        let _ = caller(claims, Duration::from_secs(60), &td);
+        let _ = caller(claims, Duration::from_secs(60), &td, 1_800_000_000);
     }
 }
 
@@ -251,5 +277,47 @@ pub(super) fn describe_unrecognised(token: &str) -> String {
         }
         Ok(Issuer { iss: None }) => "token has no issuer".into(),
         Err(_) => "not a JWT".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: u64, nbf: Option<u64>, iat: Option<i64>) -> Claims {
+        Claims {
+            sub: "system:serviceaccount:apps:web".into(),
+            exp,
+            nbf,
+            iat,
+            kubernetes: None,
+        }
+    }
+
+    #[test]
+    fn token_times_are_judged_on_castellans_clock_with_the_skew() {
+        let td = TrustDomain::new("cluster.local").unwrap();
+        let skew = Duration::from_secs(60);
+        let now = 1_800_000_000;
+        assert!(caller(claims(now + 10, None, Some(now as i64)), skew, &td, now).is_ok());
+        assert!(
+            caller(claims(now - 30, None, None), skew, &td, now).is_ok(),
+            "within the skew"
+        );
+        let e = caller(claims(now - 61, None, None), skew, &td, now).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        let e = caller(claims(now + 3600, Some(now + 120), None), skew, &td, now).unwrap_err();
+        assert!(e.contains("not valid yet"), "{e}");
+        let e = caller(
+            claims(now + 3600, None, Some(now as i64 + 3600)),
+            skew,
+            &td,
+            now,
+        )
+        .unwrap_err();
+        assert!(e.contains("future"), "{e}");
+        // Three weeks on, the same token is long expired.
+        let later = now + 21 * 86_400;
+        assert!(caller(claims(now + 3600, None, None), skew, &td, later).is_err());
     }
 }

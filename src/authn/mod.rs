@@ -135,19 +135,20 @@ impl Chain {
         cache: &config::AuthnCache,
         trust_domain: &TrustDomain,
         metrics: &Metrics,
+        clock: &crate::clock::Clock,
     ) -> Result<Self, SetupError> {
         let mut authenticators = Vec::with_capacity(configs.len());
         for c in configs {
             authenticators.push(match c {
-                config::Authn::Jwt(jwt) => {
-                    Authenticator::Jwt(JwtAuthenticator::new(jwt, trust_domain.clone()).await?)
-                }
+                config::Authn::Jwt(jwt) => Authenticator::Jwt(
+                    JwtAuthenticator::new(jwt, trust_domain.clone(), clock.clone()).await?,
+                ),
                 config::Authn::TokenReview(tr) => Authenticator::TokenReview(
                     TokenReviewAuthenticator::new(tr, trust_domain.clone()).await?,
                 ),
-                config::Authn::ClientCert(_) => {
-                    Authenticator::ClientCert(ClientCertAuthenticator::new(trust_domain.clone()))
-                }
+                config::Authn::ClientCert(_) => Authenticator::ClientCert(
+                    ClientCertAuthenticator::new(trust_domain.clone(), clock.clone()),
+                ),
             });
         }
         let local_cluster = authenticators.iter().find_map(|a| match a {
@@ -162,6 +163,7 @@ impl Chain {
                 Duration::from_secs(cache.negative_max_age_secs),
                 metrics.authn_cache_hits.clone(),
                 metrics.authn_cache_misses.clone(),
+                clock.clone(),
             ),
             local_cluster,
         })

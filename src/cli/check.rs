@@ -59,6 +59,7 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         &config.authn_cache,
         &config.trust_domain,
         &metrics,
+        &clock,
     )
     .await
     {

@@ -152,7 +152,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
     crypto_ready()?;
     let metrics = Metrics::new()?;
     let mut rules = rules(config, metrics.ca_counters(), clock.clone())?;
-    let trust = crate::trust::open_writable(config, clock).await?;
+    let trust = crate::trust::open_writable(config, clock.clone()).await?;
     if let Some((_, t)) = &trust {
         if t.force {
             tracing::warn!(
@@ -245,6 +245,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         &config.authn_cache,
         &config.trust_domain,
         &metrics,
+        &clock,
     )
     .await?;
     let skew = Duration::from_secs(config.issuance.not_before_skew_secs);
