@@ -384,6 +384,7 @@ async fn the_crl_is_signed_through_an_hsm_and_vault_transit() {
         let issuer = std::fs::read_to_string(files.path().join("int.pem")).unwrap();
         let (ok, text) = openssl_crl(&crl(&ca).await.unwrap(), &issuer, &["-text"]);
         assert!(ok, "HSM: {text}");
+        the_set_judges_a_good_and_a_revoked_leaf(&ca, "HSM").await;
     }
     // Vault Transit (OpenBao).
     let bao = crate::support::bao::Bao::start().await;
@@ -393,6 +394,37 @@ async fn the_crl_is_signed_through_an_hsm_and_vault_transit() {
     let issuer = std::fs::read_to_string(&cert).unwrap();
     let (ok, text) = openssl_crl(&crl(&ca).await.unwrap(), &issuer, &["-text"]);
     assert!(ok, "Transit: {text}");
+    the_set_judges_a_good_and_a_revoked_leaf(&ca, "Transit").await;
+}
+
+/// Under Envoy's rule (`openssl verify -crl_check_all`) and ztunnel's
+/// (rustls-webpki, its policy), with the published set: a good leaf passes,
+/// a revoked one does not.
+async fn the_set_judges_a_good_and_a_revoked_leaf(ca: &TestCa, what: &str) {
+    let (good, bad) = (
+        issue(ca, "good").await.unwrap(),
+        issue(ca, "bad").await.unwrap(),
+    );
+    let (code, out) = revoke(&config_path(ca), &["--serial", &serial_of(&bad)]);
+    assert_eq!(code, 0, "{what}: {out}");
+    let (root, root_der) = (ca.root.pem.clone(), ca.root.der.clone());
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            crl(ca)
+                .await
+                .is_some_and(|c| crate::support::verify::envoy(&bad, &root, &c).is_err())
+        })
+        .await,
+        "{what}: the revoked leaf fails"
+    );
+    let set = crl(ca).await.unwrap();
+    crate::support::verify::envoy(&good, &root, &set).unwrap_or_else(|e| panic!("{what}: {e}"));
+    crate::support::verify::ztunnel(&good, &root_der, &set)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        crate::support::verify::ztunnel(&bad, &root_der, &set).is_err(),
+        "{what}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -522,6 +554,13 @@ async fn with_vault_pki_castellan_publishes_vaults_crl_once_checked() {
         .await,
         "the leaf Vault revoked fails openssl's CRL check with castellan's CRL"
     );
+    // Another leaf passes Envoy's rule and ztunnel's with the same set:
+    // Vault's CRL for its issuer and the root's.
+    let good = issue(&ca, "b").await.unwrap();
+    let set = crl(&ca).await.unwrap();
+    assert_eq!(set.matches("BEGIN X509 CRL").count(), 2, "{set}");
+    crate::support::verify::envoy(&good, &root_pem, &set).unwrap();
+    crate::support::verify::ztunnel(&good, &ca.root.der, &set).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
