@@ -10,7 +10,6 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use castellan::{config::Config, server};
-use rustls_pki_types::{CertificateDer, pem::PemObject};
 
 use crate::support::{
     Files, Setup, TestCa, csr, eventually, http_get, id,
@@ -36,19 +35,6 @@ async fn published(metrics: &str) -> Option<String> {
 async fn issue(ca: &TestCa, sa: &str) -> Vec<String> {
     let (_, csr) = csr::ztunnel(&id("apps", sa));
     ca.send(&csr, "apps", sa, 3600).await.unwrap().cert_chain
-}
-
-fn serial(chain: &[String]) -> String {
-    use der::Decode;
-    let der = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
-    x509_cert::Certificate::from_der(&der)
-        .unwrap()
-        .tbs_certificate()
-        .serial_number()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn revoke(config: &Path, serial: &str) {
@@ -112,7 +98,7 @@ async fn every_generation_verifies_under_envoys_and_ztunnels_rules_across_rotati
 
     // A leaf of the old generation revoked after the rotation.
     let config = ca.dir.path().join("castellan.toml");
-    revoke(&config, &serial(&a1));
+    revoke(&config, &crate::support::serial_of(&a1));
     assert!(
         eventually(Duration::from_secs(15), async || {
             published(&metrics)
@@ -233,7 +219,10 @@ async fn an_incomplete_set_is_refused_by_check_and_serve_and_never_published() {
     )
     .unwrap();
     let leaf = issue(&ca, "x").await;
-    revoke(&ca.dir.path().join("castellan.toml"), &serial(&leaf));
+    revoke(
+        &ca.dir.path().join("castellan.toml"),
+        &crate::support::serial_of(&leaf),
+    );
     assert!(
         eventually(Duration::from_secs(10), async || {
             ca.metric("castellan_crl_missing").await >= 1.0

@@ -63,19 +63,6 @@ async fn published(ca: &TestCa) -> Option<String> {
     (code == 200).then_some(body)
 }
 
-fn serial(chain: &[String]) -> String {
-    use der::Decode;
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    let der = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
-    castellan::profile::hex(
-        x509_cert::Certificate::from_der(&der)
-            .unwrap()
-            .tbs_certificate()
-            .serial_number()
-            .as_bytes(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minted_generations_keep_their_crls_across_rotations_under_both_clients_rules() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
@@ -135,7 +122,7 @@ async fn minted_generations_keep_their_crls_across_rotations_under_both_clients_
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
         .args(["revoke", "--config"])
         .arg(&config)
-        .args(["--serial", &serial(&a)])
+        .args(["--serial", &crate::support::serial_of(&a)])
         .output()
         .unwrap();
     assert!(

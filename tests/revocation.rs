@@ -1,8 +1,9 @@
 //! Revocation: `castellan revoke` by serial and by identity, kept in the
 //! trust record; a CRL signed by the signing CA through every back end that
 //! holds a key (file, PKCS#11, Transit), checked by openssl (signature,
-//! issuer, AKI, number, next update, `verify -crl_check`), re-signed before
-//! it expires, and published as `istio-ca-crl` beside the trust bundle.
+//! issuer, AKI, number, next update, `verify -crl_check_all`: Envoy's rule),
+//! re-signed before it expires, and published as `istio-ca-crl` beside the
+//! trust bundle; revoke's refusals and what it says it changed.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,11 +11,8 @@ use std::{
     time::Duration,
 };
 
-use der::Decode;
-use rustls_pki_types::{CertificateDer, pem::PemObject};
 use serde_json::Value;
 use tonic::Code;
-use x509_cert::Certificate;
 
 use castellan::{config::Config, server};
 
@@ -22,6 +20,7 @@ use crate::support::{
     Setup, TestCa, csr, eventually, hsm, http_get, id,
     kube::{FakeKube, Kind},
     pki::{Ca, KeyAlg},
+    serial_of,
 };
 
 /// `[trust]` with its record in `aux` and `[trust.crl]`, the root's CRL
@@ -67,42 +66,13 @@ fn crl_number(pem: &str, issuer_pem: &str) -> u64 {
     u64::from_str_radix(hex.trim(), 16).unwrap()
 }
 
-/// `openssl verify -crl_check_all` of `chain`'s leaf under `root`, with
-/// the CRL file `crl`: Envoy's rule, a current CRL for every CA of the
-/// chain, the root's included (leaf-only `-crl_check` proves nothing for
-/// sidecars).
+/// Envoy's verdict on `chain`'s leaf under `root` with the CRL file `crl`
+/// (`openssl verify -crl_check_all`): whether it passes, and what openssl said.
 fn verify_with_crl(chain: &[String], root: &str, crl: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |f: &str| dir.path().join(f);
-    std::fs::write(p("leaf.pem"), &chain[0]).unwrap();
-    std::fs::write(p("ints.pem"), chain[1..chain.len() - 1].concat()).unwrap();
-    std::fs::write(p("root.pem"), root).unwrap();
-    std::fs::write(p("crl.pem"), crl).unwrap();
-    let out = Command::new("openssl")
-        .args(["verify", "-x509_strict", "-crl_check_all", "-CAfile"])
-        .arg(p("root.pem"))
-        .arg("-untrusted")
-        .arg(p("ints.pem"))
-        .arg("-CRLfile")
-        .arg(p("crl.pem"))
-        .arg(p("leaf.pem"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
-fn serial_of(chain: &[String]) -> String {
-    let der = CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
-    let cert = Certificate::from_der(&der).unwrap();
-    cert.tbs_certificate()
-        .serial_number()
-        .as_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    match crate::support::verify::envoy(chain, root, crl) {
+        Ok(()) => (true, String::new()),
+        Err(why) => (false, why),
+    }
 }
 
 fn revoke(config: &Path, args: &[&str]) -> (i32, String) {

@@ -348,6 +348,20 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The serial number of `chain`'s leaf, lowercase hex as castellan logs it.
+pub fn serial_of(chain: &[String]) -> String {
+    use der::Decode;
+    use rustls_pki_types::pem::PemObject;
+    let leaf = rustls_pki_types::CertificateDer::from_pem_slice(chain[0].as_bytes()).unwrap();
+    castellan::profile::hex(
+        x509_cert::Certificate::from_der(&leaf)
+            .unwrap()
+            .tbs_certificate()
+            .serial_number()
+            .as_bytes(),
+    )
+}
+
 /// The issuer name of `chain`'s leaf.
 pub fn issuer_of(chain: &[String]) -> String {
     use der::Decode;
