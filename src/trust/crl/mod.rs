@@ -29,6 +29,10 @@ use crate::{
 
 /// A failed signing or an incomplete set is looked at again after this.
 const RETRY: Duration = Duration::from_secs(10);
+/// What the back end fetches for the CAs above (the Vault issuer's CRL,
+/// valid for days) is read again at most this often, and when the signing
+/// CA changes: one call every few minutes, not every record interval.
+const FETCH_EVERY: Duration = Duration::from_secs(300);
 
 /// `[trust.crl]` as the keeper uses it.
 #[derive(Clone, Debug)]
@@ -75,8 +79,9 @@ struct Keeper {
     signer: sign::Signer,
     /// The upstream files as last read whole.
     files: Vec<Crl>,
-    /// What the back end fetched last.
+    /// What the back end fetched last, when, and for which signing CA.
     fetched: Vec<Crl>,
+    fetched_at: Option<(SystemTime, String)>,
     /// The last problem logged, so each is said once.
     said: Option<String>,
 }
@@ -100,6 +105,7 @@ impl Keeper {
             signer: sign::Signer::default(),
             files: Vec::new(),
             fetched: Vec::new(),
+            fetched_at: None,
             said: None,
         };
         (keeper, rx)
@@ -156,7 +162,7 @@ impl Keeper {
         if !delta.crls.is_empty() {
             self.record(&delta, secs).await;
         }
-        self.refresh_upstream(&held).await;
+        self.refresh_upstream(&held, now).await;
         self.publish(&held, now);
         let due = self.signer.next_due().map_or(self.rules.interval, |d| {
             Duration::from_secs(d.saturating_sub(secs))
@@ -183,10 +189,17 @@ impl Keeper {
 
     /// Re-reads the upstream files (a file that fails keeps what was read
     /// last) and what the back end fetches.
-    async fn refresh_upstream(&mut self, held: &[(String, Held)]) {
+    async fn refresh_upstream(&mut self, held: &[(String, Held)], now: SystemTime) {
         match Crl::read_files(&self.config.upstream_files, "trust.crl.upstream_files") {
             Ok(crls) => self.files = crls,
             Err(e) => tracing::error!(error = %e, "keeping the upstream CRLs read last"),
+        }
+        let current = held.first().map(|(f, _)| f.clone()).unwrap_or_default();
+        let fresh = self.fetched_at.as_ref().is_some_and(|(at, f)| {
+            *f == current && now.duration_since(*at).unwrap_or_default() < FETCH_EVERY
+        });
+        if fresh {
+            return;
         }
         match self.ca.upstream_crls().await {
             Ok(ders) if !ders.is_empty() => {
@@ -194,6 +207,7 @@ impl Keeper {
                     .iter()
                     .filter_map(|d| Crl::parse(d, "the back end's upstream CRL").ok())
                     .collect();
+                self.fetched_at = Some((now, current));
             }
             Ok(_) => {
                 // Nothing fetched now: what came with the material.
@@ -201,6 +215,7 @@ impl Keeper {
                     .iter()
                     .flat_map(|(_, h)| h.ca.upstream_crls().iter().cloned())
                     .collect();
+                self.fetched_at = Some((now, current));
             }
             Err(e) => tracing::warn!(error = %e, "the upstream CRL from the back end not read"),
         }
