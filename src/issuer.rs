@@ -62,6 +62,7 @@ pub const MIN_SERVING_LIFETIME: Duration = Duration::from_secs(600);
 pub struct ServerCert {
     /// Leaf first, then the signing CA and intermediates.
     pub chain: Vec<CertificateDer<'static>>,
+    pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
 
@@ -194,7 +195,11 @@ impl Issuer {
             .await?;
         let mut chain = vec![CertificateDer::from(leaf.der)];
         chain.extend(ca.chain().iter().cloned());
-        Ok(ServerCert { chain, not_after })
+        Ok(ServerCert {
+            chain,
+            not_before,
+            not_after,
+        })
     }
 
     /// NotBefore backdated for skew (not before the CA's own), NotAfter cut

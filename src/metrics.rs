@@ -54,7 +54,10 @@ pub struct Metrics {
     pub leader: IntGauge,
     pub trust_bundle_namespaces: IntGauge,
     pub trust_bundle_selected: IntGauge,
-    pub trust_bundle_last_publish: Gauge,
+    /// When each target last held the bundle in use, as the leader confirmed.
+    pub trust_bundle_last_publish: prometheus::GaugeVec,
+    /// Writes a writer delayed for going past a sane rate, by resource.
+    pub kube_write_throttled: IntCounterVec,
     pub trust_bundle_writes: IntCounterVec,
     /// CRL ConfigMaps written, by reason.
     pub crl_writes: IntCounterVec,
@@ -103,6 +106,24 @@ impl Metrics {
             "Requests being handled now.",
         )?;
         registry.register(Box::new(in_flight.clone()))?;
+        let trust_bundle_last_publish = prometheus::GaugeVec::new(
+            Opts::new(
+                "castellan_trust_bundle_last_publish_timestamp",
+                "Unix time the leader last confirmed that a target holds the trust bundle in use: \
+                 target configmaps (every selected namespace's), clustertrustbundle.",
+            ),
+            &["target"],
+        )?;
+        registry.register(Box::new(trust_bundle_last_publish.clone()))?;
+        let kube_write_throttled = IntCounterVec::new(
+            Opts::new(
+                "castellan_kube_write_throttled_count",
+                "Writes of one object delayed for going past a sane rate (something undoes \
+                 castellan's writes, or a renewal keeps coming due), by resource.",
+            ),
+            &["resource"],
+        )?;
+        registry.register(Box::new(kube_write_throttled.clone()))?;
         let chain_certificate_expiry = prometheus::GaugeVec::new(
             Opts::new(
                 "castellan_ca_certificate_expiry_timestamp",
@@ -301,10 +322,8 @@ impl Metrics {
             leader,
             trust_bundle_namespaces,
             trust_bundle_selected,
-            trust_bundle_last_publish: gauge(
-                "castellan_trust_bundle_last_publish_timestamp",
-                "Unix time of the last successful trust-bundle write.",
-            )?,
+            trust_bundle_last_publish,
+            kube_write_throttled,
             trust_bundle_writes,
             crl_writes,
             kube_errors,

@@ -18,15 +18,15 @@ use crate::support::{
 };
 
 /// A castellan process whose stderr is collected.
-struct Process {
+pub struct Process {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     addr: std::net::SocketAddr,
-    files: Files,
+    pub files: Files,
 }
 
 impl Process {
-    async fn start(setup: Setup) -> Self {
+    pub async fn start(setup: Setup) -> Self {
         Self::spawn(setup, false).await
     }
 
@@ -104,6 +104,27 @@ impl Process {
             .await
             .map(|_| ())
             .map_err(|s| s.code())
+    }
+
+    /// The log so far, as it is now.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The operational listener's address, from the `castellan serving` line.
+    pub fn metrics_url(&self) -> String {
+        let line = self
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("castellan serving"))
+            .unwrap();
+        let addr = line
+            .split("metrics=Some(")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .unwrap()
+            .to_owned();
+        format!("http://{addr}")
     }
 
     /// The log so far, after it has settled.

@@ -22,6 +22,7 @@ mod lifetimes;
 mod limits;
 mod logs;
 mod mesh;
+mod mesh_writers;
 mod mint;
 mod mint_lifecycle;
 mod one_truth;

@@ -34,10 +34,22 @@ pub fn clone_ca(ca: &Ca) -> Ca {
 /// timings (3 s lease, 2 s deadline, 1 s retry) and `sections` below
 /// `[kubernetes]`.
 async fn castellan(kube: &FakeKube, root: &Ca, identity: &str, sections: &str) -> TestCa {
+    castellan_with(kube, root, identity, sections, "").await
+}
+
+/// As [`castellan`], with `[issuance]` lines.
+async fn castellan_with(
+    kube: &FakeKube,
+    root: &Ca,
+    identity: &str,
+    sections: &str,
+    issuance: &str,
+) -> TestCa {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = kube.kubeconfig(dir.path(), identity);
     let ca = TestCa::start_with(Setup {
         root: Some(clone_ca(root)),
+        issuance: issuance.into(),
         extra: format!(
             "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\nidentity = \"{identity}\"\n\
              [kubernetes.leader_election]\nlease_duration_secs = 3\nrenew_deadline_secs = 2\nretry_period_secs = 1\n{sections}",
@@ -362,11 +374,14 @@ async fn istiods_certificate_is_issued_renewed_and_reissued() {
     let kube = FakeKube::start().await;
     kube.create_namespace("istio-system", &[]);
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
-    let ca = castellan(
+    // No backdating: the shortest lifetime allowed is then 30 s, renewed
+    // every 20 s.
+    let ca = castellan_with(
         &kube,
         &root,
         "a",
-        "[kubernetes.istiod_cert]\nrevisions = [\"default\", \"canary\"]\ndns_names = [\"istiod.example.com\"]\nttl_secs = 9\n",
+        "[kubernetes.istiod_cert]\nrevisions = [\"default\", \"canary\"]\ndns_names = [\"istiod.example.com\"]\nttl_secs = 30\n",
+        "not_before_skew_secs = 0\n",
     )
     .await;
     assert!(
@@ -441,9 +456,9 @@ async fn istiods_certificate_is_issued_renewed_and_reissued() {
     let serial = |c: &Certificate| c.tbs_certificate().serial_number().clone();
     let first = serial(&cert);
 
-    // Renewed at two thirds of its 9 s.
+    // Renewed at two thirds of its 30 s.
     assert!(
-        eventually(Duration::from_secs(12), async || {
+        eventually(Duration::from_secs(25), async || {
             istiod_secret(&kube).is_some_and(|(c, _, _)| serial(&leaf(&c)) != first)
         })
         .await,

@@ -206,7 +206,7 @@ impl Config {
             }
         }
         if let Some(k) = &self.kubernetes {
-            k.validate()?;
+            k.validate(self.issuance.not_before_skew_secs)?;
             if let (Some(_), Signer::Vault(v)) = (&k.istiod_cert, &self.signer)
                 && v.pki.is_some()
             {
@@ -350,8 +350,21 @@ impl Jwt {
     }
 }
 
+/// istiod's certificate is never due again sooner than this after a write.
+pub(crate) const ISTIOD_MIN_RENEWAL_GAP_SECS: u64 = 20;
+
+/// The shortest `kubernetes.istiod_cert.ttl_secs` with backdating `skew`:
+/// two thirds of (ttl + skew) must lie `ISTIOD_MIN_RENEWAL_GAP_SECS` past
+/// the write, i.e. 2·ttl − skew ≥ 3·gap.
+fn istiod_min_ttl(skew: u64) -> u64 {
+    (3 * ISTIOD_MIN_RENEWAL_GAP_SECS)
+        .saturating_add(skew)
+        .div_ceil(2)
+        .max(5)
+}
+
 impl super::Kubernetes {
-    fn validate(&self) -> Result<(), Error> {
+    fn validate(&self, skew: u64) -> Result<(), Error> {
         let le = &self.leader_election;
         if self.timeout_secs == 0 || self.timeout_secs > 300 {
             return invalid("kubernetes.timeout_secs", "must be between 1 and 300");
@@ -399,11 +412,22 @@ impl super::Kubernetes {
                     "namespace, secret_name and service_account must not be empty",
                 );
             }
-            if !(5..=30 * 24 * 3600).contains(&c.ttl_secs) {
-                return invalid(
-                    "kubernetes.istiod_cert.ttl_secs",
-                    "must be between 5 and 2592000 (30 days); hours are the norm",
-                );
+            // Renewed at two thirds of its life from its notBefore, which
+            // issuance backdates by the skew: the next renewal must come
+            // at least MIN_RENEWAL_GAP after a write, or it would loop.
+            let min = istiod_min_ttl(skew);
+            if c.ttl_secs < min || c.ttl_secs > 30 * 24 * 3600 {
+                return Err(Error::Invalid {
+                    key: "kubernetes.istiod_cert.ttl_secs",
+                    problem: format!(
+                        "is {} s: it must be between {min} and 2592000 (30 days); hours are the \
+                         norm. istiod's certificate is renewed two thirds into its life counted \
+                         from its notBefore, which is backdated issuance.not_before_skew_secs \
+                         ({skew} s): below {min} s the next renewal would be due less than \
+                         {} s after each write",
+                        c.ttl_secs, ISTIOD_MIN_RENEWAL_GAP_SECS
+                    ),
+                });
             }
         }
         Ok(())

@@ -1,6 +1,10 @@
-//! How a failed call to the API server is told: a missing permission once,
-//! with the RBAC rule that grants it; other failures at most once a minute
-//! per resource; all of them counted by resource and reason.
+//! How a failed call to the API server is told — every call and every
+//! watch, classified once (forbidden, not found, conflict, unavailable): a
+//! missing permission once per verb and resource, as an ERROR naming the
+//! verb, the resource, where, and the RBAC rule that grants it; other
+//! failures at most once a minute per resource; all counted by resource and
+//! reason. Also how fast a broken watch is retried, and the guard that stops
+//! a writer from looping.
 
 use std::{
     collections::HashMap,
@@ -29,11 +33,36 @@ pub(crate) enum Trouble {
 
 impl From<kube::Error> for Trouble {
     fn from(e: kube::Error) -> Self {
-        let text = describe(&e);
-        match &e {
-            kube::Error::Api(s) if s.code == 403 => Self::Forbidden(text),
-            kube::Error::Api(s) if s.code == 404 || s.code == 410 => Self::Gone(text),
-            kube::Error::Api(s) if s.code == 409 => Self::Conflict(text),
+        Self::of(&e)
+    }
+}
+
+impl Trouble {
+    /// A failed call, classified by its status code.
+    pub(crate) fn of(e: &kube::Error) -> Self {
+        let text = describe(e);
+        match e {
+            kube::Error::Api(s) => Self::by_code(s.code, text),
+            _ => Self::Unavailable(text),
+        }
+    }
+
+    /// A failed list or watch, classified as a call would be: a 403 on a
+    /// list is a missing permission, not an outage.
+    pub(crate) fn of_watch(e: &kube::runtime::watcher::Error) -> Self {
+        use kube::runtime::watcher::Error as W;
+        match e {
+            W::InitialListFailed(k) | W::WatchStartFailed(k) | W::WatchFailed(k) => Self::of(k),
+            W::WatchError(status) => Self::by_code(status.code, e.to_string()),
+            W::NoResourceVersion => Self::Unavailable(e.to_string()),
+        }
+    }
+
+    fn by_code(code: u16, text: String) -> Self {
+        match code {
+            403 => Self::Forbidden(text),
+            404 | 410 => Self::Gone(text),
+            409 => Self::Conflict(text),
             _ => Self::Unavailable(text),
         }
     }
@@ -49,8 +78,10 @@ impl Trouble {
         }
     }
 
-    /// Logs (once per permission, or once a minute) and counts.
-    pub(crate) fn report(&self, metrics: &Metrics, resource: &str, what: &str) {
+    /// Logs (once per permission, or once a minute) and counts. `verb` is
+    /// what castellan tried (`list`, `watch`, `update`…), `what` where
+    /// (`namespace/name`, or the scope of a list).
+    pub(crate) fn report(&self, metrics: &Metrics, resource: &str, verb: &str, what: &str) {
         debug_assert!(crate::metrics::KUBE_RESOURCES.contains(&resource));
         metrics
             .kube_errors
@@ -58,18 +89,20 @@ impl Trouble {
             .inc();
         match self {
             Self::Forbidden(message) => {
-                if first_time(&format!("forbidden {resource}"), None) {
+                if first_time(&format!("forbidden {verb} {resource}"), None) {
                     tracing::error!(
+                        %verb,
                         %resource,
+                        %what,
                         error = %message,
                         fix = rbac_fix(resource),
-                        "castellan is not allowed to do its job here; certificates are still \
-                         issued, but this is not kept up to date until the RBAC is fixed"
+                        "castellan is not allowed to {verb} {resource} ({what}); certificates are \
+                         still issued, but this is not kept up to date until the RBAC is fixed"
                     );
                 }
             }
             Self::Gone(_) | Self::Conflict(_) => {
-                tracing::debug!(%resource, %what, error = %self, "API call lost a race; retrying");
+                tracing::debug!(%verb, %resource, %what, error = %self, "API call lost a race; retrying");
             }
             Self::Unavailable(message) => {
                 if first_time(
@@ -77,6 +110,7 @@ impl Trouble {
                     Some(Duration::from_secs(60)),
                 ) {
                     tracing::warn!(
+                        %verb,
                         %resource,
                         %what,
                         error = %message,
@@ -130,4 +164,153 @@ fn first_time(key: &str, every: Option<Duration>) -> bool {
 /// A failed call in words.
 pub(crate) fn describe(e: &kube::Error) -> String {
     crate::kube::describe(e)
+}
+
+/// How a watch that failed is retried: from half a second, doubling to four
+/// seconds — a permission granted, or an API server back, is seen within
+/// seconds (kube's default waits up to thirty).
+#[derive(Debug, Clone)]
+pub(crate) struct WatchBackoff {
+    next: Duration,
+}
+
+const WATCH_RETRY_FIRST: Duration = Duration::from_millis(500);
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(4);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: WATCH_RETRY_FIRST,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(WATCH_RETRY_MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = WATCH_RETRY_FIRST;
+    }
+}
+
+/// A writer that writes one object more often than a sane rate is fighting
+/// something (another writer undoing each write, a renewal scheduled in the
+/// past): it is slowed to the rate, and it says so.
+#[derive(Debug)]
+pub(crate) struct WriteGuard {
+    resource: &'static str,
+    limit: usize,
+    per: Duration,
+    recent: Mutex<HashMap<String, std::collections::VecDeque<Instant>>>,
+}
+
+impl WriteGuard {
+    /// At most `limit` writes of one object per `per`.
+    pub(crate) fn new(resource: &'static str, limit: usize, per: Duration) -> Self {
+        Self {
+            resource,
+            limit: limit.max(1),
+            per,
+            recent: Mutex::default(),
+        }
+    }
+
+    /// How long to wait before writing `object` now: zero within the
+    /// rate; otherwise the write is logged (once a minute) and counted.
+    pub(crate) fn wait(&self, object: &str, metrics: &Metrics) -> Duration {
+        let now = Instant::now();
+        let mut recent = self
+            .recent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let writes = recent.entry(object.to_owned()).or_default();
+        while writes
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.per)
+        {
+            writes.pop_front();
+        }
+        if writes.len() < self.limit {
+            writes.push_back(now);
+            return Duration::ZERO;
+        }
+        let wait = writes.front().map_or(self.per, |t| {
+            self.per.saturating_sub(now.duration_since(*t))
+        });
+        metrics
+            .kube_write_throttled
+            .with_label_values(&[self.resource])
+            .inc();
+        if first_time(
+            &format!("throttled {} {object}", self.resource),
+            Some(Duration::from_secs(60)),
+        ) {
+            tracing::error!(
+                resource = self.resource,
+                object = %object,
+                writes = self.limit,
+                per_secs = self.per.as_secs(),
+                "castellan wrote this object {} times in {} s: something undoes its writes \
+                 (another controller writing it too?) or a renewal keeps coming due; slowed \
+                 to that rate",
+                self.limit,
+                self.per.as_secs()
+            );
+        }
+        wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_403_on_a_list_is_a_missing_permission() {
+        let status = kube::core::Status::failure("forbidden", "Forbidden").with_code(403);
+        let list = kube::runtime::watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
+            status.clone(),
+        )));
+        assert_eq!(Trouble::of_watch(&list).reason(), "forbidden");
+        let watch = kube::runtime::watcher::Error::WatchError(Box::new(status));
+        assert_eq!(Trouble::of_watch(&watch).reason(), "forbidden");
+        let gone = kube::core::Status::failure("expired", "Expired").with_code(410);
+        let gone = kube::runtime::watcher::Error::WatchError(Box::new(gone));
+        assert_eq!(Trouble::of_watch(&gone).reason(), "not_found");
+    }
+
+    #[test]
+    fn watches_are_retried_within_seconds() {
+        let mut b = WatchBackoff::default();
+        let waits: Vec<u128> = (0..6).map(|_| b.next().unwrap().as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 4000, 4000]);
+        kube::runtime::utils::Backoff::reset(&mut b);
+        assert_eq!(b.next(), Some(WATCH_RETRY_FIRST));
+    }
+
+    #[test]
+    fn a_writer_past_its_rate_waits_and_is_counted() {
+        let metrics = Metrics::new().unwrap();
+        let guard = WriteGuard::new("secrets", 3, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert_eq!(guard.wait("ns/a", &metrics), Duration::ZERO);
+        }
+        assert!(guard.wait("ns/a", &metrics) > Duration::from_secs(50));
+        assert_eq!(guard.wait("ns/b", &metrics), Duration::ZERO, "per object");
+        assert_eq!(
+            metrics
+                .kube_write_throttled
+                .with_label_values(&["secrets"])
+                .get(),
+            1
+        );
+    }
 }

@@ -6,7 +6,12 @@
 //! traffic is the watches. A namespace that appears gets its ConfigMap; one
 //! edited or deleted by someone else is repaired; a new root bundle is
 //! written once per namespace; an existing ConfigMap (istiod's) is adopted.
-//! Bundles are compared as sets of certificates, whatever their order.
+//! Bundles are compared as sets of certificates, whatever their order. As
+//! istiod's namespace controller does, `kube-public`, `kube-node-lease` and
+//! `local-path-storage` are left out (`kube-system` is served: ztunnel may
+//! run there). Whether a write is an update or a repair is read from the
+//! ConfigMap itself (a digest of what castellan last wrote there), so a
+//! restart does not turn a root rotation into a repair.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -28,6 +33,15 @@ use super::{api::Trouble, lease::Leadership};
 use crate::{config, metrics::Metrics};
 
 const LABEL: (&str, &str) = ("istio.io/config", "true");
+/// A digest of the content castellan wrote: finding it still there, with
+/// other content beside, is an update; other content, a repair.
+const WRITTEN: &str = "castellan.io/published-sha256";
+/// Kubernetes' own namespaces istiod leaves out (its `inject.IgnoredNamespaces`
+/// but `kube-system`).
+const IGNORED_NAMESPACES: [&str; 3] = ["kube-public", "kube-node-lease", "local-path-storage"];
+/// How often a leader confirms, from its watches, that every namespace
+/// holds what it publishes (`castellan_trust_bundle_last_publish_timestamp`).
+const CONFIRM_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Keeps the trust-bundle ConfigMaps while this replica leads.
 pub(crate) struct Publisher {
@@ -42,6 +56,8 @@ pub(crate) struct Publisher {
     state: Mutex<State>,
     queue: mpsc::UnboundedSender<String>,
     queued: Mutex<HashSet<String>>,
+    /// At most a few writes of one ConfigMap a minute.
+    guard: super::api::WriteGuard,
 }
 
 #[derive(Default)]
@@ -53,9 +69,6 @@ struct State {
     maps: HashMap<String, ConfigMap>,
     /// Namespaces whose ConfigMap holds the bundle in use.
     in_sync: HashSet<String>,
-    /// Every bundle this process has written: finding one of them is an
-    /// update, finding anything else a repair.
-    written: HashSet<BTreeSet<Vec<u8>>>,
     /// Namespaces this process has published in: a ConfigMap missing there
     /// was deleted, and writing it again is a repair.
     published: HashSet<String>,
@@ -89,12 +102,14 @@ impl Publisher {
             state: Mutex::default(),
             queue,
             queued: Mutex::default(),
+            guard: super::api::WriteGuard::new("configmaps", 6, std::time::Duration::from_secs(60)),
         });
         let synced = Arc::new(Notify::new());
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(Arc::clone(&me).watch_namespaces(Arc::clone(&synced)));
         tasks.spawn(Arc::clone(&me).watch_maps(Arc::clone(&synced)));
         tasks.spawn(Arc::clone(&me).follow());
+        tasks.spawn(Arc::clone(&me).confirm());
         // Nothing is written before both lists are in: every decision is
         // made knowing what already exists.
         while !me.lock().synced_namespaces || !me.lock().synced_maps {
@@ -112,7 +127,12 @@ impl Publisher {
                 let outcome = me.reconcile(&ns).await;
                 drop(slot);
                 if let Err(trouble) = outcome {
-                    trouble.report(&me.metrics, "configmaps", &ns);
+                    trouble.report(
+                        &me.metrics,
+                        "configmaps",
+                        "write",
+                        &format!("{ns}/{}", me.name),
+                    );
                     // Tried again after a pause, not in a tight loop; a
                     // missing permission too, so fixing the RBAC is enough.
                     let pause = match trouble {
@@ -187,14 +207,23 @@ impl Publisher {
         if !self.selector.is_empty() {
             config = config.labels(&self.selector);
         }
+        let scope = if self.selector.is_empty() {
+            "all namespaces".to_owned()
+        } else {
+            format!("namespaces matching {}", self.selector)
+        };
         let api: Api<Namespace> = Api::all(self.watch_client.clone());
-        let mut events = watcher(api, config).default_backoff().boxed();
+        let mut events = watcher(api, config)
+            .backoff(super::api::WatchBackoff::default())
+            .boxed();
         let mut buffer: Option<HashMap<String, bool>> = None;
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Init) => buffer = Some(HashMap::new()),
                 Ok(watcher::Event::InitApply(ns)) => {
-                    if let (Some(b), Some(name)) = (buffer.as_mut(), ns.metadata.name.clone()) {
+                    if let (Some(b), Some(name)) = (buffer.as_mut(), ns.metadata.name.clone())
+                        && !IGNORED_NAMESPACES.contains(&name.as_str())
+                    {
                         b.insert(name, active(&ns));
                     }
                 }
@@ -212,6 +241,9 @@ impl Publisher {
                     let Some(name) = ns.metadata.name.clone() else {
                         continue;
                     };
+                    if IGNORED_NAMESPACES.contains(&name.as_str()) {
+                        continue;
+                    }
                     let is_active = active(&ns);
                     let mut state = self.lock();
                     state.namespaces.insert(name.clone(), is_active);
@@ -231,7 +263,7 @@ impl Publisher {
                     }
                 }
                 Err(e) => {
-                    Trouble::Unavailable(e.to_string()).report(&self.metrics, "namespaces", "watch")
+                    Trouble::of_watch(&e).report(&self.metrics, "namespaces", "list/watch", &scope)
                 }
             }
             self.publish_metrics();
@@ -241,7 +273,10 @@ impl Publisher {
     async fn watch_maps(self: Arc<Self>, synced: Arc<Notify>) {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
         let api: Api<ConfigMap> = Api::all(self.watch_client.clone());
-        let mut events = watcher(api, config).default_backoff().boxed();
+        let scope = format!("{} in every namespace", self.name);
+        let mut events = watcher(api, config)
+            .backoff(super::api::WatchBackoff::default())
+            .boxed();
         let mut buffer: Option<HashMap<String, ConfigMap>> = None;
         while let Some(event) = events.next().await {
             match event {
@@ -292,10 +327,45 @@ impl Publisher {
                     }
                 }
                 Err(e) => {
-                    Trouble::Unavailable(e.to_string()).report(&self.metrics, "configmaps", "watch")
+                    Trouble::of_watch(&e).report(&self.metrics, "configmaps", "list/watch", &scope)
                 }
             }
             self.publish_metrics();
+        }
+    }
+
+    /// While leading, confirms every [`CONFIRM_EVERY`] from the watches that
+    /// each selected namespace holds what castellan publishes: the publish
+    /// timestamp means "the cluster held it as of", advancing on a leader
+    /// with nothing to write.
+    async fn confirm(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(CONFIRM_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.confirm_now();
+        }
+    }
+
+    /// Sets the publish timestamp if every selected namespace is in sync.
+    fn confirm_now(&self) {
+        if !self.payload.is_trust_bundle() || !self.leadership.is_leader() {
+            return;
+        }
+        let state = self.lock();
+        let whole = state.synced_namespaces
+            && state.synced_maps
+            && state
+                .namespaces
+                .iter()
+                .filter(|(_, active)| **active)
+                .all(|(ns, _)| state.in_sync.contains(ns));
+        drop(state);
+        if whole {
+            self.metrics
+                .trust_bundle_last_publish
+                .with_label_values(&["configmaps"])
+                .set(unix_now());
         }
     }
 
@@ -353,6 +423,13 @@ impl Publisher {
             if !self.leadership.is_leader() {
                 return Ok(());
             }
+            let throttled = self
+                .guard
+                .wait(&format!("{ns}/{}", self.name), &self.metrics);
+            if !throttled.is_zero() {
+                tokio::time::sleep(throttled).await;
+                seen = api.get_opt(&self.name).await?;
+            }
             let written = match seen.take() {
                 None => match api
                     .create(&PostParams::default(), &self.fresh(ns, &bundle))
@@ -365,18 +442,14 @@ impl Publisher {
                     Err(e) => return Err(self.in_namespace(ns, e)),
                 },
                 Some(cm) if self.holds_current(&cm) => {
-                    self.remember(ns, cm, &want);
+                    self.remember(ns, cm);
                     return Ok(());
                 }
                 Some(cm) => {
-                    let previous = cm
-                        .data
-                        .as_ref()
-                        .and_then(|d| d.get(self.payload.key()))
-                        .map(|d| self.payload.canon(d));
-                    let reason = match previous {
-                        Some(p) if self.lock().written.contains(&p) => "updated",
-                        Some(_) | None => "repaired",
+                    let reason = if self.untouched(&cm) {
+                        "updated"
+                    } else {
+                        "repaired"
                     };
                     let mut update = cm;
                     update
@@ -388,6 +461,11 @@ impl Publisher {
                         .labels
                         .get_or_insert_with(Default::default)
                         .insert(LABEL.0.to_owned(), LABEL.1.to_owned());
+                    update
+                        .metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .insert(WRITTEN.to_owned(), digest(&want));
                     match api
                         .replace(&self.name, &PostParams::default(), &update)
                         .await
@@ -412,10 +490,7 @@ impl Publisher {
                 .writes(&self.metrics)
                 .with_label_values(&[reason])
                 .inc();
-            if self.payload.is_trust_bundle() {
-                self.metrics.trust_bundle_last_publish.set(unix_now());
-            }
-            self.remember(ns, cm, &want);
+            self.remember(ns, cm);
             return Ok(());
         }
         Err(Trouble::Conflict(format!(
@@ -435,14 +510,30 @@ impl Publisher {
         }
     }
 
-    fn remember(&self, ns: &str, cm: ConfigMap, want: &BTreeSet<Vec<u8>>) {
+    fn remember(&self, ns: &str, cm: ConfigMap) {
         let mut state = self.lock();
         state.maps.insert(ns.to_owned(), cm);
         state.in_sync.insert(ns.to_owned());
         state.published.insert(ns.to_owned());
-        state.written.insert(want.clone());
         drop(state);
         self.publish_metrics();
+        self.confirm_now();
+    }
+
+    /// Whether `cm` still holds exactly what castellan last wrote there (its
+    /// digest, written beside it, says so): replacing that is an update.
+    fn untouched(&self, cm: &ConfigMap) -> bool {
+        let stamped = cm
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(WRITTEN));
+        let held = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(self.payload.key()))
+            .map(|d| digest(&self.payload.canon(d)));
+        stamped.is_some() && stamped == held.as_ref()
     }
 
     fn fresh(&self, ns: &str, bundle: &str) -> ConfigMap {
@@ -452,10 +543,13 @@ impl Publisher {
                 namespace: Some(ns.to_owned()),
                 labels: Some([(LABEL.0.to_owned(), LABEL.1.to_owned())].into()),
                 annotations: Some(
-                    [(
-                        "castellan.io/published-by".to_owned(),
-                        format!("castellan: {}", self.payload.describe()),
-                    )]
+                    [
+                        (
+                            "castellan.io/published-by".to_owned(),
+                            format!("castellan: {}", self.payload.describe()),
+                        ),
+                        (WRITTEN.to_owned(), digest(&self.payload.canon(bundle))),
+                    ]
                     .into(),
                 ),
                 ..ObjectMeta::default()
@@ -464,6 +558,16 @@ impl Publisher {
             ..ConfigMap::default()
         }
     }
+}
+
+/// A digest of content compared as a set (order and spacing aside).
+fn digest(set: &BTreeSet<Vec<u8>>) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for item in set {
+        ctx.update(&u64::try_from(item.len()).unwrap_or(u64::MAX).to_be_bytes());
+        ctx.update(item);
+    }
+    crate::profile::hex(ctx.finish().as_ref())
 }
 
 fn active(ns: &Namespace) -> bool {

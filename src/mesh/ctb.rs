@@ -32,15 +32,38 @@ pub(crate) async fn run(
     let name = format!("istio.io:istiod-ca:{bundle_name}");
     let api: Api<ClusterTrustBundle> = Api::all(client);
     let poke = Arc::new(Notify::new());
+    // The object as the watch last saw it, to confirm it holds the bundle
+    // without a call.
+    let seen: Arc<std::sync::Mutex<Option<ClusterTrustBundle>>> = Arc::default();
     let watching = {
         let (poke, name) = (Arc::clone(&poke), name.clone());
+        let metrics_watch = metrics.clone();
+        let seen = Arc::clone(&seen);
         let api: Api<ClusterTrustBundle> = Api::all(watch_client);
         tokio::spawn(async move {
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            let mut events = watcher(api, config).default_backoff().boxed();
+            let mut events = watcher(api, config)
+                .backoff(super::api::WatchBackoff::default())
+                .boxed();
             while let Some(event) = events.next().await {
-                if event.is_ok() {
-                    poke.notify_one();
+                match event {
+                    Ok(event) => {
+                        let latest = match event {
+                            watcher::Event::Apply(o) | watcher::Event::InitApply(o) => Some(o),
+                            watcher::Event::Delete(_) | watcher::Event::Init => None,
+                            watcher::Event::InitDone => continue,
+                        };
+                        *seen
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = latest;
+                        poke.notify_one();
+                    }
+                    Err(e) => Trouble::of_watch(&e).report(
+                        &metrics_watch,
+                        "clustertrustbundles",
+                        "list/watch",
+                        &name,
+                    ),
                 }
             }
         })
@@ -54,18 +77,48 @@ pub(crate) async fn run(
             }
         })
     };
-    let _stop = super::AbortOnDrop(vec![watching, roots]);
+    // The publish timestamp means "held as of": confirmed from the watch
+    // while nothing changes.
+    let confirming = {
+        let (seen, ca, metrics, leadership) = (
+            Arc::clone(&seen),
+            Arc::clone(&ca),
+            metrics.clone(),
+            leadership.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(15));
+            loop {
+                tick.tick().await;
+                let held = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_ref()
+                    .is_some_and(|o| holds(o, ca.current().roots_pem()));
+                if held && leadership.is_leader() {
+                    metrics
+                        .trust_bundle_last_publish
+                        .with_label_values(&["clustertrustbundle"])
+                        .set(unix_now());
+                }
+            }
+        })
+    };
+    let _stop = super::AbortOnDrop(vec![watching, roots, confirming]);
     loop {
         poke.notified().await;
         if !leadership.is_leader() {
             continue;
         }
         if let Err(t) = reconcile(&api, &name, &ca).await {
-            t.report(&metrics, "clustertrustbundles", &name);
+            t.report(&metrics, "clustertrustbundles", "write", &name);
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             poke.notify_one();
         } else {
-            metrics.trust_bundle_last_publish.set(unix_now());
+            metrics
+                .trust_bundle_last_publish
+                .with_label_values(&["clustertrustbundle"])
+                .set(unix_now());
         }
     }
 }
@@ -95,12 +148,7 @@ async fn reconcile(
                     Err(e) => return Err(e.into()),
                 }
             }
-            Some(ctb)
-                if certs(&ctb.spec.trust_bundle) == certs(&bundle)
-                    && ctb.spec.signer_name.as_deref() == Some(SIGNER) =>
-            {
-                return Ok(());
-            }
+            Some(ctb) if holds(&ctb, &bundle) => return Ok(()),
             Some(mut ctb) => {
                 ctb.spec.trust_bundle = bundle.clone();
                 ctb.spec.signer_name = Some(SIGNER.to_owned());
@@ -118,4 +166,10 @@ async fn reconcile(
     Err(Trouble::Conflict(format!(
         "ClusterTrustBundle {name} kept changing"
     )))
+}
+
+/// Whether `ctb` holds `bundle` (as a set) under Istio's signer.
+fn holds(ctb: &ClusterTrustBundle, bundle: &str) -> bool {
+    certs(&ctb.spec.trust_bundle) == certs(bundle)
+        && ctb.spec.signer_name.as_deref() == Some(SIGNER)
 }

@@ -84,8 +84,9 @@ pub(crate) async fn run(
     let ca = Arc::clone(issuer.ca());
     let api: Api<Secret> = Api::namespaced(client, &wanted.namespace);
     let poke = Arc::new(Notify::new());
-    let helpers = spawn_triggers(watch_client, &wanted, &ca, &poke);
+    let helpers = spawn_triggers(watch_client, &wanted, &ca, &poke, &metrics);
     let _stop = super::AbortOnDrop(helpers);
+    let guard = super::api::WriteGuard::new("secrets", 6, Duration::from_secs(60));
     let mut next_renewal: Option<Duration> = None;
     loop {
         match next_renewal {
@@ -101,17 +102,18 @@ pub(crate) async fn run(
             next_renewal = None;
             continue;
         }
-        match reconcile(&api, &wanted, &issuer, &ca, &leadership).await {
-            Ok(not_after) => {
+        let object = format!("{}/{}", wanted.namespace, wanted.secret);
+        match reconcile(&api, &wanted, &issuer, &ca, &leadership, &guard, &metrics).await {
+            Ok((not_before, not_after)) => {
                 metrics.istiod_cert_expiry.set(unix(not_after));
                 next_renewal = Some(renewal_in(
+                    not_before,
                     not_after,
-                    wanted.ttl,
                     ca.current().clock().now(),
                 ));
             }
             Err(t) => {
-                t.report(&metrics, "secrets", &wanted.secret);
+                t.report(&metrics, "secrets", "write", &object);
                 next_renewal = Some(Duration::from_secs(5));
             }
         }
@@ -124,17 +126,25 @@ fn spawn_triggers(
     wanted: &Wanted,
     ca: &Arc<CaHandle>,
     poke: &Arc<Notify>,
+    metrics: &Metrics,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let watching = {
-        let poke = Arc::clone(poke);
+        let (poke, metrics) = (Arc::clone(poke), metrics.clone());
         let api: Api<Secret> = Api::namespaced(watch_client, &wanted.namespace);
         let config = watcher::Config::default().fields(&format!("metadata.name={}", wanted.secret));
+        let object = format!("{}/{}", wanted.namespace, wanted.secret);
         tokio::spawn(async move {
-            let mut events = watcher(api, config).default_backoff().boxed();
+            let mut events = watcher(api, config)
+                .backoff(super::api::WatchBackoff::default())
+                .boxed();
             while let Some(event) = events.next().await {
-                if event.is_ok() {
-                    poke.notify_one();
+                if let Err(e) = &event {
+                    // Never dropped: told, and the writer looks itself
+                    // (a Secret deleted while the watch is down comes back
+                    // within the watch's retry, not at the next renewal).
+                    Trouble::of_watch(e).report(&metrics, "secrets", "list/watch", &object);
                 }
+                poke.notify_one();
             }
         })
     };
@@ -178,24 +188,32 @@ fn wanted(config: &config::IstiodCert, trust_domain: &TrustDomain) -> Result<Wan
 }
 
 /// Leaves a good Secret alone, writes a new one otherwise; returns the
-/// NotAfter of the certificate in place.
+/// NotBefore and NotAfter of the certificate in place.
 async fn reconcile(
     api: &Api<Secret>,
     wanted: &Wanted,
     issuer: &Issuer,
     ca: &CaHandle,
     leadership: &Leadership,
-) -> Result<SystemTime, Trouble> {
+    guard: &super::api::WriteGuard,
+    metrics: &Metrics,
+) -> Result<(SystemTime, SystemTime), Trouble> {
+    let object = format!("{}/{}", wanted.namespace, wanted.secret);
     for _ in 0..3 {
         let current = api.get_opt(&wanted.secret).await?;
-        if let Some(not_after) = current.as_ref().and_then(|s| still_good(s, wanted, ca)) {
-            return Ok(not_after);
+        if let Some(validity) = current.as_ref().and_then(|s| still_good(s, wanted, ca)) {
+            return Ok(validity);
         }
-        let (data, not_after) = issue(wanted, issuer)
+        let throttled = guard.wait(&object, metrics);
+        if !throttled.is_zero() {
+            tokio::time::sleep(throttled).await;
+            continue;
+        }
+        let (data, not_before, not_after) = issue(wanted, issuer)
             .await
             .map_err(|e| Trouble::Unavailable(e.to_string()))?;
         if !leadership.is_leader() {
-            return Ok(not_after);
+            return Ok((not_before, not_after));
         }
         let written = match current {
             None => {
@@ -229,12 +247,12 @@ async fn reconcile(
         match written {
             Ok(_) => {
                 tracing::info!(
-                    secret = %format!("{}/{}", wanted.namespace, wanted.secret),
+                    secret = %object,
                     names = %wanted.dns_names.join(","),
                     not_after = %crate::ca::date(not_after),
                     "istiod's certificate written"
                 );
-                return Ok(not_after);
+                return Ok((not_before, not_after));
             }
             Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => continue,
             Err(e) => return Err(e.into()),
@@ -246,10 +264,10 @@ async fn reconcile(
     )))
 }
 
-/// The Secret's certificate NotAfter, if it is one castellan would write
-/// now: issued by the signing CA in use with its chain, the names wanted,
+/// The Secret's certificate's NotBefore and NotAfter, if it is one
+/// castellan would write now: issued by the signing CA in use with its chain, the names wanted,
 /// the roots in use, the key that goes with it, and not due for renewal.
-fn still_good(secret: &Secret, wanted: &Wanted, ca: &CaHandle) -> Option<SystemTime> {
+fn still_good(secret: &Secret, wanted: &Wanted, ca: &CaHandle) -> Option<(SystemTime, SystemTime)> {
     let data = secret.data.as_ref()?;
     let text = |k: &str| data.get(k).and_then(|b| std::str::from_utf8(&b.0).ok());
     let chain: Vec<CertificateDer<'static>> =
@@ -296,16 +314,22 @@ fn still_good(secret: &Secret, wanted: &Wanted, ca: &CaHandle) -> Option<SystemT
     }
     let not_before = tbs.validity().not_before.to_system_time();
     let not_after = tbs.validity().not_after.to_system_time();
-    let life = not_after.duration_since(not_before).ok()?;
-    let renew_at = not_before.checked_add(life.mul_f64(RENEW_AT))?;
-    (ca.current().clock().now() < renew_at).then_some(not_after)
+    (ca.current().clock().now() < renew_at(not_before, not_after))
+        .then_some((not_before, not_after))
+}
+
+/// When a certificate valid from `not_before` to `not_after` is due: two
+/// thirds of the way, whatever backdating moved its notBefore.
+fn renew_at(not_before: SystemTime, not_after: SystemTime) -> SystemTime {
+    let life = not_after.duration_since(not_before).unwrap_or_default();
+    not_before + life.mul_f64(RENEW_AT)
 }
 
 /// A fresh key and certificate, as the Secret's data.
 async fn issue(
     wanted: &Wanted,
     issuer: &Issuer,
-) -> Result<(BTreeMap<String, ByteString>, SystemTime), IssueError> {
+) -> Result<(BTreeMap<String, ByteString>, SystemTime, SystemTime), IssueError> {
     let alg = match wanted.key_type {
         IstiodKeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
         IstiodKeyType::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
@@ -338,13 +362,14 @@ async fn issue(
         ("ca.crt".to_owned(), ByteString(roots.into_bytes())),
     ]
     .into();
-    Ok((data, cert.not_after))
+    Ok((data, cert.not_before, cert.not_after))
 }
 
-fn renewal_in(not_after: SystemTime, ttl: Duration, now: SystemTime) -> Duration {
-    let left = not_after.duration_since(now).unwrap_or_default();
-    // Two thirds into a full lifetime is a third of it before the end.
-    left.saturating_sub(ttl.mul_f64(1.0 - RENEW_AT))
+/// How long until the certificate in place is due, by the one rule.
+fn renewal_in(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> Duration {
+    renew_at(not_before, not_after)
+        .duration_since(now)
+        .unwrap_or_default()
         .max(Duration::from_secs(1))
 }
 

@@ -4,8 +4,11 @@
 //! this replica's own clock since it last saw the record change, so clock
 //! skew between nodes does not matter), and write with the resourceVersion
 //! read, so of two replicas racing for it the API server lets exactly one
-//! win (409 Conflict for the other). A leader that cannot renew for the renew
-//! deadline stops leading at once; a graceful shutdown releases the Lease.
+//! win (409 Conflict for the other). A leader whose renewal fails — a 409
+//! included: client-go retries until its renew deadline — keeps leading and
+//! tries again every retry period; only a leader that has not renewed for the
+//! renew deadline, or finds another holder, stops leading at once. A
+//! graceful shutdown releases the Lease.
 //!
 //! The kept crates were read and set aside: kube-leader-election writes
 //! without a resourceVersion (two replicas can both win a race), and
@@ -39,6 +42,7 @@ pub(crate) struct Leadership {
 /// The elector's state between attempts.
 struct Elector {
     api: Api<Lease>,
+    namespace: String,
     name: String,
     identity: String,
     duration: Duration,
@@ -50,6 +54,17 @@ struct Elector {
     metrics: Metrics,
     leading: watch::Sender<bool>,
     until: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// This replica holds the Lease now.
+    Held,
+    /// Another replica holds it.
+    Other,
+    /// The write lost a race (409): said nothing about who holds it.
+    Raced,
 }
 
 /// What makes two Lease records the same for expiry: who holds it, and
@@ -98,6 +113,7 @@ pub(crate) fn spawn(
     let until = Arc::new(std::sync::Mutex::new(None));
     let mut elector = Elector {
         api: Api::namespaced(client, namespace),
+        namespace: namespace.to_owned(),
         name: config.lease_name.clone(),
         identity,
         duration: Duration::from_secs(config.lease_duration_secs),
@@ -130,18 +146,22 @@ impl Elector {
     async fn attempt(&mut self) {
         let attempt = tokio::time::timeout(self.deadline, self.try_acquire_or_renew()).await;
         match attempt {
-            Ok(Ok(true)) => {
+            Ok(Ok(Attempt::Held)) => {
                 let now = Instant::now();
                 self.renewed = Some(now);
                 *self.lock_until() = Some(now + self.deadline);
                 self.set_leading(true);
             }
-            Ok(Ok(false)) => {
+            Ok(Ok(Attempt::Other)) => {
                 self.renewed = None;
                 self.set_leading(false);
             }
+            // A leader's renewal that lost a race is tried again next
+            // period, read afresh; leadership lasts to the renew deadline.
+            Ok(Ok(Attempt::Raced)) => self.lost_if_late(),
             Ok(Err(trouble)) => {
-                trouble.report(&self.metrics, "leases", &self.name);
+                let what = format!("{}/{}", self.namespace, self.name);
+                trouble.report(&self.metrics, "leases", "get/update", &what);
                 self.lost_if_late();
             }
             Err(_) => self.lost_if_late(),
@@ -183,9 +203,8 @@ impl Elector {
         }
     }
 
-    /// client-go's tryAcquireOrRenew. `Ok(true)`: this replica holds the
-    /// Lease now.
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, Trouble> {
+    /// client-go's tryAcquireOrRenew.
+    async fn try_acquire_or_renew(&mut self) -> Result<Attempt, Trouble> {
         let now = Timestamp::now();
         let Some(lease) = self.api.get_opt(&self.name).await.map_err(Trouble::from)? else {
             return self.create(now).await;
@@ -199,7 +218,7 @@ impl Elector {
         let mine = record.holder == self.identity;
         let held_for = Duration::from_secs(u64::try_from(record.duration_secs).unwrap_or(0));
         if !record.holder.is_empty() && !mine && seen.elapsed() < held_for {
-            return Ok(false);
+            return Ok(Attempt::Other);
         }
         let (acquire, transitions) = if mine {
             (record.acquire, record.transitions)
@@ -222,15 +241,15 @@ impl Elector {
         {
             Ok(written) => {
                 self.observed = Some((Record::of(&written), Instant::now()));
-                Ok(true)
+                Ok(Attempt::Held)
             }
-            // Someone else wrote it first (or took it): not ours this time.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            // Someone else wrote it first: who holds it now is read next time.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Raced),
             Err(e) => Err(e.into()),
         }
     }
 
-    async fn create(&mut self, now: Timestamp) -> Result<bool, Trouble> {
+    async fn create(&mut self, now: Timestamp) -> Result<Attempt, Trouble> {
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
@@ -248,9 +267,9 @@ impl Elector {
         match self.api.create(&PostParams::default(), &lease).await {
             Ok(written) => {
                 self.observed = Some((Record::of(&written), Instant::now()));
-                Ok(true)
+                Ok(Attempt::Held)
             }
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Raced),
             Err(e) => Err(e.into()),
         }
     }

@@ -11,6 +11,9 @@ mod istiod;
 mod lease;
 mod payload;
 
+/// A PEM bundle as the set of its certificates (order and spacing aside).
+pub(crate) use payload::certs as payload_certs;
+
 use std::sync::Arc;
 
 use tokio::{sync::watch, task::JoinHandle};

@@ -5,6 +5,7 @@ mod admission;
 mod health;
 mod limits;
 mod preflight;
+mod roots_file;
 mod service;
 mod serving;
 mod shards;
@@ -207,6 +208,17 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
     }
 
     let poll = Duration::from_secs(config.ca.reload_interval_secs);
+    if let Some(path) = &config.ca.roots_file {
+        background.push(roots_file::spawn(
+            path.clone(),
+            Arc::clone(&ca),
+            if poll.is_zero() {
+                PROBE_INTERVAL * 5
+            } else {
+                poll
+            },
+        ));
+    }
     if !poll.is_zero() {
         let (m1, m2) = (metrics.clone(), metrics.clone());
         background.push(ca::spawn_reloader(

@@ -348,6 +348,15 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// A PEM bundle as the set of its certificates (order aside).
+pub fn pki_certs(pem: &str) -> std::collections::BTreeSet<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
 /// The serial number of `chain`'s leaf, lowercase hex as castellan logs it.
 pub fn serial_of(chain: &[String]) -> String {
     use der::Decode;
