@@ -324,3 +324,46 @@ async fn istiods_secret_deleted_while_its_watch_is_refused_comes_back_within_sec
         "written again without the watch (istiod's renewal is hours away)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_roots_file_is_logged_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let roots_file = dir.path().join("roots.pem");
+    let root = Ca::root("Root One", KeyAlg::EcP256);
+    std::fs::write(&roots_file, &root.pem).unwrap();
+    let p = Process::start(Setup {
+        root: Some(clone_ca(&root)),
+        ca: format!(
+            "roots_file = \"{}\"\nreload_interval_secs = 1\n",
+            roots_file.display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let next = Ca::root("Root Two", KeyAlg::EcP256);
+    std::fs::write(&roots_file, format!("{}{}", root.pem, next.pem)).unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            p.lines()
+                .iter()
+                .any(|l| l.contains("ca.roots_file changed") && l.contains("rollout restart"))
+        })
+        .await,
+        "{}",
+        p.lines().join("\n")
+    );
+    let said = p
+        .lines()
+        .iter()
+        .filter(|l| l.contains("ca.roots_file changed"))
+        .count();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        p.lines()
+            .iter()
+            .filter(|l| l.contains("ca.roots_file changed"))
+            .count(),
+        said,
+        "said once per new content"
+    );
+}
