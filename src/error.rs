@@ -29,6 +29,9 @@ pub enum Error {
     /// What castellan signs must be recorded for the guards to hold.
     #[error("not issuing: {0}")]
     Unrecorded(String),
+    /// A request message over the size castellan reads.
+    #[error("the request message is over the {0} bytes castellan reads")]
+    TooLarge(usize),
 }
 
 // === impl Error ===
@@ -80,6 +83,10 @@ impl From<&Error> for Status {
             Error::Timeout(_) => Self::deadline_exceeded("request deadline exceeded"),
             Error::Revoked(_) => Self::permission_denied("identity revoked"),
             Error::Unrecorded(_) => Self::unavailable("trust record unavailable"),
+            Error::TooLarge(max) => Self::resource_exhausted(format!(
+                "request message too large: castellan reads at most {max} bytes (a CSR is a few \
+                 hundred)"
+            )),
         }
     }
 }

@@ -33,6 +33,7 @@ mod reload;
 mod revocation;
 mod server;
 mod startup;
+mod storm;
 mod trust;
 mod vault;
 mod vault_faults;

@@ -367,3 +367,55 @@ async fn a_changed_roots_file_is_logged_with_what_to_do() {
         "said once per new content"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forbidden_watch_is_named_counted_and_recovered_from() {
+    let kube = FakeKube::start().await;
+    for ns in ["istio-system", "apps"] {
+        kube.create_namespace(ns, &[]);
+    }
+    // The list is allowed (so the bundle goes out), the watch that should
+    // follow is not: deletions and edits would go unseen.
+    kube.forbid("watch", "configmaps", true);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig(dir.path(), "v");
+    let p = Process::start(Setup {
+        extra: kube_sections(&kubeconfig, "v", "[kubernetes.trust_bundle]\n"),
+        ..Setup::default()
+    })
+    .await;
+    let root = p.files.root.pem.clone();
+    assert!(
+        eventually(Duration::from_secs(10), async || holds(
+            &kube, "apps", &root
+        ))
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            p.lines().iter().any(|l| {
+                l.contains("ERROR")
+                    && l.contains("not allowed to list/watch configmaps")
+                    && l.contains("rbac-trust-bundle.yaml")
+            })
+        })
+        .await,
+        "{}",
+        p.lines().join("\n")
+    );
+    let metrics = format!("{}/metrics", p.metrics_url());
+    let forbidden = metric_sum(
+        &http_get(&metrics).await.1,
+        "castellan_kube_errors_count",
+        &[("resource", "configmaps"), ("reason", "forbidden")],
+    );
+    assert!(forbidden >= 1.0);
+    // Granted: the watch starts within seconds, and sees a deletion.
+    kube.forbid("watch", "configmaps", false);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    kube.delete_object(Kind::ConfigMap, "apps", BUNDLE);
+    assert!(
+        eventually(Duration::from_secs(5), async || holds(&kube, "apps", &root)).await,
+        "repaired through the watch"
+    );
+}

@@ -127,7 +127,7 @@ where
                 .checked_sub(DOOR_MARGIN.min(budget / 4))
                 .unwrap_or(deadline);
             match tokio::time::timeout_at(door_deadline, inner.call(req)).await {
-                Ok(answer) => answer,
+                Ok(answer) => answer.map(|r| too_large(r, &door, arrived)),
                 Err(_) => {
                     let e = Error::Timeout(budget);
                     let status = Status::from(&e);
@@ -145,6 +145,35 @@ where
             }
         })
     }
+}
+
+/// tonic answers a request over its decoding limit with OUT_OF_RANGE and
+/// its own words; gRPC's convention for a message over a limit is
+/// RESOURCE_EXHAUSTED, said in castellan's (castellan never answers
+/// OUT_OF_RANGE otherwise).
+fn too_large(
+    response: http::Response<Body>,
+    door: &Door,
+    arrived: Instant,
+) -> http::Response<Body> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    if !out_of_range {
+        return response;
+    }
+    let status = Status::from(&Error::TooLarge(super::limits::MAX_MESSAGE));
+    door.metrics
+        .observe_latency(status.code(), arrived.elapsed());
+    tracing::warn!(
+        caller = "-",
+        outcome = ?status.code(),
+        reason = %status.message(),
+        latency_ms = arrived.elapsed().as_secs_f64() * 1000.0,
+        "CreateCertificate"
+    );
+    status.into_http()
 }
 
 // === impl Door ===

@@ -2,6 +2,7 @@
 //! signing material and of the serving certificate, and graceful shutdown.
 
 mod admission;
+mod handshakes;
 mod health;
 mod limits;
 mod preflight;
@@ -438,11 +439,27 @@ fn observe(metrics: &Metrics, ca: &ca::SigningCa) {
     metrics.observe_ca(ca.roots_not_after(), ca.not_after(), &path);
 }
 
+/// Connections a listener lets wait in the kernel's accept queue (capped
+/// by `net.core.somaxconn`): in a storm, thousands of agents connect at
+/// once, and those castellan is not handshaking with yet wait there rather
+/// than being refused and retrying later.
+const BACKLOG: u32 = 4096;
+
 pub(super) async fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|source| Error::Io {
+    let io = |source| Error::Io {
         what: format!("{key} {addr}"),
         source,
-    })
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(io)?;
+    // As std's bind does: a restarted castellan rebinds at once.
+    socket.set_reuseaddr(true).map_err(io)?;
+    socket.bind(addr).map_err(io)?;
+    socket.listen(BACKLOG).map_err(io)
 }
 
 fn local_addr(l: &TcpListener) -> Result<SocketAddr, Error> {

@@ -277,6 +277,8 @@ impl Inner {
             }
             Error::Overloaded(_) => m.overloaded.inc(),
             Error::Revoked(_) => m.revoked_refusals.inc(),
+            // Answered at the door, before the handler.
+            Error::TooLarge(_) => {}
             Error::Unrecorded(_) => {
                 m.sign_errors
                     .with_label_values(&["trust_record_unwritten"])

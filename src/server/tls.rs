@@ -20,11 +20,14 @@ use rustls_pki_types::CertificateDer;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, oneshot, watch},
+    sync::{Semaphore, watch},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-use super::shards::{Load, Shards};
+use super::{
+    handshakes::{Admitted, Pending, Watched},
+    shards::{Load, Shards},
+};
 use crate::metrics::Metrics;
 
 /// A client that has not finished its handshake by then is dropped.
@@ -197,7 +200,7 @@ pub(super) struct Limits {
 /// when it closes.
 #[derive(Debug)]
 pub(super) struct Conn {
-    tls: TlsStream<TcpStream>,
+    tls: TlsStream<Watched<TcpStream>>,
     _slot: tokio::sync::OwnedSemaphorePermit,
     _load: Load,
     open: IntGauge,
@@ -210,8 +213,9 @@ pub(super) struct Conn {
 /// logged at most once a second): descriptors never run out, so outgoing
 /// calls (Vault, Kubernetes) and files keep working. At most
 /// `limits.handshakes` handshakes run at once; a new connection beyond that
-/// evicts the oldest unfinished handshake, so a flood of idle connections
-/// cannot keep a real client from being served. Accept errors back off
+/// waits for one to finish — or takes the place of one that has stalled
+/// (see [`super::handshakes`]), so a storm is served whole and a flood of
+/// idle connections cannot keep a real client out. Accept errors back off
 /// instead of spinning. Closes the listening socket once `stop` turns true.
 pub(super) fn incoming(
     listener: TcpListener,
@@ -257,7 +261,11 @@ pub(super) fn incoming(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
             }
-            let (handshake, evicted) = pending.admit().await;
+            let Admitted {
+                slot: handshake,
+                evicted,
+                progress,
+            } = pending.admit().await;
             let Some(shard) = shards.least_loaded() else {
                 break;
             };
@@ -275,7 +283,7 @@ pub(super) fn incoming(
             let open = metrics.connections.clone();
             shard.spawn(move |load| async move {
                 let tcp = match TcpStream::from_std(tcp) {
-                    Ok(tcp) => tcp,
+                    Ok(tcp) => Watched::new(tcp, progress),
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "connection lost before its handshake");
                         return;
@@ -284,7 +292,7 @@ pub(super) fn incoming(
                 let done = tokio::select! {
                     done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => done,
                     _ = evicted => {
-                        tracing::debug!(%peer, "unfinished TLS handshake evicted by a newer connection");
+                        tracing::debug!(%peer, "stalled TLS handshake evicted by a newer connection");
                         return;
                     }
                 };
@@ -312,57 +320,6 @@ pub(super) fn incoming(
             }
         }
     })
-}
-
-/// The handshakes in progress: at most `max`, the oldest evicted for a new
-/// one beyond that.
-#[derive(Debug)]
-struct Pending {
-    slots: Arc<Semaphore>,
-    max: usize,
-    /// One sender per handshake, oldest first; a send evicts it. Entries of
-    /// finished handshakes are closed and pruned.
-    order: std::collections::VecDeque<oneshot::Sender<()>>,
-}
-
-impl Pending {
-    fn new(max: usize) -> Self {
-        Self {
-            slots: Arc::new(Semaphore::new(max)),
-            max,
-            order: std::collections::VecDeque::with_capacity(max),
-        }
-    }
-
-    /// A slot for one more handshake, and what tells it it was evicted.
-    async fn admit(&mut self) -> (tokio::sync::OwnedSemaphorePermit, oneshot::Receiver<()>) {
-        if self.order.len() >= self.max.saturating_mul(2) {
-            self.order.retain(|s| !s.is_closed());
-        }
-        let permit = loop {
-            if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
-                break p;
-            }
-            // Evict the oldest handshake still running; its task gives its
-            // slot back when it sees the eviction.
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    if oldest.send(()).is_ok()
-                        && let Ok(p) = Arc::clone(&self.slots).acquire_owned().await
-                    {
-                        break p;
-                    }
-                }
-                None => match Arc::clone(&self.slots).acquire_owned().await {
-                    Ok(p) => break p,
-                    Err(_) => continue,
-                },
-            }
-        };
-        let (evict, evicted) = oneshot::channel();
-        self.order.push_back(evict);
-        (permit, evicted)
-    }
 }
 
 /// Exponential back-off on accept errors (EMFILE, ENFILE, ENOBUFS…), logged
@@ -422,8 +379,17 @@ impl Drop for Conn {
     }
 }
 
+impl tonic::transport::server::Connected for Watched<TcpStream> {
+    type ConnectInfo = <TcpStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.get_ref().connect_info()
+    }
+}
+
 impl tonic::transport::server::Connected for Conn {
-    type ConnectInfo = <TlsStream<TcpStream> as tonic::transport::server::Connected>::ConnectInfo;
+    type ConnectInfo =
+        <TlsStream<Watched<TcpStream>> as tonic::transport::server::Connected>::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.tls.connect_info()
