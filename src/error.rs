@@ -99,6 +99,10 @@ fn issue_status(e: &issuer::Error) -> Status {
             Status::unavailable("signer unavailable")
         }
         issuer::Error::Ca(e) => match e {
+            // Busy is overload, not an outage: the client backs off and retries.
+            ca::Error::Backend(castellan_signer::Error::Busy(_)) => {
+                Status::resource_exhausted("signer busy: every session in use; retry")
+            }
             ca::Error::Backend(castellan_signer::Error::Unavailable(_))
             | ca::Error::KeyMismatch { .. }
             | ca::Error::Unhealthy(_) => Status::unavailable("signer unavailable"),

@@ -423,10 +423,11 @@ const CODE_LABELS: [&str; 9] = [
 ];
 
 /// The `error` label's values of `citadel_server_csr_sign_err_count`.
-pub(crate) const SIGN_ERROR_LABELS: [&str; 8] = [
+pub(crate) const SIGN_ERROR_LABELS: [&str; 9] = [
     "ca_expired",
     "ca_expiring",
     "trust_record_unwritten",
+    "signer_busy",
     "signer_unavailable",
     "key_mismatch",
     "leaf_refused",

@@ -29,6 +29,15 @@ fn unique(prefix: &str) -> String {
 
 /// A castellan signing with a fresh SoftHSM key of `key_type`.
 async fn hsm_ca(key_type: &str, extra: &str) -> (TestCa, String, tempfile::TempDir) {
+    hsm_ca_with(key_type, extra, "").await
+}
+
+/// As [`hsm_ca`], with `[server]` lines.
+async fn hsm_ca_with(
+    key_type: &str,
+    extra: &str,
+    server: &str,
+) -> (TestCa, String, tempfile::TempDir) {
     let label = unique("ca");
     hsm::token_with_key(&label, key_type);
     let files = tempfile::tempdir().unwrap();
@@ -37,6 +46,7 @@ async fn hsm_ca(key_type: &str, extra: &str) -> (TestCa, String, tempfile::TempD
     let ca = TestCa::start_with(Setup {
         signer: Some(signer),
         root: Some(root),
+        server: server.into(),
         ..Setup::default()
     })
     .await;
@@ -371,5 +381,92 @@ async fn dropping_the_signing_threads_joins_them() {
         Arc::strong_count(&key),
         1,
         "every signing thread has returned"
+    );
+}
+
+/// 300 requests at once against one RSA-4096 session (the old queue held 64 and
+/// answered the rest UNAVAILABLE): each waits its turn and all are signed.
+/// With a burst longer than the deadline (3 s) allows, those the session
+/// cannot reach in time are told the signer is busy (RESOURCE_EXHAUSTED) —
+/// never that it is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_session_pool_serves_every_request_its_deadline_allows() {
+    let _hsm = hsm::exclusive().await;
+    // castellan's own deadline: 3 s per request.
+    let (ca, _, _files) =
+        hsm_ca_with("rsa:4096", "pool_size = 1", "request_timeout_secs = 3").await;
+    let ca = Arc::new(ca);
+    let burst = |n: usize| {
+        let ca = Arc::clone(&ca);
+        async move {
+            let mut clients = Vec::new();
+            for _ in 0..8 {
+                clients.push(ca.client().await);
+            }
+            let (_, csr) = csr::ztunnel(&id("burst", "sa"));
+            let token = ca.token("burst", "sa");
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let mut client = clients[i % clients.len()].clone();
+                    let req = castellan::cli::request::request_for(&csr, 600, &token, "Kubernetes")
+                        .unwrap();
+                    tokio::spawn(async move {
+                        client
+                            .create_certificate(req)
+                            .await
+                            .map(|_| ())
+                            .map_err(|s| (s.code(), s.message().to_owned()))
+                    })
+                })
+                .collect();
+            let mut results = Vec::new();
+            for t in tasks {
+                results.push(t.await.unwrap());
+            }
+            results
+        }
+    };
+    let all = burst(300).await;
+    let failed: Vec<_> = all.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+
+    // More signing than the deadline allows at once: what the session reaches
+    // within the deadline is signed, the rest told it is busy.
+    let short = burst(1000).await;
+    let ok = short.iter().filter(|r| r.is_ok()).count();
+    let busy = short
+        .iter()
+        .filter(|r| matches!(r, Err((Code::ResourceExhausted, m)) if m.contains("signer busy")))
+        .count();
+    let unavailable = short
+        .iter()
+        .filter(|r| matches!(r, Err((Code::Unavailable, _))))
+        .count();
+    let mut codes = std::collections::BTreeMap::new();
+    for r in &short {
+        *codes
+            .entry(
+                r.as_ref()
+                    .err()
+                    .map_or("Ok".to_owned(), |(c, m)| format!("{c:?}: {m}")),
+            )
+            .or_insert(0) += 1;
+    }
+    assert!(ok > 0, "some are signed within the deadline: {codes:?}");
+    assert!(busy > 0, "the rest are told the signer is busy: {codes:?}");
+    assert_eq!(unavailable, 0, "a busy HSM is not a down HSM");
+    let (_, m) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
+    assert!(
+        crate::support::metric_sum(
+            &m,
+            "citadel_server_csr_sign_err_count",
+            &[("error", "signer_busy")]
+        ) >= 1.0,
+        "counted as busy"
     );
 }

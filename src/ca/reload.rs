@@ -224,9 +224,13 @@ impl CaHandle {
                 self.swap(ca);
                 Ok(true)
             }
-            // A back end that is down says nothing about the material: try
-            // the same content again next time.
-            Err(e @ Error::Backend(castellan_signer::Error::Unavailable(_))) => Err(e),
+            // A back end that is down or busy says nothing about the
+            // material: try the same content again next time.
+            Err(
+                e @ Error::Backend(
+                    castellan_signer::Error::Unavailable(_) | castellan_signer::Error::Busy(_),
+                ),
+            ) => Err(e),
             Err(Error::Practice(p)) if p.name == crate::trust::ROTATION_PRACTICE => {
                 let again = *refused() == Some(Refused::Soaking(now));
                 *refused() = Some(Refused::Soaking(now));

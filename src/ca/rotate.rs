@@ -46,7 +46,9 @@ impl Outcome {
 
     fn of(e: &Error) -> Self {
         match e {
-            Error::Backend(castellan_signer::Error::Unavailable(_)) => Self::Unavailable,
+            Error::Backend(
+                castellan_signer::Error::Unavailable(_) | castellan_signer::Error::Busy(_),
+            ) => Self::Unavailable,
             Error::Backend(
                 castellan_signer::Error::Config(_) | castellan_signer::Error::Failed(_),
             )

@@ -105,12 +105,21 @@ impl IstioCertificateService for CaService {
             ..Trace::default()
         };
         let certs = peer_certs.as_deref().map(Vec::as_slice);
-        // Boxed: the handler's state (authentication, impersonation, signing
-        // futures) is kilobytes, moved on every wrapping otherwise.
-        let work = Box::pin(me.handle(&meta, certs, cluster, req, &mut trace));
         let handler_deadline = deadline
             .checked_sub(HANDLER_MARGIN.min(budget / 2))
             .unwrap_or(deadline);
+        // What queues inside (HSM sessions, API calls) stops waiting a little
+        // before the handler's deadline, so a busy back end is answered as
+        // busy (RESOURCE_EXHAUSTED), not as a timeout.
+        let waits_until = handler_deadline
+            .checked_sub(HANDLER_MARGIN.min(budget / 4))
+            .unwrap_or(handler_deadline);
+        // Boxed: the handler's state (authentication, impersonation, signing
+        // futures) is kilobytes, moved on every wrapping otherwise.
+        let work = Box::pin(castellan_signer::deadline::scope(
+            waits_until,
+            me.handle(&meta, certs, cluster, req, &mut trace),
+        ));
         let result = tokio::time::timeout_at(handler_deadline, work)
             .await
             .unwrap_or(Err(Error::Timeout(budget)));
@@ -295,6 +304,7 @@ fn sign_error_label(e: &issuer::Error) -> &'static str {
         issuer::Error::Ca(
             ca::Error::Backend(castellan_signer::Error::Unavailable(_)) | ca::Error::Unhealthy(_),
         ) => "signer_unavailable",
+        issuer::Error::Ca(ca::Error::Backend(castellan_signer::Error::Busy(_))) => "signer_busy",
         issuer::Error::Ca(ca::Error::KeyMismatch { .. }) => "key_mismatch",
         issuer::Error::Ca(ca::Error::Refused(_)) => "leaf_refused",
         issuer::Error::Ca(

@@ -90,6 +90,10 @@ pub enum Error {
     /// The HSM refused the operation.
     #[error("HSM signing failed: {0}")]
     Failed(String),
+    /// Every session is busy, and the request's deadline would pass before
+    /// one is free: overload, not an outage.
+    #[error("HSM busy: {0}")]
+    Busy(String),
 }
 
 fn default_pool_size() -> usize {
@@ -173,6 +177,7 @@ impl From<Error> for castellan_signer::Error {
             Error::Config(_) => Self::config(e),
             Error::Unavailable(_) => Self::unavailable(e),
             Error::Failed(_) => Self::failed(e),
+            Error::Busy(_) => Self::busy(e),
         }
     }
 }

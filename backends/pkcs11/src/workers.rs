@@ -2,19 +2,29 @@
 //! waits for a thread to be woken or spawned while others are queued, and a
 //! busy worker takes the next job without sleeping. Measured: the thread
 //! hand-offs of a general blocking pool cost more CPU than SoftHSM's own
-//! signing. The threads are joined when this is dropped, so no thread is
-//! inside the PKCS#11 library when the process exits or the module is
-//! finalized.
+//! signing. When the queue is full a request waits for room while it can
+//! still be answered within its deadline (`castellan_signer::deadline`),
+//! then is told the HSM is busy — never that it is down; a queued job whose
+//! deadline has passed is not signed. The threads are joined when this is
+//! dropped, so no thread is inside the PKCS#11 library when the process
+//! exits or the module is finalized.
 
-use std::{sync::Arc, thread::JoinHandle};
+use std::{sync::Arc, thread::JoinHandle, time::Duration};
 
-use tokio::sync::oneshot;
+use tokio::{
+    sync::{Semaphore, oneshot},
+    time::Instant,
+};
 
 use crate::{Error, Pkcs11Key, QUEUE_PER_SESSION};
 
 struct Job {
     tbs: Vec<u8>,
     reply: oneshot::Sender<Result<(Vec<u8>, u64), Error>>,
+    /// Not signed after this: nobody waits for it any more.
+    deadline: Option<std::time::Instant>,
+    /// Its place in the queue, given back when a thread takes it.
+    _room: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// The signing threads of one key.
@@ -23,6 +33,8 @@ pub struct Workers {
     jobs: Option<crossbeam_channel::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
     capacity: usize,
+    /// Room in the queue: a request waits for it, up to its deadline.
+    room: Arc<Semaphore>,
 }
 
 // === impl Workers ===
@@ -39,6 +51,7 @@ impl Workers {
             jobs: Some(jobs),
             threads: Vec::with_capacity(key.pool_size()),
             capacity,
+            room: Arc::new(Semaphore::new(capacity)),
         };
         for n in 0..key.pool_size() {
             let (key, queue) = (Arc::clone(&key), queue.clone());
@@ -49,6 +62,10 @@ impl Workers {
                     // the next job is taken without a round trip through the
                     // scheduler; the loop ends when the queue is closed.
                     while let Ok(job) = queue.recv() {
+                        if job.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                            // Its request has been answered already.
+                            continue;
+                        }
                         let _ = job.reply.send(key.sign(&job.tbs));
                     }
                 })
@@ -64,25 +81,60 @@ impl Workers {
     /// which lookup of the key made it.
     ///
     /// # Errors
-    /// As [`Pkcs11Key::sign`]; [`Error::Unavailable`] when the queue is full.
+    /// As [`Pkcs11Key::sign`]; [`Error::Busy`] when the request's deadline
+    /// passes before a session gets to it.
     pub async fn sign(&self, tbs: Vec<u8>) -> Result<(Vec<u8>, u64), Error> {
+        let deadline = castellan_signer::deadline::current();
+        let busy = || {
+            Error::Busy(format!(
+                "all {} sessions are signing and {} signatures wait; the request's deadline \
+                 would pass first (raise signer.pkcs11.pool_size, or add replicas)",
+                self.threads.len(),
+                self.capacity
+            ))
+        };
+        let room = match deadline {
+            Some(d) => tokio::time::timeout_at(d, Arc::clone(&self.room).acquire_owned())
+                .await
+                .map_err(|_| busy())?,
+            None => Arc::clone(&self.room).acquire_owned().await,
+        }
+        .map_err(|_| Error::Unavailable("the signing threads have stopped".into()))?;
         let (reply, answer) = oneshot::channel();
         let jobs = self
             .jobs
             .as_ref()
             .ok_or_else(|| Error::Unavailable("the signing threads have stopped".into()))?;
-        jobs.try_send(Job { tbs, reply }).map_err(|e| match e {
-            crossbeam_channel::TrySendError::Full(_) => Error::Unavailable(format!(
-                "every HSM session is busy and {} signatures are queued",
-                self.capacity
-            )),
+        let job = Job {
+            tbs,
+            reply,
+            deadline: deadline.map(|d| d.into_std()),
+            _room: room,
+        };
+        jobs.try_send(job).map_err(|e| match e {
+            // The room was taken: the queue cannot be full; said as busy.
+            crossbeam_channel::TrySendError::Full(_) => busy(),
             crossbeam_channel::TrySendError::Disconnected(_) => {
                 Error::Unavailable("the signing threads have stopped".into())
             }
         })?;
-        answer
-            .await
-            .map_err(|_| Error::Unavailable("a signing thread stopped".into()))?
+        match deadline {
+            Some(d) => tokio::time::timeout_at(d, answer)
+                .await
+                .map_err(|_| busy())?,
+            None => answer.await,
+        }
+        .map_err(|_| busy_or_stopped(deadline))?
+    }
+}
+
+/// A reply dropped without an answer: the job was skipped for its deadline,
+/// or its thread stopped.
+fn busy_or_stopped(deadline: Option<Instant>) -> Error {
+    if deadline.is_some_and(|d| Instant::now() + Duration::from_millis(1) >= d) {
+        Error::Busy("the request's deadline passed before a session got to it".into())
+    } else {
+        Error::Unavailable("a signing thread stopped".into())
     }
 }
 

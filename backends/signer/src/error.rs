@@ -19,6 +19,11 @@ pub enum Error {
     /// The back end refused or broke this one operation.
     #[error("{0}")]
     Failed(Cause),
+    /// The back end works but is busy: every session taken and the
+    /// request's deadline would pass before one is free. Overload, not an
+    /// outage: the caller gets RESOURCE_EXHAUSTED and retries later.
+    #[error("{0}")]
+    Busy(Cause),
 }
 
 // === impl Error ===
@@ -34,6 +39,10 @@ impl Error {
 
     pub fn failed(cause: impl Into<Cause>) -> Self {
         Self::Failed(cause.into())
+    }
+
+    pub fn busy(cause: impl Into<Cause>) -> Self {
+        Self::Busy(cause.into())
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod algorithm;
 mod backend;
+pub mod deadline;
 mod error;
 mod files;
 

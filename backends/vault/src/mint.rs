@@ -171,7 +171,9 @@ impl Mint {
             .map_err(|e| Error::Unavailable(format!("generating the key in the HSM: {e}")))?
             .map_err(|e| match castellan_signer::Error::from(e) {
                 castellan_signer::Error::Config(m) => Error::Config(m.to_string()),
-                castellan_signer::Error::Unavailable(m) | castellan_signer::Error::Failed(m) => {
+                castellan_signer::Error::Unavailable(m)
+                | castellan_signer::Error::Failed(m)
+                | castellan_signer::Error::Busy(m) => {
                     Error::Unavailable(format!("generating the key in the HSM: {m}"))
                 }
             })
