@@ -55,6 +55,10 @@ impl From<&Error> for Status {
             Error::Authn(authn::Error::Unavailable { .. }) => {
                 Self::unavailable("authentication backend unavailable")
             }
+            // Overload, not an outage: the client backs off and retries.
+            Error::Authn(authn::Error::Busy { .. }) => {
+                Self::resource_exhausted("authentication backend busy; retry")
+            }
             Error::Csr(e) => Self::invalid_argument(e.to_string()),
             Error::Policy(e @ policy::Error::IdentityMismatch { .. }) => {
                 Self::permission_denied(e.to_string())
@@ -100,9 +104,9 @@ fn issue_status(e: &issuer::Error) -> Status {
         }
         issuer::Error::Ca(e) => match e {
             // Busy is overload, not an outage: the client backs off and retries.
-            ca::Error::Backend(castellan_signer::Error::Busy(_)) => {
-                Status::resource_exhausted("signer busy: every session in use; retry")
-            }
+            ca::Error::Backend(castellan_signer::Error::Busy(_)) => Status::resource_exhausted(
+                "signer busy: every call it allows is in progress; retry",
+            ),
             ca::Error::Backend(castellan_signer::Error::Unavailable(_))
             | ca::Error::KeyMismatch { .. }
             | ca::Error::Unhealthy(_) => Status::unavailable("signer unavailable"),

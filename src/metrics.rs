@@ -1,7 +1,11 @@
 //! Prometheus metrics, named as istiod names them (`citadel_server_*`) so
 //! existing dashboards and alerts keep working, plus castellan's own.
 
+mod queues;
+
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use queues::Queues;
 
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -63,6 +67,8 @@ pub struct Metrics {
     pub crl_writes: IntCounterVec,
     pub kube_errors: IntCounterVec,
     pub istiod_cert_expiry: Gauge,
+    /// The lines requests wait in before each back end.
+    pub queues: Queues,
 }
 
 // === impl Metrics ===
@@ -232,7 +238,10 @@ impl Metrics {
             trust_bundle_writes.with_label_values(&[reason]);
             crl_writes.with_label_values(&[reason]);
         }
+        let queues = Queues::new()?;
+        registry.register(Box::new(queues.clone()))?;
         Ok(Self {
+            queues,
             csr_count: counter("citadel_server_csr_count", "CSRs received.")?,
             authentication_failures: counter(
                 "citadel_server_authentication_failure_count",

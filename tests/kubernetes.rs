@@ -270,6 +270,81 @@ async fn api_server_outage_is_unavailable_then_recovers() {
     assert!(ok, "recovers without a restart of castellan");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_past_the_deadline_are_busy_not_down() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(
+        TestCa::start_with(Setup {
+            authn_sections: Some(format!(
+                "[[authn]]\ntype = \"tokenreview\"\nkubeconfig = \"{}\"\nmax_concurrent = 1\ntimeout_secs = 5\n",
+                kube.kubeconfig(dir.path(), "local").display()
+            )),
+            server: "request_timeout_secs = 3".into(),
+            ..Setup::default()
+        })
+        .await,
+    );
+    // One review at a time, 0.8 s each: within 3 s three or so are
+    // answered; the rest wait out their deadline in line.
+    kube.set_review_delay(Duration::from_millis(800));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let sa = format!("w{i}");
+        let (_, csr) = csr::ztunnel(&id("ns", &sa));
+        let t = token(&ca, &kube, "ns", &sa, None);
+        let ca = ca.clone();
+        tasks.push(tokio::spawn(
+            async move { send_with(&ca, &csr, &t, None).await },
+        ));
+    }
+    let (mut issued, mut busy) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => issued += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert_eq!(s.message(), "authentication backend busy; retry");
+                busy += 1;
+            }
+            // A review started just before the deadline may not end in time.
+            Err(s) if s.code() == Code::DeadlineExceeded => {}
+            Err(s) => panic!("overload answered as {s:?}"),
+        }
+    }
+    assert!(issued >= 2, "{issued} issued");
+    assert!(busy >= 3, "{busy} busy");
+    // castellan has one review in progress at a time; the API server may
+    // still be answering one whose request's deadline passed as the next
+    // is sent.
+    assert!(kube.peak_concurrent_reviews() <= 2);
+    assert_eq!(
+        ca.metric("castellan_backend_queue_turned_away_total{queue=\"tokenreview:Kubernetes\"}")
+            .await,
+        f64::from(busy)
+    );
+    // Busy is not remembered: with room again, the same callers are served.
+    kube.set_review_delay(Duration::ZERO);
+    let (_, csr) = csr::ztunnel(&id("ns", "w7"));
+    let t = token(&ca, &kube, "ns", "w7", None);
+    send_with(&ca, &csr, &t, None).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_api_server_shedding_load_is_busy_and_not_remembered() {
+    let kube = FakeKube::start().await;
+    let ca = with_kube(&kube, "", "").await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    let t = token(&ca, &kube, "ns", "sa", None);
+    kube.set_mode(Mode::Throttled);
+    let s = send_with(&ca, &csr, &t, None).await.unwrap_err();
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert_eq!(s.message(), "authentication backend busy; retry");
+    // The same token is asked about again at once, not after a cached
+    // verdict runs out.
+    kube.set_mode(Mode::Normal);
+    send_with(&ca, &csr, &t, None).await.unwrap();
+}
+
 #[tokio::test]
 async fn clusterid_selects_the_cluster() {
     let local = FakeKube::start().await;

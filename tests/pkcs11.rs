@@ -469,4 +469,16 @@ async fn a_busy_session_pool_serves_every_request_its_deadline_allows() {
         ) >= 1.0,
         "counted as busy"
     );
+    // The queue shows it: one session's 64 places, requests that waited,
+    // and those whose deadline passed in line.
+    let series = |name: &str| {
+        let prefix = format!("{name}{{queue=\"signer\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix}"))
+    };
+    assert_eq!(series("castellan_backend_queue_capacity"), 64.0);
+    assert!(series("castellan_backend_queue_admitted_total") >= 300.0 + ok as f64);
+    assert!(series("castellan_backend_queue_turned_away_total") >= 1.0);
+    assert!(series("castellan_backend_queue_wait_seconds_total") > 0.0);
 }

@@ -180,3 +180,78 @@ async fn a_restarted_vault_is_picked_up_once_set_up_again() {
     let resp = ca.send(&csr, "ns", "sa", 600).await.unwrap();
     verify(&resp.cert_chain, &ca.root);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limiting_vault_is_busy_not_down() {
+    let bao = Bao::start().await;
+    bao.policy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = bao.token_file(dir.path(), "1h").await;
+    let root = Ca::root("Offline Root", Alg::EcP256);
+    let cert = bao.transit(&root, "ecdsa-p256", dir.path()).await;
+    let ca = Arc::new(
+        TestCa::start_with(crate::support::Setup {
+            signer: Some(format!(
+                "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = 3\nmax_concurrent = 2\n\
+                 [signer.auth]\nmethod = \"token\"\ntoken_file = \"{}\"\n\
+                 [signer.transit]\nkey = \"castellan\"\ncert_file = \"{}\"\nroot_file = \"{}\"\n",
+                bao.addr(),
+                token.display(),
+                cert.display(),
+                dir.path().join("root.pem").display()
+            )),
+            server: "request_timeout_secs = 2".into(),
+            root: Some(root),
+            ..crate::support::Setup::default()
+        })
+        .await,
+    );
+    // Vault's own rate limit: 4 signatures a second, then 429.
+    bao.post(
+        "sys/quotas/rate-limit/transit",
+        json!({"path": "transit/", "rate": 4, "interval": "1s"}),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..30 {
+        let ca = ca.clone();
+        tasks.push(tokio::spawn(async move {
+            let sa = format!("w{i}");
+            let (_, csr) = csr::ztunnel(&id("ns", &sa));
+            ca.send(&csr, "ns", &sa, 600).await
+        }));
+    }
+    let (mut issued, mut busy) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => issued += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(s.message().starts_with("signer busy"), "{s:?}");
+                busy += 1;
+            }
+            Err(s) if s.code() == Code::DeadlineExceeded => {}
+            Err(s) => panic!("a rate-limiting Vault answered as {s:?}"),
+        }
+    }
+    assert!(issued >= 2, "{issued} issued");
+    assert!(busy >= 5, "{busy} busy");
+    // Busy is not down: castellan stays ready, and serves once Vault does.
+    assert_eq!(ca.readyz().await, 200);
+    bao.api(
+        reqwest::Method::DELETE,
+        "sys/quotas/rate-limit/transit",
+        None,
+    )
+    .await;
+    let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    ca.send(&csr, "ns", "sa", 600).await.unwrap();
+    let (_, text) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
+    assert!(
+        text.contains("castellan_backend_queue_capacity{queue=\"signer\"} 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("castellan_backend_queue_in_use{queue=\"signer\"} 0\n"),
+        "{text}"
+    );
+}

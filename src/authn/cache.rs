@@ -97,6 +97,9 @@ impl VerdictCache {
                         .and_then(|t| t.duration_since(self.clock.now()).ok())
                         .map_or(self.max_age, |d| d.min(self.max_age)),
                     Err(Error::Unavailable { .. }) => UNAVAILABLE_REUSE,
+                    // Busy says nothing about the credential: the next
+                    // request asks again.
+                    Err(Error::Busy { .. }) => Duration::ZERO,
                     Err(_) if remember_rejections => self.negative_max_age,
                     Err(_) => Duration::ZERO,
                 };

@@ -79,6 +79,13 @@ pub enum Error {
         authenticator: &'static str,
         reason: String,
     },
+    /// The dependency is up but no call to it could be made before the
+    /// request's deadline (castellan's bound, or the API server's 429).
+    #[error("{authenticator} busy: {reason}")]
+    Busy {
+        authenticator: &'static str,
+        reason: String,
+    },
 }
 
 /// Why an authenticator cannot be built at start.
@@ -143,9 +150,13 @@ impl Chain {
                 config::Authn::Jwt(jwt) => Authenticator::Jwt(
                     JwtAuthenticator::new(jwt, trust_domain.clone(), clock.clone()).await?,
                 ),
-                config::Authn::TokenReview(tr) => Authenticator::TokenReview(
-                    TokenReviewAuthenticator::new(tr, trust_domain.clone()).await?,
-                ),
+                config::Authn::TokenReview(tr) => {
+                    let t = TokenReviewAuthenticator::new(tr, trust_domain.clone()).await?;
+                    metrics
+                        .queues
+                        .watch(&format!("tokenreview:{}", t.cluster_id()), t.queue());
+                    Authenticator::TokenReview(t)
+                }
                 config::Authn::ClientCert(_) => Authenticator::ClientCert(
                     ClientCertAuthenticator::new(trust_domain.clone(), clock.clone()),
                 ),

@@ -1,6 +1,10 @@
 //! Tokens checked by the cluster that issued them, with the TokenReview API,
 //! exactly as istiod's Kubernetes authenticator does — plus caching (in the
-//! chain) so a burst of CSRs does not become a burst of TokenReviews.
+//! chain) so a burst of CSRs does not become a burst of TokenReviews, and a
+//! bound on the reviews in progress (`max_concurrent`) so a storm of new
+//! tokens waits its turn instead of flooding the API server: a request
+//! that cannot be reviewed before its deadline is told "busy", as is one
+//! the API server sheds (429).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +13,8 @@ use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenRe
 use kube::{Api, Client, api::PostParams};
 use serde::Deserialize;
 use spiffe::TrustDomain;
+
+use castellan_signer::queue::{Queue, QueueStats, Refused};
 
 use super::Error;
 use crate::{
@@ -31,6 +37,8 @@ pub struct TokenReviewAuthenticator {
     audiences: Vec<String>,
     timeout: Duration,
     trust_domain: TrustDomain,
+    /// The reviews in progress, and the line for the rest.
+    queue: Queue,
 }
 
 // === impl TokenReviewAuthenticator ===
@@ -60,7 +68,13 @@ impl TokenReviewAuthenticator {
             audiences: config.audiences.clone(),
             timeout,
             trust_domain,
+            queue: Queue::new(config.max_concurrent),
         })
+    }
+
+    /// The line reviews wait in, for the metrics.
+    pub fn queue(&self) -> std::sync::Arc<QueueStats> {
+        self.queue.stats()
     }
 
     pub fn cluster_id(&self) -> &str {
@@ -85,8 +99,22 @@ impl TokenReviewAuthenticator {
     ///
     /// # Errors
     /// [`Error::Rejected`] when the API server says no or the answer is not a
-    /// service account; [`Error::Unavailable`] when it cannot be asked.
+    /// service account; [`Error::Busy`] when no review could be made before
+    /// the request's deadline; [`Error::Unavailable`] when the API server
+    /// cannot be asked.
     pub async fn authenticate(&self, token: &str) -> Result<(Caller, Option<SystemTime>), Error> {
+        let _place = self.queue.enter().await.map_err(|refused| match refused {
+            Refused::Full => Error::Busy {
+                authenticator: NAME,
+                reason: format!(
+                    "cluster {}: all {} TokenReviews castellan allows in progress are, and the \
+                     request's deadline would pass first (raise authn.max_concurrent, or add replicas)",
+                    self.cluster_id,
+                    self.queue.capacity()
+                ),
+            },
+            Refused::Closed => unavailable(format!("cluster {}: closed", self.cluster_id)),
+        })?;
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_owned(),
@@ -100,7 +128,13 @@ impl TokenReviewAuthenticator {
             .map_err(|_| unavailable(format!("cluster {}: TokenReview timed out", self.cluster_id)))?
             .map_err(|e| {
                 let what = crate::kube::describe(&e);
-                if crate::kube::is_unavailable(&e) {
+                if matches!(&e, kube::Error::Api(status) if status.code == 429) {
+                    // API Priority and Fairness shed it: up, but busy.
+                    Error::Busy {
+                        authenticator: NAME,
+                        reason: format!("cluster {}: {what}", self.cluster_id),
+                    }
+                } else if crate::kube::is_unavailable(&e) {
                     unavailable(format!("cluster {}: {what}", self.cluster_id))
                 } else {
                     // 401/403/404: castellan itself is misconfigured (RBAC);

@@ -417,6 +417,14 @@ impl SigningCa {
         (!backend_ok).then(|| "the back end is unreachable or not working".to_owned())
     }
 
+    /// The line signing requests wait in, when the back end bounds its calls.
+    pub fn queue(&self) -> Option<std::sync::Arc<castellan_signer::queue::QueueStats>> {
+        match &self.backend {
+            Backend::Signs(s) => s.queue(),
+            Backend::Issues(i) => i.queue(),
+        }
+    }
+
     /// Checks the back end without traffic (see [`spawn_prober`]); with
     /// `prove`, also issues and verifies a probe certificate, which is how a
     /// changed key is noticed without traffic and how its return is noticed.

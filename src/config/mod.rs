@@ -309,6 +309,10 @@ pub struct TokenReview {
     /// A TokenReview that takes longer fails as UNAVAILABLE.
     #[serde(default = "defaults::default_api_timeout")]
     pub timeout_secs: u64,
+    /// TokenReviews in progress at once towards this cluster; more wait
+    /// while their request's deadline allows, then are answered busy.
+    #[serde(default = "defaults::default_tokenreview_concurrency")]
+    pub max_concurrent: usize,
 }
 
 /// Callers presenting a client certificate issued under the mesh roots

@@ -311,6 +311,15 @@ impl TokenReview {
         if self.timeout_secs == 0 {
             return invalid("authn.timeout_secs", "must be above 0");
         }
+        if !(1..=super::defaults::MAX_TOKENREVIEW_CONCURRENCY).contains(&self.max_concurrent) {
+            return invalid(
+                "authn.max_concurrent",
+                &format!(
+                    "must be between 1 and {}: the TokenReviews in progress at once",
+                    super::defaults::MAX_TOKENREVIEW_CONCURRENCY
+                ),
+            );
+        }
         Ok(())
     }
 }

@@ -437,6 +437,9 @@ fn observe(metrics: &Metrics, ca: &ca::SigningCa) {
         })
         .collect();
     metrics.observe_ca(ca.roots_not_after(), ca.not_after(), &path);
+    if let Some(queue) = ca.queue() {
+        metrics.queues.watch("signer", queue);
+    }
 }
 
 /// Connections a listener lets wait in the kernel's accept queue (capped

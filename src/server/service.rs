@@ -276,6 +276,9 @@ impl Inner {
             Error::Impersonation(impersonation::Error::Unavailable(..))
             | Error::Policy(_)
             | Error::Timeout(_) => {}
+            // Not a failed authentication: counted by its queue
+            // (castellan_backend_queue_turned_away_total) or the API server.
+            Error::Authn(authn::Error::Busy { .. }) => {}
             // istiod counts a refused impersonation as an authentication failure.
             Error::Authn(_) | Error::Impersonation(_) => m.authentication_failures.inc(),
             Error::Csr(_) => m.csr_parsing_errors.inc(),

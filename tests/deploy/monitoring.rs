@@ -95,7 +95,17 @@ fn check_expr(where_: &str, expr: &str, series: &BTreeMap<String, Vec<BTreeMap<S
 
 #[tokio::test]
 async fn alerts_and_dashboard_parse_and_name_only_what_castellan_exports() {
-    let ca = TestCa::start().await;
+    // TokenReview, so the series of a back end's queue exist too.
+    let kube = crate::support::kube::FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::start_with(crate::support::Setup {
+        authn_sections: Some(format!(
+            "[[authn]]\ntype = \"tokenreview\"\nkubeconfig = \"{}\"\n",
+            kube.kubeconfig(dir.path(), "local").display()
+        )),
+        ..crate::support::Setup::default()
+    })
+    .await;
     let (_, text) = http_get(&format!("{}/metrics", ca.metrics_url())).await;
     let series = exposition(&text);
 

@@ -247,6 +247,10 @@ impl KeySigner for Minted {
     fn public_key_der(&self) -> Option<Vec<u8>> {
         self.signer.public_key_der()
     }
+
+    fn queue(&self) -> Option<Arc<castellan_signer::queue::QueueStats>> {
+        self.signer.queue()
+    }
 }
 
 /// Destroys both halves of the key labelled `label`.

@@ -162,6 +162,10 @@ impl KeySigner for Pkcs11Signer {
         self.key.healthy()
     }
 
+    fn queue(&self) -> Option<Arc<castellan_signer::queue::QueueStats>> {
+        Some(self.workers.queue())
+    }
+
     async fn probe(&self) {
         let key = Arc::clone(&self.key);
         let _ = tokio::task::spawn_blocking(move || {

@@ -11,10 +11,8 @@
 
 use std::{sync::Arc, thread::JoinHandle, time::Duration};
 
-use tokio::{
-    sync::{Semaphore, oneshot},
-    time::Instant,
-};
+use castellan_signer::queue::{Place, Queue, QueueStats, Refused};
+use tokio::{sync::oneshot, time::Instant};
 
 use crate::{Error, Pkcs11Key, QUEUE_PER_SESSION};
 
@@ -23,8 +21,8 @@ struct Job {
     reply: oneshot::Sender<Result<(Vec<u8>, u64), Error>>,
     /// Not signed after this: nobody waits for it any more.
     deadline: Option<std::time::Instant>,
-    /// Its place in the queue, given back when a thread takes it.
-    _room: tokio::sync::OwnedSemaphorePermit,
+    /// Its place in the queue, given back once it is signed.
+    _place: Place,
 }
 
 /// The signing threads of one key.
@@ -32,9 +30,9 @@ pub struct Workers {
     /// `None` once dropping: closing the queue is what stops the threads.
     jobs: Option<crossbeam_channel::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
-    capacity: usize,
-    /// Room in the queue: a request waits for it, up to its deadline.
-    room: Arc<Semaphore>,
+    /// Places for signatures queued or being signed: a request waits for
+    /// one, up to its deadline.
+    queue: Queue,
 }
 
 // === impl Workers ===
@@ -50,8 +48,7 @@ impl Workers {
         let mut workers = Self {
             jobs: Some(jobs),
             threads: Vec::with_capacity(key.pool_size()),
-            capacity,
-            room: Arc::new(Semaphore::new(capacity)),
+            queue: Queue::new(capacity),
         };
         for n in 0..key.pool_size() {
             let (key, queue) = (Arc::clone(&key), queue.clone());
@@ -90,16 +87,17 @@ impl Workers {
                 "all {} sessions are signing and {} signatures wait; the request's deadline \
                  would pass first (raise signer.pkcs11.pool_size, or add replicas)",
                 self.threads.len(),
-                self.capacity
+                self.queue.capacity()
             ))
         };
-        let room = match deadline {
-            Some(d) => tokio::time::timeout_at(d, Arc::clone(&self.room).acquire_owned())
-                .await
-                .map_err(|_| busy())?,
-            None => Arc::clone(&self.room).acquire_owned().await,
-        }
-        .map_err(|_| Error::Unavailable("the signing threads have stopped".into()))?;
+        let place = self
+            .queue
+            .enter_until(deadline)
+            .await
+            .map_err(|refused| match refused {
+                Refused::Full => busy(),
+                Refused::Closed => Error::Unavailable("the signing threads have stopped".into()),
+            })?;
         let (reply, answer) = oneshot::channel();
         let jobs = self
             .jobs
@@ -109,10 +107,10 @@ impl Workers {
             tbs,
             reply,
             deadline: deadline.map(|d| d.into_std()),
-            _room: room,
+            _place: place,
         };
         jobs.try_send(job).map_err(|e| match e {
-            // The room was taken: the queue cannot be full; said as busy.
+            // A place was taken: the channel cannot be full; said as busy.
             crossbeam_channel::TrySendError::Full(_) => busy(),
             crossbeam_channel::TrySendError::Disconnected(_) => {
                 Error::Unavailable("the signing threads have stopped".into())
@@ -125,6 +123,11 @@ impl Workers {
             None => answer.await,
         }
         .map_err(|_| busy_or_stopped(deadline))?
+    }
+
+    /// The queue's counters, for castellan's metrics.
+    pub fn queue(&self) -> Arc<QueueStats> {
+        self.queue.stats()
     }
 }
 
@@ -142,6 +145,7 @@ impl Drop for Workers {
     fn drop(&mut self) {
         // Queued jobs are still signed; then each thread sees the closed
         // queue and returns.
+        self.queue.close();
         self.jobs = None;
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -153,7 +157,7 @@ impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Workers")
             .field("threads", &self.threads.len())
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.queue.capacity())
             .finish()
     }
 }

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use rustls_pki_types::CertificateDer;
 
-use crate::{Error, Fingerprint, KeyAlgorithm};
+use crate::{Error, Fingerprint, KeyAlgorithm, queue::QueueStats};
 
 /// A configured back end: loads its key and certificates, and notices when
 /// they change. One per process, kept across reloads, so connections,
@@ -113,6 +113,12 @@ pub trait KeySigner: Send + Sync + std::fmt::Debug {
 
     /// The key's DER SubjectPublicKeyInfo, when the back end can tell.
     fn public_key_der(&self) -> Option<Vec<u8>>;
+
+    /// The line requests wait in for this key, when the back end bounds
+    /// its calls (see [`crate::queue`]).
+    fn queue(&self) -> Option<Arc<QueueStats>> {
+        None
+    }
 }
 
 /// A signature and which key made it, as far as the back end knows.
@@ -161,6 +167,11 @@ pub trait LeafIssuer: Send + Sync + std::fmt::Debug {
     /// As [`LeafIssuer::issue`].
     async fn crl(&self) -> Result<Option<Vec<u8>>, Error> {
         Ok(None)
+    }
+
+    /// As [`KeySigner::queue`].
+    fn queue(&self) -> Option<Arc<QueueStats>> {
+        None
     }
 }
 

@@ -17,6 +17,7 @@ mod backend;
 pub mod deadline;
 mod error;
 mod files;
+pub mod queue;
 
 pub use algorithm::{KeyAlgorithm, RsaPadding};
 pub use backend::{

@@ -1,6 +1,10 @@
 //! The one authenticated Vault client of the process: HTTP with connection
 //! pooling and keep-alive, the namespace header, TLS as configured, retries
 //! with jittered back-off for what may succeed later, and a health flag.
+//! Calls in progress are bounded (`max_concurrent`): the rest wait in line
+//! while their request's deadline allows, and are told Vault is busy — not
+//! down — when it does not; a Vault that rate-limits (429) past the
+//! deadline is busy too.
 
 use std::{
     sync::{
@@ -10,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use castellan_signer::queue::{Queue, QueueStats, Refused};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tokio::{sync::RwLock, time::Instant};
@@ -36,12 +41,29 @@ pub struct Vault {
     logging_in: tokio::sync::Mutex<()>,
     healthy: AtomicBool,
     timeout: Duration,
+    /// The calls in progress, and the line for the rest.
+    queue: Queue,
+}
+
+/// Why an attempt is worth repeating, which decides what running out of
+/// time means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Vault said 429: up, but shedding load.
+    Throttled,
+    /// No answer within the attempt's time.
+    TimedOut,
+    /// Refused connection, 5xx: Vault is not serving.
+    Failed,
 }
 
 /// How a failed attempt is handled.
 enum Outcome {
     Done(Value),
-    Retry(String),
+    Retry {
+        reason: String,
+        kind: Retry,
+    },
     /// 403: the token is not (or no longer) good.
     Refused(String),
     Fail(Error),
@@ -71,10 +93,16 @@ impl Vault {
             logging_in: tokio::sync::Mutex::new(()),
             healthy: AtomicBool::new(true),
             timeout: Duration::from_secs(config.timeout_secs.max(1)),
+            queue: Queue::new(config.max_concurrent),
         });
         vault.relogin(None).await?;
         crate::auth::spawn_renewal(Arc::downgrade(&vault));
         Ok(vault)
+    }
+
+    /// The line calls wait in, for castellan's metrics.
+    pub fn queue(&self) -> Arc<QueueStats> {
+        self.queue.stats()
     }
 
     /// False after a call ran out of retries, until one succeeds again.
@@ -112,20 +140,34 @@ impl Vault {
     /// configured timeout, and logging in again once on 403.
     ///
     /// # Errors
-    /// [`Error::Unavailable`] when retries run out; [`Error::Refused`] for
-    /// a final refusal.
+    /// [`Error::Busy`] when no call could start, or Vault rate-limited,
+    /// before the request's deadline; [`Error::Unavailable`] when retries
+    /// run out; [`Error::Refused`] for a final refusal.
     pub async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, Error> {
+        let place = self.queue.enter().await.map_err(|refused| match refused {
+            Refused::Full => Error::Busy(format!(
+                "{path}: all {} calls castellan allows in progress are, and the request's \
+                 deadline would pass first (raise signer.vault.max_concurrent, or add replicas)",
+                self.queue.capacity()
+            )),
+            Refused::Closed => Error::Unavailable("the Vault client is closed".into()),
+        })?;
+        let queued = !place.waited().is_zero();
         let token = self.current_token().await?;
-        match self.call_as(Some(&token), method.clone(), path, body).await {
+        match self
+            .call_within(Some(&token), method.clone(), path, body, queued)
+            .await
+        {
             Err(Error::Refused { status: 403, .. }) => {
                 tracing::warn!(%path, "Vault refused the token (403); logging in again");
                 let fresh = self.relogin(Some(&token)).await?;
-                self.call_as(Some(&fresh), method, path, body).await
+                self.call_within(Some(&fresh), method, path, body, queued)
+                    .await
             }
             other => other,
         }
@@ -156,7 +198,16 @@ impl Vault {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => return Outcome::Retry(e.to_string()),
+            Err(e) => {
+                return Outcome::Retry {
+                    reason: e.to_string(),
+                    kind: if e.is_timeout() {
+                        Retry::TimedOut
+                    } else {
+                        Retry::Failed
+                    },
+                };
+            }
         };
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
@@ -177,9 +228,14 @@ impl Vault {
             | StatusCode::INTERNAL_SERVER_ERROR
             | StatusCode::BAD_GATEWAY
             | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => {
-                Outcome::Retry(format!("HTTP {}: {message}", status.as_u16()))
-            }
+            | StatusCode::GATEWAY_TIMEOUT => Outcome::Retry {
+                reason: format!("HTTP {}: {message}", status.as_u16()),
+                kind: if status == StatusCode::TOO_MANY_REQUESTS {
+                    Retry::Throttled
+                } else {
+                    Retry::Failed
+                },
+            },
             _ => Outcome::Fail(Error::Refused {
                 path: path.to_owned(),
                 status: status.as_u16(),
@@ -202,11 +258,29 @@ impl Vault {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, Error> {
-        // `timeout` is validated to 1–300 s.
-        let deadline = Instant::now() + self.timeout;
+        self.call_within(token, method, path, body, false).await
+    }
+
+    /// As [`Vault::call_as`]; `queued` when the call waited in line first,
+    /// so a request's deadline cutting it short is a sign of load.
+    async fn call_within(
+        &self,
+        token: Option<&Token>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        queued: bool,
+    ) -> Result<Value, Error> {
+        // `timeout` is validated to 1–300 s. A request's own deadline may
+        // come first: retrying past it helps nobody.
+        let own = Instant::now() + self.timeout;
+        let deadline = castellan_signer::deadline::current().map_or(own, |d| d.min(own));
         let mut backoff = FIRST_BACKOFF;
+        // Sticky: once Vault said 429 in this call, running out of time
+        // (the last attempt cut short by the deadline included) is busy.
+        let mut throttled_once = false;
         loop {
-            let reason = match self
+            let (reason, kind) = match self
                 .attempt(method.clone(), path, body, token, deadline)
                 .await
             {
@@ -224,11 +298,27 @@ impl Vault {
                         message,
                     });
                 }
-                Outcome::Retry(reason) => reason,
+                Outcome::Retry { reason, kind } => (reason, kind),
             };
+            throttled_once |= kind == Retry::Throttled;
             let pause = jitter(backoff);
             if Instant::now() + pause >= deadline {
-                if self.healthy.swap(false, Ordering::SeqCst) {
+                if throttled_once {
+                    return Err(Error::Busy(format!(
+                        "{path}: Vault is rate-limiting castellan ({reason})"
+                    )));
+                }
+                // Waited in line, then the request's deadline (not Vault's
+                // allowance) cut the answer short: load, not an outage.
+                if queued && kind == Retry::TimedOut && deadline != own {
+                    return Err(Error::Busy(format!(
+                        "{path}: the request's deadline passed while Vault answered, after \
+                         waiting for a call in progress ({reason})"
+                    )));
+                }
+                // Only Vault's own allowance running out says it is down; a
+                // request that had less time says nothing about Vault.
+                if deadline == own && self.healthy.swap(false, Ordering::SeqCst) {
                     tracing::error!(%path, error = %reason, "Vault unavailable; callers get UNAVAILABLE");
                 }
                 return Err(Error::Unavailable(format!("{path}: {reason}")));

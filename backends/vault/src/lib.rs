@@ -46,6 +46,10 @@ pub struct Config {
     /// How long one signing call may take, retries included.
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
+    /// Calls to Vault in progress at once; more wait in line while their
+    /// request's deadline allows, then are answered "signer busy".
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
     pub auth: Auth,
     /// PKI mode: Vault issues.
     pub pki: Option<PkiConfig>,
@@ -160,6 +164,8 @@ pub enum ConfigError {
     RoleId,
     #[error("signer.vault: `timeout_secs` must be between 1 and 300")]
     Timeout,
+    #[error("signer.vault: `max_concurrent` must be between 1 and {MAX_CONCURRENT}")]
+    MaxConcurrent,
     #[error("signer.vault.{0}: `{1}` must not be empty")]
     Empty(&'static str, &'static str),
     #[error("signer.mint.pkcs11: {0}")]
@@ -226,6 +232,9 @@ impl Config {
         if !(1..=300).contains(&self.timeout_secs) {
             return Err(ConfigError::Timeout);
         }
+        if !(1..=MAX_CONCURRENT).contains(&self.max_concurrent) {
+            return Err(ConfigError::MaxConcurrent);
+        }
         if let Some(p) = &self.pki {
             if p.mount.trim_matches('/').is_empty() {
                 return Err(ConfigError::Empty("pki", "mount"));
@@ -268,6 +277,7 @@ impl From<Error> for castellan_signer::Error {
         match e {
             Error::Config(_) => Self::config(e),
             Error::Unavailable(_) => Self::unavailable(e),
+            Error::Busy(_) => Self::busy(e),
             Error::Refused { .. } | Error::Invalid(_) => Self::failed(e),
         }
     }
@@ -279,9 +289,13 @@ impl From<Error> for castellan_signer::Error {
 pub enum Error {
     #[error("signer.vault: {0}")]
     Config(String),
-    /// Vault cannot be reached, is sealed or overloaded; retry later.
+    /// Vault cannot be reached or is sealed; retry later.
     #[error("Vault unavailable: {0}")]
     Unavailable(String),
+    /// Vault is up but every call castellan allows is in progress, or
+    /// Vault is rate-limiting (429), past the request's deadline.
+    #[error("Vault busy: {0}")]
+    Busy(String),
     /// Vault said no (4xx other than retryable ones).
     #[error("Vault refused {path}: HTTP {status}: {message}")]
     Refused {
@@ -307,6 +321,15 @@ fn default_mint_ttl() -> u64 {
 fn default_timeout() -> u64 {
     10
 }
+
+/// Enough to keep a Vault node's signing busy without a storm of
+/// connections to it; Vault's own default request limit is far above.
+fn default_max_concurrent() -> usize {
+    64
+}
+
+/// The most calls castellan keeps in progress towards one Vault.
+pub const MAX_CONCURRENT: usize = 1024;
 
 fn default_jwt_file() -> PathBuf {
     PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")

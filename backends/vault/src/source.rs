@@ -245,6 +245,10 @@ impl LeafIssuer for PkiIssuer {
         self.vault.check().await;
     }
 
+    fn queue(&self) -> Option<Arc<castellan_signer::queue::QueueStats>> {
+        Some(self.vault.queue())
+    }
+
     async fn crl(&self) -> Result<Option<Vec<u8>>, castellan_signer::Error> {
         Ok(Some(self.pki.crl(&self.vault).await?))
     }
@@ -292,6 +296,10 @@ impl KeySigner for TransitSigner {
 
     async fn probe(&self) {
         self.vault.check().await;
+    }
+
+    fn queue(&self) -> Option<Arc<castellan_signer::queue::QueueStats>> {
+        Some(self.vault.queue())
     }
 
     fn public_key_der(&self) -> Option<Vec<u8>> {

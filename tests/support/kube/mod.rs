@@ -58,6 +58,8 @@ pub enum Mode {
     Unavailable,
     /// Accept the request and never answer.
     Hang,
+    /// 429 TooManyRequests, as API Priority and Fairness sheds load.
+    Throttled,
 }
 
 #[derive(Clone, Debug)]
@@ -82,6 +84,9 @@ struct Inner {
     /// Watches hold new events while this is set (an index lagging behind).
     watch_paused: Mutex<bool>,
     reviews: AtomicUsize,
+    /// TokenReviews being answered now, and the most ever at once.
+    reviewing: AtomicUsize,
+    peak_reviewing: AtomicUsize,
     review_delay: Mutex<Duration>,
     bookmark_every: Mutex<Duration>,
     objects: Mutex<objects::Objects>,
@@ -188,6 +193,8 @@ impl FakeKube {
             mode: Mutex::new(Mode::Normal),
             watch_paused: Mutex::new(false),
             reviews: AtomicUsize::new(0),
+            reviewing: AtomicUsize::new(0),
+            peak_reviewing: AtomicUsize::new(0),
             review_delay: Mutex::new(Duration::ZERO),
             bookmark_every: Mutex::new(Duration::from_secs(60)),
             objects: Mutex::default(),
@@ -480,6 +487,11 @@ impl FakeKube {
         self.inner.reviews.load(Ordering::SeqCst)
     }
 
+    /// The most TokenReviews the server was answering at one time.
+    pub fn peak_concurrent_reviews(&self) -> usize {
+        self.inner.peak_reviewing.load(Ordering::SeqCst)
+    }
+
     /// Creates or replaces a pod.
     pub fn put_pod(&self, ns: &str, name: &str, uid: &str, sa: &str, node: &str, phase: &str) {
         let mut pods = self.inner.pods.lock().unwrap();
@@ -606,6 +618,16 @@ async fn gate(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
         }
         Mode::Hang => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Mode::Throttled => {
+            let mut r = status(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "Too many requests, please try again later.",
+            );
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("1"));
+            return Some(r);
         }
     }
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());

@@ -2,7 +2,10 @@
 //! server does: `authenticated: false` with an error for unknown tokens and
 //! audiences it was not issued for, the user and pod extras otherwise.
 
-use std::sync::{Arc, atomic::Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use axum::{
     Json,
@@ -33,6 +36,16 @@ pub(super) async fn create(
         return r;
     }
     let delay = *inner.review_delay.lock().unwrap();
+    let now = inner.reviewing.fetch_add(1, Ordering::SeqCst) + 1;
+    inner.peak_reviewing.fetch_max(now, Ordering::SeqCst);
+    // Counted out however the handler ends, a client hanging up included.
+    struct Reviewing<'a>(&'a AtomicUsize);
+    impl Drop for Reviewing<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _reviewing = Reviewing(&inner.reviewing);
     tokio::time::sleep(delay).await;
     inner.reviews.fetch_add(1, Ordering::SeqCst);
     // Like the API server, default an absent kind/apiVersion from the URL.
