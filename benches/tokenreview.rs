@@ -1,9 +1,12 @@
 //! TokenReview authentication against the in-process Kubernetes API server
 //! of the tests, next to JWT authentication, in one process and one run:
 //! warm-cache throughput (target: within 10% of JWT), cold-cache throughput,
-//! and how many TokenReviews a burst of 10,000 CSRs from 100 workloads makes.
+//! how many TokenReviews a burst of 10,000 CSRs from 100 workloads makes,
+//! and a storm of 2,000 new agents (each a new token and a new TLS
+//! connection) with castellan's bound on reviews in progress and without.
 //!
 //!     cargo bench --bench tokenreview
+//!     BENCH_ONLY=storm cargo bench --bench tokenreview     (the storm alone)
 
 #![allow(
     unreachable_pub,
@@ -70,6 +73,83 @@ fn report(name: &str, o: &load::Outcome) {
     );
 }
 
+/// castellan with TokenReview allowing `bound` reviews at once.
+async fn storm_ca(kube: &FakeKube, dir: &std::path::Path, bound: usize) -> TestCa {
+    let kubeconfig = kube.kubeconfig(dir, &format!("storm{bound}"));
+    TestCa::start_with(Setup {
+        authn_sections: Some(format!(
+            "[[authn]]\ntype = \"tokenreview\"\nkubeconfig = \"{}\"\nmax_concurrent = {bound}\n",
+            kubeconfig.display()
+        )),
+        ..Setup::default()
+    })
+    .await
+}
+
+/// 2,000 agents at once, each with a new token on a new TLS connection,
+/// against an API server taking `review` per TokenReview.
+async fn storm(kube: &FakeKube, dir: &std::path::Path, bound: usize, review: Duration) {
+    const AGENTS: usize = 2000;
+    let ca = storm_ca(kube, dir, bound).await;
+    let work = Work::prepare(&ca.tokens, KeyType::EcP256, AGENTS)
+        .await
+        .unwrap();
+    for (token, (ns, sa)) in work.tokens.iter().zip(&work.identities) {
+        kube.add_token(token, ns, sa, None);
+    }
+    kube.set_review_delay(review);
+    let before = kube.reviews();
+    let peak_before = kube.peak_concurrent_reviews();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = work
+        .tokens
+        .iter()
+        .zip(&work.csrs)
+        .map(|(token, csr)| {
+            let (addr, root) = (ca.addr(), ca.root.pem.clone());
+            let (token, csr) = (token.clone(), csr.clone());
+            tokio::spawn(async move {
+                let mut client = castellan::cli::request::connect(&addr, None, root.as_bytes())
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                let req = castellan::cli::request::request_for(&csr, 3600, &token, "Kubernetes")?;
+                client
+                    .create_certificate(req)
+                    .await
+                    .map(|_| started.elapsed())
+                    .map_err(|s| format!("{:?}", s.code()))
+            })
+        })
+        .collect();
+    let mut done = Vec::with_capacity(AGENTS);
+    let mut failed = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(at) => done.push(at),
+            Err(code) => *failed.entry(code).or_default() += 1,
+        }
+    }
+    let all = started.elapsed();
+    done.sort();
+    let at = |q: f64| {
+        done.get(((done.len().max(1) - 1) as f64 * q) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let reviews = kube.reviews() - before;
+    println!(
+        "storm, authn.max_concurrent = {bound:>3}, {} ms per review: {} of {AGENTS} issued, turned away {failed:?}; \
+         p50 {:.0} ms, p99 {:.0} ms, last {:.0} ms; {reviews} TokenReviews, at most {} at once at the API server, {:.0}/s",
+        review.as_millis(),
+        done.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        kube.peak_concurrent_reviews().max(peak_before),
+        reviews as f64 / all.as_secs_f64()
+    );
+    kube.set_review_delay(Duration::ZERO);
+}
+
 fn main() {
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
@@ -81,6 +161,14 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let dir = tempfile::tempdir().unwrap();
+        if std::env::var("BENCH_ONLY").as_deref() == Ok("storm") {
+            // A fresh API server per run, so its peak counts this storm only.
+            for bound in [32, 512] {
+                let kube = FakeKube::start().await;
+                storm(&kube, dir.path(), bound, Duration::from_millis(5)).await;
+            }
+            return;
+        }
         let kube = FakeKube::start().await;
         println!("castellan authentication benchmark: P-256 CSRs, 100 workloads, 4 connections x 64 streams, {seconds} s");
 

@@ -261,7 +261,7 @@ impl Metrics {
             )?,
             overloaded: counter(
                 "castellan_overloaded_count",
-                "Requests refused with RESOURCE_EXHAUSTED over the in-flight limit.",
+                "Requests refused with RESOURCE_EXHAUSTED after waiting out their deadline for a slot under server.max_in_flight.",
             )?,
             root_expiry: gauge(
                 "citadel_server_root_cert_expiry_timestamp",

@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use castellan::cli::request;
 use tonic::Code;
 
 use crate::support::{
@@ -70,21 +71,36 @@ async fn the_in_flight_limit_counts_requests_still_being_received() {
         .await
     );
     let (_, csr) = csr::ztunnel(&id("ns", "sa"));
+    // A request whose deadline passes before a slot frees waits it out,
+    // then is told castellan is busy: not at once, not later.
+    let mut hurried = request::request_for(&csr, 600, &token, "Kubernetes").unwrap();
+    hurried.set_timeout(Duration::from_millis(600));
     let asked = Instant::now();
-    let refused = ca.send(&csr, "ns", "sa", 600).await.unwrap_err();
+    let refused = ca
+        .client()
+        .await
+        .create_certificate(hurried)
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    let waited = asked.elapsed();
     assert!(
-        asked.elapsed() < Duration::from_millis(500),
-        "refused at once"
+        waited >= Duration::from_millis(500) && waited < Duration::from_millis(1500),
+        "refused at its deadline: {waited:?}"
     );
     assert!(metric(&ca, "castellan_overloaded_count").await >= 1.0);
     assert_eq!(metric(&ca, "castellan_requests_in_flight").await, 4.0);
-    for (answer, _body) in open {
-        assert_eq!(grpc_status(answer).await, Code::DeadlineExceeded as i32);
-    }
-    ca.send(&csr, "ns", "sa", 600)
-        .await
-        .expect("slots are free again");
+    // One with time to wait is served once the stalled requests' deadline
+    // frees their slots.
+    let (patient, stalled) = tokio::join!(ca.send(&csr, "ns", "sa", 600), async {
+        let mut codes = Vec::new();
+        for (answer, _body) in open {
+            codes.push(grpc_status(answer).await);
+        }
+        codes
+    });
+    assert_eq!(stalled, vec![Code::DeadlineExceeded as i32; 4]);
+    patient.expect("served after waiting for a slot");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,24 +138,36 @@ async fn streams_per_connection_are_advertised_and_enforced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_far_over_the_limit_is_answered_promptly() {
+async fn a_burst_far_over_the_limit_waits_its_turn_and_the_limit_holds() {
     let ca = Arc::new(
         TestCa::start_with(Setup {
-            server: "max_in_flight = 16".into(),
+            server: "max_in_flight = 16\nrequest_timeout_secs = 2".into(),
             ..Setup::default()
         })
         .await,
     );
     let (_, csr) = csr::ztunnel(&id("burst", "w"));
     let token = ca.token("burst", "w");
+    // The gauge, watched while the burst runs.
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = tokio::spawn({
+        let (ca, watching) = (Arc::clone(&ca), Arc::clone(&watching));
+        async move {
+            let mut peak = 0.0f64;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(metric(&ca, "castellan_requests_in_flight").await);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            peak
+        }
+    });
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let client = ca.client().await;
         for _ in 0..150 {
             let (mut client, csr, token) = (client.clone(), csr.clone(), token.clone());
             tasks.push(tokio::spawn(async move {
-                let req =
-                    castellan::cli::request::request_for(&csr, 600, &token, "Kubernetes").unwrap();
+                let req = request::request_for(&csr, 600, &token, "Kubernetes").unwrap();
                 let t = Instant::now();
                 let code = match client.create_certificate(req).await {
                     Ok(_) => Code::Ok,
@@ -149,28 +177,27 @@ async fn a_burst_far_over_the_limit_is_answered_promptly() {
             }));
         }
     }
-    let mut ok = Vec::new();
-    let mut exhausted = 0;
+    let (mut ok, mut busy) = (0, Vec::new());
     for t in tasks {
         match t.await.unwrap() {
-            (Code::Ok, took) => ok.push(took),
-            (Code::ResourceExhausted, _) => exhausted += 1,
+            (Code::Ok, _) => ok += 1,
+            (Code::ResourceExhausted, took) => busy.push(took),
             (other, _) => panic!("unexpected {other:?}"),
         }
     }
-    ok.sort();
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.await.unwrap();
     assert!(
-        exhausted > 0 && !ok.is_empty(),
-        "{} issued, {exhausted} refused",
-        ok.len()
+        peak <= 16.0,
+        "{peak} requests handled at once over a limit of 16"
     );
-    let p99 = ok[ok.len() * 99 / 100];
-    // Generous: a debug build, the client in the same process, other tests
-    // on the same two cores. Without the door every request was accepted
-    // and queued (no refusals at 2,000 streams; p99 3.3–3.9 s at 20,000).
+    // Nobody was turned away while its deadline could still be met; on a
+    // slow (debug, shared) machine some may wait it out, and only then are
+    // told castellan is busy.
+    assert!(ok > 0);
     assert!(
-        p99 < Duration::from_secs(3),
-        "p99 of accepted requests {p99:?}"
+        busy.iter().all(|took| *took >= Duration::from_millis(1900)),
+        "refused before the deadline: {busy:?}"
     );
 }
 

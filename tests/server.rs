@@ -268,7 +268,7 @@ async fn slow_jwks(delay: Duration) -> (String, Arc<Mutex<Option<String>>>) {
 }
 
 #[tokio::test]
-async fn over_the_in_flight_limit_is_resource_exhausted() {
+async fn over_the_in_flight_limit_waits_then_is_resource_exhausted() {
     let (jwks, doc) = slow_jwks(Duration::from_millis(1500)).await;
     let ca = Arc::new(
         TestCa::start_with(Setup {
@@ -285,14 +285,31 @@ async fn over_the_in_flight_limit_is_resource_exhausted() {
         tokio::spawn(async move { ca.send(&csr, "ns", "sa", 600).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let s = ca.send(&csr, "ns", "sa", 600).await.unwrap_err();
+    // A request whose deadline passes while the slot is held waits it out
+    // and is refused as busy.
+    let token = ca.token("ns", "sa");
+    let mut hurried =
+        castellan::cli::request::request_for(&csr, 600, &token, "Kubernetes").unwrap();
+    hurried.set_timeout(Duration::from_millis(400));
+    let asked = std::time::Instant::now();
+    let s = ca
+        .client()
+        .await
+        .create_certificate(hurried)
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        asked.elapsed()
+    );
+    // One with time to spare waits for the slot and is served.
+    let patient = ca.send(&csr, "ns", "sa", 600).await;
     slow.await
         .unwrap()
         .expect("the request holding the slot succeeds");
-    ca.send(&csr, "ns", "sa", 600)
-        .await
-        .expect("the slot is free again");
+    patient.expect("served once the slot is free");
 }
 
 #[tokio::test]

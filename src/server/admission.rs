@@ -1,10 +1,11 @@
 //! Admission at the door: every gRPC request takes a slot of
 //! `server.max_in_flight` when its headers arrive — before its body is read
-//! — or is answered RESOURCE_EXHAUSTED at once; and the deadline (castellan's,
-//! or the client's `grpc-timeout` if shorter) covers receiving the request as
-//! well as handling it. So the limit bounds what is accepted, a body that
-//! never arrives is answered in time, and the latency of accepted requests
-//! stays bounded at any burst size.
+//! — waiting for one while it could still be handled within its deadline
+//! (castellan's, or the client's `grpc-timeout` if shorter), then answered
+//! RESOURCE_EXHAUSTED; the deadline covers waiting, receiving the request
+//! and handling it. So the limit bounds what is being handled, a storm
+//! waits its turn instead of being turned away, and a body that never
+//! arrives is answered in time.
 
 use std::{
     future::Future,
@@ -109,23 +110,35 @@ where
     fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
         let arrived = Instant::now();
         let door = Arc::clone(&self.door);
-        let Ok(permit) = Arc::clone(&door.slots).try_acquire_owned() else {
-            door.refuse_overloaded(arrived);
-            let status = Status::from(&Error::Overloaded(door.max_in_flight));
-            return Box::pin(async move { Ok(status.into_http()) });
-        };
-        let slot = Slot::new(permit, door.metrics.in_flight.clone());
         let budget = client_timeout(req.headers()).map_or(door.timeout, |c| c.min(door.timeout));
         let deadline = arrived + budget;
         req.extensions_mut().insert(Deadline(deadline));
+        let door_deadline = deadline
+            .checked_sub(DOOR_MARGIN.min(budget / 4))
+            .unwrap_or(deadline);
+        // A request waits for a slot while it could still be handled in
+        // time; then it is refused as busy, never before.
+        let waits_until = door_deadline
+            .checked_sub(HANDLER_MARGIN.min(budget / 4))
+            .unwrap_or(door_deadline);
         // The ready service answers this request; a clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let _slot = slot;
-            let door_deadline = deadline
-                .checked_sub(DOOR_MARGIN.min(budget / 4))
-                .unwrap_or(deadline);
+            let permit = match Arc::clone(&door.slots).try_acquire_owned() {
+                Ok(permit) => Ok(permit),
+                Err(_) => {
+                    tokio::time::timeout_at(waits_until, Arc::clone(&door.slots).acquire_owned())
+                        .await
+                        .map_err(|_| ())
+                        .and_then(|got| got.map_err(|_| ()))
+                }
+            };
+            let Ok(permit) = permit else {
+                door.refuse_overloaded(arrived);
+                return Ok(Status::from(&Error::Overloaded(door.max_in_flight)).into_http());
+            };
+            let _slot = Slot::new(permit, door.metrics.in_flight.clone());
             match tokio::time::timeout_at(door_deadline, inner.call(req)).await {
                 Ok(answer) => answer.map(|r| too_large(r, &door, arrived)),
                 Err(_) => {
@@ -179,6 +192,7 @@ fn too_large(
 // === impl Door ===
 
 impl Door {
+    /// A request waited out its deadline at the door.
     fn refuse_overloaded(&self, arrived: Instant) {
         self.metrics.overloaded.inc();
         self.metrics
@@ -191,8 +205,9 @@ impl Door {
             *last = Some(Instant::now());
             tracing::warn!(
                 max_in_flight = self.max_in_flight,
-                "over server.max_in_flight: refusing requests with RESOURCE_EXHAUSTED \
-                 (castellan_overloaded_count counts each; logged at most once a second)"
+                "over server.max_in_flight until their deadline: refusing requests with \
+                 RESOURCE_EXHAUSTED (castellan_overloaded_count counts each; logged at most once \
+                 a second)"
             );
         }
     }

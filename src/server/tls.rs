@@ -94,6 +94,12 @@ pub(super) fn server_config(
         .with_client_cert_verifier(client_roots)
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session tickets: agents keep one connection for months of
+    // renewals, a restarted castellan forgets every session anyway, and a
+    // storm of new agents has none to resume — each ticket was two more
+    // records and a session-cache insert per handshake, for nothing.
+    config.send_tls13_tickets = 0;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(config)
 }
 

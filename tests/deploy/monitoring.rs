@@ -96,7 +96,7 @@ fn check_expr(where_: &str, expr: &str, series: &BTreeMap<String, Vec<BTreeMap<S
 #[tokio::test]
 async fn alerts_and_dashboard_parse_and_name_only_what_castellan_exports() {
     // TokenReview, so the series of a back end's queue exist too.
-    let kube = crate::support::kube::FakeKube::start().await;
+    let kube = FakeKube::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::start_with(crate::support::Setup {
         authn_sections: Some(format!(

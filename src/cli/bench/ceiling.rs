@@ -37,6 +37,9 @@ pub(super) struct Ceiling {
     pub(super) sign_per_core: f64,
     pub(super) issuances_per_core: f64,
     pub(super) issuances_all_cores: f64,
+    /// The server's crypto in one TLS 1.3 handshake with a new client
+    /// (X25519 key share, ECDSA P-256 CertificateVerify), on one core.
+    pub(super) handshakes_per_core: f64,
 }
 
 /// A typical TBSCertificate is about this long.
@@ -87,7 +90,41 @@ pub(super) async fn measure(
         sign_per_core: sign,
         issuances_per_core: single,
         issuances_all_cores: all,
+        handshakes_per_core: handshakes(each)?,
     })
+}
+
+/// Full handshakes per second on one core, counting only the server's
+/// public-key work: an X25519 key pair and agreement with the client's
+/// share, and one ECDSA P-256 signature over the transcript (the serving
+/// key's type). Symmetric crypto and hashing are left out: a floor.
+fn handshakes(each: Duration) -> Result<f64, String> {
+    use aws_lc_rs::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey as Peer, X25519};
+    let rng = SystemRandom::new();
+    let client = EphemeralPrivateKey::generate(&X25519, &rng).map_err(|e| e.to_string())?;
+    let client_share = client.compute_public_key().map_err(|e| e.to_string())?;
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+        .map_err(|e| e.to_string())?;
+    let serving = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref())
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3's CertificateVerify input: 64 spaces, the context string, a
+    // zero byte and the transcript hash.
+    let mut signed = vec![0x20; 64];
+    signed.extend_from_slice(b"TLS 1.3, server CertificateVerify\0");
+    signed.extend_from_slice(&[0x5a; 32]);
+    Ok(per_second(each, || {
+        let Ok(server) = EphemeralPrivateKey::generate(&X25519, &rng) else {
+            return;
+        };
+        let _ = server.compute_public_key();
+        let _ = agreement::agree_ephemeral(
+            server,
+            Peer::new(&X25519, client_share.as_ref()),
+            (),
+            |_secret| Ok(()),
+        );
+        let _ = serving.sign(&rng, &signed);
+    }))
 }
 
 /// Requests per second through castellan's own pipeline for `csrs`, signed

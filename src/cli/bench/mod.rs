@@ -49,8 +49,9 @@ pub struct Args {
     #[arg(long)]
     server_pid: Option<u32>,
     /// Only measure the crypto ceiling, and print it as `floor_us_per_cert=`
-    /// (one CSR verification and one signature on one core), for
-    /// scripts/bench-h2load.sh.
+    /// (one CSR verification and one signature on one core) and
+    /// `handshake_floor_us=` (a new TLS connection's server-side public-key
+    /// crypto), for scripts/bench-h2load.sh and scripts/bench-storm.sh.
     #[arg(long)]
     ceiling_only: bool,
 }
@@ -93,8 +94,16 @@ async fn bench(args: Args) -> Result<(), String> {
         ceiling.verify_per_core,
         ceiling.sign_per_core
     );
+    println!(
+        "TLS handshake crypto (X25519 + ECDSA P-256 signature): {:.0}/s per core",
+        ceiling.handshakes_per_core
+    );
     if args.ceiling_only {
         println!("floor_us_per_cert={:.2}", 1e6 / ceiling.issuances_per_core);
+        println!(
+            "handshake_floor_us={:.2}",
+            1e6 / ceiling.handshakes_per_core
+        );
         return Ok(());
     }
 
