@@ -29,6 +29,19 @@ const DOOR_MARGIN: Duration = Duration::from_millis(2);
 /// handled is answered by the handler, with its caller in the log line.
 pub(super) const HANDLER_MARGIN: Duration = Duration::from_millis(4);
 
+/// How long before its deadline a request still waiting (for a slot at the
+/// door, an HSM session, an API call) is answered busy. The client's clock
+/// started before its request reached castellan — the network, the
+/// client's own scheduling — so a fixed few milliseconds lose the race to
+/// the client's timeout on a loaded node and the caller sees a cancelled
+/// call instead of RESOURCE_EXHAUSTED. A tenth of the budget, at least
+/// 6 ms and at most 250 ms, never more than half of it.
+pub(super) fn busy_margin(budget: Duration) -> Duration {
+    (budget / 10)
+        .clamp(DOOR_MARGIN + HANDLER_MARGIN, Duration::from_millis(250))
+        .min(budget / 2)
+}
+
 /// When a request must be answered by, set at the door.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Deadline(pub(super) Instant);
@@ -118,8 +131,8 @@ where
             .unwrap_or(deadline);
         // A request waits for a slot while it could still be handled in
         // time; then it is refused as busy, never before.
-        let waits_until = door_deadline
-            .checked_sub(HANDLER_MARGIN.min(budget / 4))
+        let waits_until = deadline
+            .checked_sub(busy_margin(budget))
             .unwrap_or(door_deadline);
         // The ready service answers this request; a clone waits for the next.
         let clone = self.inner.clone();
@@ -253,6 +266,20 @@ pub(super) fn client_timeout(headers: &http::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_answers_come_ahead_of_the_client_deadline() {
+        let ms = Duration::from_millis;
+        assert_eq!(busy_margin(ms(400)), ms(40));
+        assert_eq!(busy_margin(ms(20)), ms(6), "at least a few ms");
+        assert_eq!(busy_margin(ms(8)), ms(4), "never more than half");
+        assert_eq!(busy_margin(Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            busy_margin(Duration::from_secs(10)),
+            ms(250),
+            "at most 250 ms"
+        );
+    }
 
     #[test]
     fn grpc_timeout() {

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use rustls_pki_types::CertificateDer;
 
-use super::admission::{Deadline, HANDLER_MARGIN};
+use super::admission::{Deadline, HANDLER_MARGIN, busy_margin};
 use crate::{
     authn::{self, Credentials},
     ca, csr,
@@ -111,8 +111,8 @@ impl IstioCertificateService for CaService {
         // What queues inside (HSM sessions, API calls) stops waiting a little
         // before the handler's deadline, so a busy back end is answered as
         // busy (RESOURCE_EXHAUSTED), not as a timeout.
-        let waits_until = handler_deadline
-            .checked_sub(HANDLER_MARGIN.min(budget / 4))
+        let waits_until = deadline
+            .checked_sub(busy_margin(budget))
             .unwrap_or(handler_deadline);
         // Boxed: the handler's state (authentication, impersonation, signing
         // futures) is kilobytes, moved on every wrapping otherwise.
