@@ -13,7 +13,7 @@ use crate::{
     csr::KeyKind,
     pem,
     policy::Approved,
-    profile::Subject,
+    profile::{MIN_SERVING_LIFETIME, Subject},
 };
 
 /// Issues certificates with whatever signing CA is current.
@@ -53,9 +53,6 @@ struct Validity {
 /// A NotAfter this much (or a tenth of the lifetime) shorter than asked
 /// for is reported as cut.
 const CUT_TOLERANCE: Duration = Duration::from_secs(60);
-/// castellan's own serving certificate is not renewed below this lifetime:
-/// the current one is kept and the operator alerted.
-pub const MIN_SERVING_LIFETIME: Duration = Duration::from_secs(600);
 
 /// A server certificate for castellan itself.
 #[derive(Debug)]
@@ -69,12 +66,12 @@ pub struct ServerCert {
 /// Why issuance failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the signing chain ended at {}, when `{}` expired", ca::date(.0.not_after), .0.subject)]
+    #[error("the signing chain ended at {}, when `{}` expired", crate::clock::date(.0.not_after), .0.subject)]
     CaExpired(ca::Limit),
     #[error(
         "the signing chain ends at {}, when `{}` expires: less than the shortest useful \
          lifetime ({} s) from now; renew it",
-        ca::date(limit.not_after),
+        crate::clock::date(limit.not_after),
         limit.subject,
         min.as_secs()
     )]

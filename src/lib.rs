@@ -12,6 +12,7 @@
 //! in exactly one place ([`error`]).
 
 pub mod authn;
+pub mod authority;
 pub mod ca;
 pub mod cli;
 pub mod clock;

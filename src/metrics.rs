@@ -12,6 +12,16 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+/// What the signing CA's integrity checks count (made by
+/// [`Metrics::ca_counters`]).
+#[derive(Clone, Debug)]
+pub struct IntegrityCounters {
+    /// Signatures or leaves that did not verify under the signing certificate.
+    pub key_mismatches: IntCounter,
+    /// Leaves an issuing back end returned outside castellan's profile.
+    pub refused_leaves: IntCounter,
+}
+
 /// Every metric castellan exports.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -354,8 +364,8 @@ impl Metrics {
     }
 
     /// The counters the signing CA's integrity checks update.
-    pub fn ca_counters(&self) -> crate::ca::Counters {
-        crate::ca::Counters {
+    pub fn ca_counters(&self) -> IntegrityCounters {
+        IntegrityCounters {
             key_mismatches: self.key_mismatches.clone(),
             refused_leaves: self.refused_leaves.clone(),
         }

@@ -35,6 +35,17 @@ pub fn bundle(certs: &[CertificateDer<'_>]) -> der::Result<String> {
     certs.iter().map(|c| certificate(c)).collect()
 }
 
+/// The certificates of a PEM bundle as a set of DER encodings: two bundles
+/// holding the same certificates in another order, or with other text
+/// between them, compare equal. Blocks that do not parse are left out.
+pub fn certificate_set(pem: &str) -> std::collections::BTreeSet<Vec<u8>> {
+    use rustls_pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -30,6 +30,10 @@ use x509_cert::{
 const OID_SERVER_AUTH: const_oid::ObjectIdentifier = rfc5280::ID_KP_SERVER_AUTH;
 const OID_CLIENT_AUTH: const_oid::ObjectIdentifier = rfc5280::ID_KP_CLIENT_AUTH;
 
+/// castellan's own serving certificate is not renewed below this lifetime:
+/// the current one is kept and the operator alerted.
+pub const MIN_SERVING_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// What issued certificates take from the signing CA.
 #[derive(Clone, Debug)]
 pub struct IssuerFacts {

@@ -18,6 +18,7 @@ mod fips;
 mod integrity;
 mod issue;
 mod kubernetes;
+mod layers;
 mod lifetimes;
 mod limits;
 mod logs;

@@ -465,7 +465,7 @@ async fn a_mesh_moves_off_istiods_ca_with_both_sides_trusting_each_other_at_ever
     for (signs_until, why) in [
         (None, "still signs under"),
         (
-            Some(castellan::ca::date(
+            Some(castellan::clock::date(
                 SystemTime::now() - Duration::from_secs(3600),
             )),
             "until",
@@ -488,7 +488,7 @@ async fn a_mesh_moves_off_istiods_ca_with_both_sides_trusting_each_other_at_ever
 
     // Two days after istiod stopped: the old root goes; old leaves are no
     // longer trusted, castellan's still are.
-    let stopped = castellan::ca::date(SystemTime::now() - Duration::from_secs(2 * 86_400));
+    let stopped = castellan::clock::date(SystemTime::now() - Duration::from_secs(2 * 86_400));
     std::fs::write(&config, base + &external(Some(stopped))).unwrap();
     let (code, out) = check(&config);
     assert_eq!(code, 0, "{out}");

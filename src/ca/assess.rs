@@ -13,8 +13,9 @@ use x509_cert::{
 };
 
 use super::LeafRequest;
-use super::{Error, Rules, SigningCa, Waivable, chain::is_self_issued};
+use super::{Error, Rules, SigningCa, chain::is_self_issued};
 use crate::clock::date;
+use crate::config::Waivable;
 use crate::{profile::Subject, verify};
 
 /// The ceiling of NIST SP 800-204A SM-DR13 ("on the order of hours").

@@ -22,12 +22,10 @@ use std::time::SystemTime;
 use aws_lc_rs::rand::SystemRandom;
 use castellan_signer::{Backend, Fingerprint, Material};
 use der::Decode;
-use prometheus::IntCounter;
 use rustls_pki_types::CertificateDer;
 use spiffe::TrustDomain;
 use x509_cert::Certificate;
 
-pub use crate::clock::date;
 pub use assess::{Assessment, CRL_SET_PRACTICE, Practice, ProbeError};
 pub use backends::{source, source_for};
 pub use castellan_signer::KeyAlgorithm;
@@ -37,7 +35,7 @@ pub use recheck::{Refusal, Verdict, check_issued_leaf};
 pub use reload::{CaHandle, Held, spawn_prober, spawn_reloader};
 pub use rotate::{Outcome as RotationOutcome, due as rotation_due, spawn_rotator};
 
-use crate::{clock::Clock, pem, profile};
+use crate::{clock::Clock, config::Waivable, metrics::IntegrityCounters, pem, profile};
 
 /// What the signing material is judged against.
 #[derive(Clone, Debug)]
@@ -51,7 +49,7 @@ pub struct Rules {
     /// came with the signing material.
     pub roots: Option<Vec<CertificateDer<'static>>>,
     /// Where integrity failures are counted.
-    pub counters: Counters,
+    pub counters: IntegrityCounters,
     /// Practices the operator waived (`practices.waive`): reported, not enforced.
     pub waived: Vec<Waivable>,
     /// The root rotation guards (`[trust]`), when configured.
@@ -67,25 +65,6 @@ pub struct Rules {
 pub struct CrlRules {
     /// CRLs of the CAs above the signing CA (`trust.crl.upstream_files`).
     pub upstream_files: Vec<std::path::PathBuf>,
-}
-
-/// The practices an operator may waive. The others (no self-signed CA,
-/// rooted in the enterprise roots, leaves never CAs) cannot be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
-pub enum Waivable {
-    /// Workload certificates live hours, not days.
-    #[serde(rename = "SM-DR13")]
-    SmDr13,
-}
-
-/// What the integrity checks count, for `/metrics` (made by
-/// [`crate::metrics::Metrics::ca_counters`]).
-#[derive(Clone, Debug)]
-pub struct Counters {
-    /// Signatures or leaves that did not verify under the signing certificate.
-    pub key_mismatches: IntCounter,
-    /// Leaves an issuing back end returned outside castellan's profile.
-    pub refused_leaves: IntCounter,
 }
 
 /// A signing CA judged fit for use.
@@ -406,7 +385,7 @@ impl SigningCa {
             return Some(format!(
                 "the signing chain ends at {} (`{}` expires then), in less than \
                  issuance.min_ttl_secs; renew it",
-                date(self.limit.not_after),
+                crate::clock::date(self.limit.not_after),
                 self.limit.subject
             ));
         }

@@ -17,7 +17,7 @@ use aws_lc_rs::signature::{ParsedPublicKey, UnparsedPublicKey};
 use castellan_signer::{KeyAlgorithm, KeyBinding, Signature};
 use spki::SubjectPublicKeyInfoOwned;
 
-use super::Counters;
+use crate::metrics::IntegrityCounters;
 
 /// What is known of the signing key's integrity.
 pub(super) struct KeyProof {
@@ -34,7 +34,7 @@ pub(super) struct KeyProof {
     /// Set once the CA serves: a mismatch before is a start-up refusal that
     /// the assessment reports, not a key that changed.
     serving: AtomicBool,
-    counters: Counters,
+    counters: IntegrityCounters,
 }
 
 /// A failed check, before it is turned into [`super::Error::KeyMismatch`].
@@ -47,7 +47,7 @@ impl KeyProof {
     pub(super) fn new(
         spki: &SubjectPublicKeyInfoOwned,
         algorithm: KeyAlgorithm,
-        counters: Counters,
+        counters: IntegrityCounters,
     ) -> Self {
         let raw = spki.subject_public_key.raw_bytes().to_vec();
         Self {
@@ -122,7 +122,7 @@ impl KeyProof {
         self.broken.load().as_deref().cloned()
     }
 
-    pub(super) fn counters(&self) -> &Counters {
+    pub(super) fn counters(&self) -> &IntegrityCounters {
         &self.counters
     }
 

@@ -126,8 +126,8 @@ pub fn spawn_rotator(
                     tracing::info!(
                         source = %handle.describe(),
                         subject = %ca.facts().subject,
-                        expires = %super::date(ca.facts().not_after),
-                        next_rotation = %super::date(due(ca.facts())),
+                        expires = %crate::clock::date(ca.facts().not_after),
+                        next_rotation = %crate::clock::date(due(ca.facts())),
                         "new intermediate minted and in use"
                     );
                     break;

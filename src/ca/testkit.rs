@@ -16,8 +16,9 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, 
 use rustls_pki_types::CertificateDer;
 use spiffe::TrustDomain;
 
-use super::{Counters, Rules};
+use super::Rules;
 use crate::clock::Clock;
+use crate::metrics::IntegrityCounters;
 
 /// A CA made with rcgen, dated on a test's clock.
 pub(crate) struct TestCa {
@@ -139,7 +140,7 @@ impl Source for Minting {
 /// The rules a day-long-leaf castellan judges by, on `clock`.
 pub(crate) fn rules(clock: Clock, max_ttl: Duration, min_ttl: Duration) -> Rules {
     let metrics = crate::metrics::Metrics::new().unwrap_or_else(|e| panic!("{e}"));
-    let counters: Counters = metrics.ca_counters();
+    let counters: IntegrityCounters = metrics.ca_counters();
     Rules {
         trust_domain: TrustDomain::new("cluster.local").unwrap_or_else(|e| panic!("{e}")),
         default_ttl: max_ttl,

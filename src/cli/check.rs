@@ -29,7 +29,7 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         Err(e) => return unusable(&e),
     };
     let clock = Clock::system();
-    let mut rules = match server::rules(&config, counters, clock.clone()) {
+    let mut rules = match crate::authority::rules(&config, counters, clock.clone()) {
         Ok(r) => r,
         Err(e) => return unusable(&e),
     };
@@ -144,7 +144,7 @@ fn signing_lines(ca: &SigningCa, self_rotating: bool, now: std::time::SystemTime
         format!("CA    {}", facts.subject),
         format!(
             "      expires {} (in {:.1} h)",
-            ca::date(facts.not_after),
+            crate::clock::date(facts.not_after),
             left.as_secs_f64() / 3600.0
         ),
     ];
@@ -152,7 +152,7 @@ fn signing_lines(ca: &SigningCa, self_rotating: bool, now: std::time::SystemTime
         lines.push(format!(
             "      the chain ends earlier, at {} (in {:.1} h), when `{}` above it expires: \
              leaves are cut to it and castellan stops issuing issuance.min_ttl_secs before",
-            ca::date(ca.not_after()),
+            crate::clock::date(ca.not_after()),
             ca.not_after()
                 .duration_since(now)
                 .unwrap_or_default()
@@ -165,7 +165,7 @@ fn signing_lines(ca: &SigningCa, self_rotating: bool, now: std::time::SystemTime
         lines.push(format!(
             "      rotates by itself: the next intermediate is minted at {} (half life); this \
              one was minted only for this check, `serve` mints its own",
-            ca::date(ca::rotation_due(facts))
+            crate::clock::date(ca::rotation_due(facts))
         ));
     }
     lines

@@ -244,10 +244,10 @@ pub const EXIT_UNUSABLE: u8 = 2;
 fn exit_code(e: &crate::server::Error) -> u8 {
     use crate::server::Error as S;
     match e {
-        S::Ca(crate::ca::Error::Practice(_)) => EXIT_PRACTICE,
+        S::Authority(crate::authority::Error::Ca(crate::ca::Error::Practice(_))) => EXIT_PRACTICE,
         // A server that failed while running.
         S::Transport(_) | S::Task(_) | S::WorkerLost => EXIT_PRACTICE,
-        S::Ca(_)
+        S::Authority(_)
         | S::Issue(_)
         | S::Authn(_)
         | S::Io { .. }
@@ -258,7 +258,6 @@ fn exit_code(e: &crate::server::Error) -> u8 {
         | S::KeyGeneration(_)
         | S::Workers(_)
         | S::Metrics(_)
-        | S::Trust(_)
         | S::Fips(_)
         | S::Mesh(_) => EXIT_UNUSABLE,
     }

@@ -13,7 +13,7 @@ use x509_cert::ext::pkix::{SubjectAltName, name::GeneralName};
 
 use super::{KeyType, pki::generate_key};
 use crate::{
-    ca::date,
+    clock::date,
     proto::{
         IstioCertificateRequest, istio_certificate_service_client::IstioCertificateServiceClient,
     },

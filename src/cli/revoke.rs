@@ -6,7 +6,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use crate::{
-    ca::date,
+    clock::date,
     clock::{Clock, at},
     config::Config,
     profile::Serial,

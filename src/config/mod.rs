@@ -124,6 +124,27 @@ pub struct Kubernetes {
     pub istiod_cert: Option<IstiodCert>,
 }
 
+impl Kubernetes {
+    /// castellan's own namespace: configured, `POD_NAMESPACE`, the
+    /// in-cluster service account's, or `istio-system`.
+    pub fn own_namespace(&self) -> String {
+        self.namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|s| !s.is_empty())
+            })
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+            })
+            .unwrap_or_else(|| "istio-system".to_owned())
+    }
+}
+
 /// client-go's leader election timings, and the Lease's name.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -182,7 +203,7 @@ pub enum IstiodKeyType {
 pub struct Practices {
     /// E.g. `["SM-DR13"]` to allow workload certificates of days. Logged
     /// loudly at every start and shown by `castellan check`.
-    pub waive: Vec<crate::ca::Waivable>,
+    pub waive: Vec<Waivable>,
 }
 
 /// The gRPC listener and the operational (health, metrics) listener.
@@ -527,4 +548,13 @@ pub(crate) fn human(message: &str) -> String {
     .filter(|l| !l.starts_with("in `"))
     .collect::<Vec<_>>()
     .join("\n")
+}
+
+/// The practices an operator may waive. The others (no self-signed CA,
+/// rooted in the enterprise roots, leaves never CAs) cannot be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+pub enum Waivable {
+    /// Workload certificates live hours, not days.
+    #[serde(rename = "SM-DR13")]
+    SmDr13,
 }

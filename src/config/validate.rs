@@ -161,7 +161,7 @@ impl Config {
                         .kubernetes
                         .as_ref()
                         .is_some_and(|k| k.istiod_cert.is_some());
-                let serving = crate::issuer::MIN_SERVING_LIFETIME
+                let serving = crate::profile::MIN_SERVING_LIFETIME
                     .as_secs()
                     .saturating_mul(2);
                 if own_tls && m.ttl_secs < serving {
@@ -173,7 +173,7 @@ impl Config {
                              least {serving}, or give the listener server.tls.cert_file and \
                              leave kubernetes.istiod_cert unset",
                             m.ttl_secs,
-                            crate::issuer::MIN_SERVING_LIFETIME.as_secs()
+                            crate::profile::MIN_SERVING_LIFETIME.as_secs()
                         ),
                     });
                 }

@@ -14,7 +14,7 @@ use kube::{
 };
 use tokio::sync::Notify;
 
-use super::{api::Trouble, bundle::unix_now, lease::Leadership, payload::certs};
+use super::{api::Trouble, bundle::unix_now, lease::Leadership};
 use crate::{ca::CaHandle, metrics::Metrics};
 
 /// The signer Istio's ClusterTrustBundle carries.
@@ -170,6 +170,6 @@ async fn reconcile(
 
 /// Whether `ctb` holds `bundle` (as a set) under Istio's signer.
 fn holds(ctb: &ClusterTrustBundle, bundle: &str) -> bool {
-    certs(&ctb.spec.trust_bundle) == certs(bundle)
+    crate::pem::certificate_set(&ctb.spec.trust_bundle) == crate::pem::certificate_set(bundle)
         && ctb.spec.signer_name.as_deref() == Some(SIGNER)
 }

@@ -29,7 +29,7 @@ use x509_cert::{
 };
 use zeroize::Zeroizing;
 
-use super::{api::Trouble, lease::Leadership, payload::certs};
+use super::{api::Trouble, lease::Leadership};
 use crate::{
     ca::CaHandle,
     config::{self, IstiodKeyType},
@@ -249,7 +249,7 @@ async fn reconcile(
                 tracing::info!(
                     secret = %object,
                     names = %wanted.dns_names.join(","),
-                    not_after = %crate::ca::date(not_after),
+                    not_after = %crate::clock::date(not_after),
                     "istiod's certificate written"
                 );
                 return Ok((not_before, not_after));
@@ -276,7 +276,10 @@ fn still_good(secret: &Secret, wanted: &Wanted, ca: &CaHandle) -> Option<(System
             .ok()?;
     let (leaf, rest) = chain.split_first()?;
     let current = ca.current();
-    if rest != current.chain() || certs(text("ca.crt")?) != certs(current.roots_pem()) {
+    if rest != current.chain()
+        || crate::pem::certificate_set(text("ca.crt")?)
+            != crate::pem::certificate_set(current.roots_pem())
+    {
         return None;
     }
     crate::verify::chain(

@@ -12,8 +12,6 @@ mod lease;
 mod payload;
 
 /// A PEM bundle as the set of its certificates (order and spacing aside).
-pub(crate) use payload::certs as payload_certs;
-
 use std::sync::Arc;
 
 use tokio::{sync::watch, task::JoinHandle};
@@ -48,7 +46,7 @@ pub async fn start(
     let kube = crate::kube::config(config.kubeconfig.as_deref(), config.context.as_deref()).await?;
     let client = crate::kube::request_client(&kube, timeout)?;
     let watch_client = crate::kube::watch_client(&kube, timeout)?;
-    let namespace = own_namespace(config);
+    let namespace = config.own_namespace();
     let identity = identity(config);
     tracing::info!(%namespace, %identity, lease = %config.leader_election.lease_name, "leader election");
     let (leadership, elector) = lease::spawn(
@@ -165,26 +163,6 @@ impl Writers {
         }
         tasks
     }
-}
-
-/// castellan's own namespace: configured, `POD_NAMESPACE`, the in-cluster
-/// service account's, or `istio-system`.
-pub(crate) fn own_namespace(config: &config::Kubernetes) -> String {
-    config
-        .namespace
-        .clone()
-        .or_else(|| {
-            std::env::var("POD_NAMESPACE")
-                .ok()
-                .filter(|s| !s.is_empty())
-        })
-        .or_else(|| {
-            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                .ok()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-        })
-        .unwrap_or_else(|| "istio-system".to_owned())
 }
 
 /// This replica in the Lease: configured, or the pod (host) name with a

@@ -5,7 +5,7 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use prometheus::IntCounterVec;
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use rustls_pki_types::pem::PemObject;
 use tokio::sync::watch;
 
 use crate::{ca::CaHandle, metrics::Metrics};
@@ -62,7 +62,7 @@ impl Payload {
     /// what does not parse is left out, as Istio leaves it out.
     pub(crate) fn canon(&self, pem: &str) -> BTreeSet<Vec<u8>> {
         match self {
-            Self::Roots(_) => certs(pem),
+            Self::Roots(_) => crate::pem::certificate_set(pem),
             Self::Crl(_) => crls(pem),
         }
     }
@@ -89,13 +89,6 @@ impl Payload {
     }
 }
 
-pub(crate) fn certs(pem: &str) -> BTreeSet<Vec<u8>> {
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .filter_map(Result::ok)
-        .map(|c| c.to_vec())
-        .collect()
-}
-
 fn crls(pem: &str) -> BTreeSet<Vec<u8>> {
     rustls_pki_types::CertificateRevocationListDer::pem_slice_iter(pem.as_bytes())
         .filter_map(Result::ok)
@@ -116,10 +109,16 @@ mod tests {
             .cert
             .pem();
         assert_eq!(
-            super::certs(&format!("{a}{b}")),
-            super::certs(&format!("{b}\n{a}"))
+            crate::pem::certificate_set(&format!("{a}{b}")),
+            crate::pem::certificate_set(&format!("{b}\n{a}"))
         );
-        assert_ne!(super::certs(&a), super::certs(&format!("{a}{b}")));
-        assert_eq!(super::certs(&format!("{a}junk")), super::certs(&a));
+        assert_ne!(
+            crate::pem::certificate_set(&a),
+            crate::pem::certificate_set(&format!("{a}{b}"))
+        );
+        assert_eq!(
+            crate::pem::certificate_set(&format!("{a}junk")),
+            crate::pem::certificate_set(&a)
+        );
     }
 }

@@ -6,7 +6,6 @@ mod handshakes;
 mod health;
 mod limits;
 mod preflight;
-mod roots_file;
 mod service;
 mod serving;
 mod shards;
@@ -17,13 +16,14 @@ use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
-pub use preflight::{check_listeners, crypto_ready, read_roots, rules};
+pub use preflight::{check_listeners, crypto_ready};
 pub use service::CaService;
 pub use tls::provider as tls_provider;
 
 use crate::{
     authn,
-    ca::{self, CaHandle},
+    authority::{self, Authority},
+    ca::CaHandle,
     clock::Clock,
     config::Config,
     impersonation::NodeAuthorizer,
@@ -33,15 +33,11 @@ use crate::{
     proto::istio_certificate_service_server::IstioCertificateServiceServer,
 };
 
-/// How often the back end is checked without traffic: a sealed Vault or a
-/// vanished HSM shows in `/readyz` within this long.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Why castellan cannot start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("signing CA: {0}")]
-    Ca(#[from] ca::Error),
+    #[error(transparent)]
+    Authority(#[from] authority::Error),
     #[error("{0}")]
     Issue(#[from] issuer::Error),
     #[error(transparent)]
@@ -71,8 +67,6 @@ pub enum Error {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Mesh(#[from] crate::mesh::Error),
-    #[error(transparent)]
-    Trust(#[from] crate::trust::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
@@ -89,6 +83,7 @@ pub struct Running {
     pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
     server: shards::Serving,
+    authority: Authority,
     background: Vec<JoinHandle<()>>,
     /// Tasks that end by themselves on shutdown (the Lease released).
     releasing: Vec<JoinHandle<()>>,
@@ -106,6 +101,7 @@ impl Running {
     /// (for tests of what the other replicas do then).
     pub fn kill(self) {
         self.server.abort();
+        self.authority.stop();
         for task in self.background.iter().chain(&self.releasing) {
             task.abort();
         }
@@ -120,6 +116,7 @@ impl Running {
         for task in self.releasing.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
+        self.authority.stop();
         for task in &self.background {
             task.abort();
         }
@@ -153,105 +150,10 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
 pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, Error> {
     crypto_ready()?;
     let metrics = Metrics::new()?;
-    let mut rules = rules(config, metrics.ca_counters(), clock.clone())?;
-    let trust = crate::trust::open_writable(config, clock.clone()).await?;
-    if let Some((_, t)) = &trust {
-        if t.force {
-            tracing::warn!(
-                store = %t.store,
-                "root rotation guards FORCED by trust.force: castellan signs under a root \
-                 workloads may not trust yet, and serves without roots whose leaves still live"
-            );
-        }
-        rules.trust = Some(t.clone());
-    }
-    for waived in &rules.waived {
-        tracing::warn!(
-            practice = ?waived,
-            "practice WAIVED by practices.waive: castellan serves what `castellan check` reports \
-             as a waived failure"
-        );
-    }
-    let ca = Arc::new(CaHandle::load(ca::source(config), rules).await?);
-    observe(&metrics, &ca.current());
+    let authority = Authority::start(config, &metrics, clock.clone()).await?;
+    let ca = Arc::clone(authority.ca());
     let mut background = Vec::new();
-    let revocations = trust.as_ref().map(|(_, t)| {
-        Arc::new(crate::trust::Revocations::new(
-            t,
-            crate::trust::ISSUED_CAPACITY,
-        ))
-    });
-    let crl = match (&trust, config.trust.as_ref().and_then(|t| t.crl.as_ref())) {
-        (Some((store, t)), Some(c)) => {
-            ca.keep_replaced_for(t.leaf_life);
-            let (rx, task) = crate::trust::spawn_crl(
-                crate::trust::CrlConfig {
-                    validity: Duration::from_secs(c.validity_secs),
-                    upstream_files: c.upstream_files.clone(),
-                },
-                store.clone(),
-                t.clone(),
-                Arc::clone(&ca),
-                metrics.clone(),
-            );
-            background.push(task);
-            Some((rx, c.configmap_name.clone()))
-        }
-        (None | Some(_), None) | (None, Some(_)) => None,
-    };
-    if let (Some((store, t)), Some(r)) = (trust, &revocations) {
-        background.push(crate::trust::spawn_recorder(
-            store,
-            t,
-            Arc::clone(&ca),
-            Arc::clone(r),
-        ));
-    }
-
     let poll = Duration::from_secs(config.ca.reload_interval_secs);
-    if let Some(path) = &config.ca.roots_file {
-        background.push(roots_file::spawn(
-            path.clone(),
-            Arc::clone(&ca),
-            if poll.is_zero() {
-                PROBE_INTERVAL * 5
-            } else {
-                poll
-            },
-        ));
-    }
-    if !poll.is_zero() {
-        let (m1, m2) = (metrics.clone(), metrics.clone());
-        background.push(ca::spawn_reloader(
-            Arc::clone(&ca),
-            poll,
-            move |new| observe(&m1, new),
-            move || m2.reload_refused.inc(),
-        ));
-    }
-
-    if ca.self_rotating() {
-        metrics.observe_rotation(ca::rotation_due(ca.current().facts()));
-        let m = metrics.clone();
-        background.push(ca::spawn_rotator(Arc::clone(&ca), move |outcome, now| {
-            m.rotations.with_label_values(&[outcome.label()]).inc();
-            if outcome == ca::RotationOutcome::Refused {
-                m.reload_refused.inc();
-            }
-            observe(&m, now);
-            m.observe_rotation(ca::rotation_due(now.facts()));
-        }));
-    }
-
-    let healthy = metrics.signer_healthy.clone();
-    healthy.set(1);
-    background.push(ca::spawn_prober(
-        Arc::clone(&ca),
-        PROBE_INTERVAL,
-        move |ca| {
-            healthy.set(i64::from(ca.healthy()));
-        },
-    ));
 
     let authn = authn::Chain::from_config(
         &config.authn,
@@ -290,8 +192,8 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
                 l,
                 Arc::clone(&ca),
                 metrics.clone(),
-                crl.as_ref().map(|(rx, _)| rx.clone()),
-                revocations.clone(),
+                authority.crl().map(|(rx, _)| rx.clone()),
+                authority.revocations().cloned(),
                 stopped(shutdown_rx.clone()),
             ));
             Some(a)
@@ -308,7 +210,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
             &config.trust_domain,
             &issuer,
             &metrics,
-            crl.clone(),
+            authority.crl().cloned(),
             shutdown_rx.clone(),
         )
         .await?;
@@ -321,7 +223,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         TtlRules::from(&config.issuance),
         metrics.clone(),
         config.request_timeout(),
-        revocations,
+        authority.revocations().cloned(),
     );
     let limits = limits::connections(config.server.max_connections);
     let door = admission::AdmissionLayer::new(
@@ -366,6 +268,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         metrics,
         shutdown,
         server,
+        authority,
         background,
         releasing,
     })
@@ -422,24 +325,6 @@ fn follow_roots(ca: Arc<CaHandle>, client_roots: Arc<tls::ClientRoots>) -> JoinH
             }
         }
     })
-}
-
-fn observe(metrics: &Metrics, ca: &ca::SigningCa) {
-    let path: Vec<(String, std::time::SystemTime)> = ca
-        .path()
-        .iter()
-        .map(|c| {
-            let tbs = c.tbs_certificate();
-            (
-                tbs.subject().to_string(),
-                tbs.validity().not_after.to_system_time(),
-            )
-        })
-        .collect();
-    metrics.observe_ca(ca.roots_not_after(), ca.not_after(), &path);
-    if let Some(queue) = ca.queue() {
-        metrics.queues.watch("signer", queue);
-    }
 }
 
 /// Connections a listener lets wait in the kernel's accept queue (capped

@@ -1,17 +1,12 @@
 //! What `serve` and `castellan check` both judge before serving, from the
 //! same code, so `serve` refuses exactly what `check` fails: the crypto
-//! module, the rules the signing material is held to, the listeners.
+//! module and the listeners (the rules the signing material is held to:
+//! [`crate::authority::rules`]).
 
-use std::{io, path::Path, time::Duration};
-
-use rustls_pki_types::{CertificateDer, pem::PemObject};
+use std::io;
 
 use super::{Error, bind, tls};
-use crate::{
-    ca::{self, Rules},
-    clock::Clock,
-    config::Config,
-};
+use crate::config::Config;
 
 /// The cryptography castellan runs on, set up and, in the FIPS build,
 /// required to be FIPS: the module in FIPS mode, and the TLS providers of
@@ -31,36 +26,6 @@ pub fn crypto_ready() -> Result<crate::fips::Module, crate::fips::Error> {
         ),
     ])?;
     Ok(crate::fips::module())
-}
-
-/// What the signing material is judged against, from the configuration:
-/// the one place `serve` and `castellan check` get it from.
-///
-/// # Errors
-/// When `ca.roots_file` cannot be read.
-pub fn rules(config: &Config, counters: ca::Counters, clock: Clock) -> Result<Rules, Error> {
-    let roots = match &config.ca.roots_file {
-        Some(path) => Some(read_roots(path)?),
-        None => None,
-    };
-    Ok(Rules {
-        trust_domain: config.trust_domain.clone(),
-        default_ttl: Duration::from_secs(config.issuance.default_ttl_secs),
-        min_ttl: Duration::from_secs(config.issuance.min_ttl_secs),
-        max_ttl: Duration::from_secs(config.issuance.max_ttl_secs),
-        roots,
-        counters,
-        waived: config.practices.waive.clone(),
-        trust: None,
-        crl: config
-            .trust
-            .as_ref()
-            .and_then(|t| t.crl.as_ref())
-            .map(|c| ca::CrlRules {
-                upstream_files: c.upstream_files.clone(),
-            }),
-        clock,
-    })
 }
 
 /// Binds both listeners and lets them go, so `castellan check` tells what
@@ -96,28 +61,4 @@ pub async fn check_listeners(config: &Config) -> Result<Vec<String>, Error> {
         }
     }
     Ok(notes)
-}
-
-/// Reads a PEM bundle of root certificates.
-///
-/// # Errors
-/// When the file is unreadable or holds no certificate.
-pub fn read_roots(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let what = || format!("ca.roots_file {}", path.display());
-    let pem = std::fs::read(path).map_err(|source| Error::Io {
-        what: what(),
-        source,
-    })?;
-    let roots = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| Error::Pem {
-            path: path.to_owned(),
-            source,
-        })?;
-    if roots.is_empty() {
-        return Err(Error::NoCertificate {
-            path: path.to_owned(),
-        });
-    }
-    Ok(roots)
 }

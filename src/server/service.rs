@@ -218,7 +218,9 @@ impl Inner {
                 let requested_secs = trace
                     .clamped_from
                     .map_or_else(|| "-".to_owned(), |d| d.as_secs().to_string());
-                let cut_from = issued.cut_from.map_or_else(|| "-".to_owned(), ca::date);
+                let cut_from = issued
+                    .cut_from
+                    .map_or_else(|| "-".to_owned(), crate::clock::date);
                 let warnings = issued.warnings.join("; ");
                 if issued.warnings.is_empty() && issued.cut_from.is_none() {
                     tracing::info!(
@@ -227,7 +229,7 @@ impl Inner {
                         cluster,
                         outcome = "issued",
                         serial = %issued.serial,
-                        not_after = %ca::date(issued.not_after),
+                        not_after = %crate::clock::date(issued.not_after),
                         ttl_clamped_from_secs = %requested_secs,
                         latency_ms,
                         "CreateCertificate"
@@ -240,7 +242,7 @@ impl Inner {
                         cluster,
                         outcome = "issued",
                         serial = %issued.serial,
-                        not_after = %ca::date(issued.not_after),
+                        not_after = %crate::clock::date(issued.not_after),
                         asked_until = %cut_from,
                         ttl_clamped_from_secs = %requested_secs,
                         signer_warnings = %warnings,

@@ -123,7 +123,7 @@ async fn renew(
         wait = match issue(&issuer, &tls).await {
             Ok((key, not_after)) => {
                 serving.current.store(Arc::new(key));
-                tracing::info!(not_after = %crate::ca::date(not_after), "serving certificate renewed");
+                tracing::info!(not_after = %crate::clock::date(not_after), "serving certificate renewed");
                 expiring_logged = false;
                 renewal_delay(not_after, issuer.ca().current().clock().now())
             }

@@ -8,10 +8,7 @@
 use std::time::SystemTime;
 
 use super::{TrustRules, TrustState};
-use crate::{
-    ca::date,
-    clock::{at, unix},
-};
+use crate::clock::{at, date, unix};
 
 /// The verdicts of the switch guard (roots as fingerprint and subject) and
 /// the retirement guard: `Ok` with the evidence, or `Err` with what to do.

@@ -3,12 +3,10 @@
 //! workloads have not had a full renewal cycle to learn, and refuses to drop
 //! a root while leaves under it still live.
 
-mod crl;
 mod external;
 mod generation;
 mod guard;
 mod health;
-mod recorder;
 mod revocations;
 mod roots;
 mod state;
@@ -21,10 +19,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use der::Decode;
 
-pub use crl::{CrlConfig, spawn_crl};
 pub use guard::{generations, judge, soak_floor, status};
 pub use health::RecordHealth;
-pub use recorder::spawn_recorder;
 pub use revocations::{ISSUED_CAPACITY, Revocations};
 pub use state::{
     Denied, ExternalRecord, Generation, Reason, Revoked, RootRecord, SignedCrl, TrustState,
@@ -182,7 +178,7 @@ pub async fn store(config: &Config) -> Result<Option<Store>, Error> {
                     crate::kube::config(k.kubeconfig.as_deref(), k.context.as_deref()).await?;
                 let client =
                     crate::kube::request_client(&kube, Duration::from_secs(k.timeout_secs))?;
-                let namespace = crate::mesh::own_namespace(k);
+                let namespace = k.own_namespace();
                 Some(Store::configmap(
                     kube::Api::namespaced(client, &namespace),
                     name.clone(),

@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::task::JoinHandle;
 
-use crate::{ca::CaHandle, mesh::payload_certs};
+use crate::{ca::CaHandle, pem::certificate_set};
 
 /// Watches `path` every `every` until aborted.
 pub(super) fn spawn(path: PathBuf, ca: Arc<CaHandle>, every: Duration) -> JoinHandle<()> {
@@ -20,8 +20,8 @@ pub(super) fn spawn(path: PathBuf, ca: Arc<CaHandle>, every: Duration) -> JoinHa
             let Ok(text) = tokio::fs::read_to_string(&path).await else {
                 continue;
             };
-            let on_disk: Vec<Vec<u8>> = payload_certs(&text).into_iter().collect();
-            let served: Vec<Vec<u8>> = payload_certs(ca.current().roots_pem())
+            let on_disk: Vec<Vec<u8>> = certificate_set(&text).into_iter().collect();
+            let served: Vec<Vec<u8>> = certificate_set(ca.current().roots_pem())
                 .into_iter()
                 .collect();
             if on_disk.is_empty() || on_disk == served {

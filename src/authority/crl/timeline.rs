@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::{CrlConfig, Keeper};
 use crate::{
+    authority::recorder,
     ca::{
         CaHandle, CrlRules,
         testkit::{Minting, TestCa, rules, spki},
@@ -24,7 +25,7 @@ use crate::{
     issuer::Issuer,
     metrics::Metrics,
     profile::Subject,
-    trust::{Reason, RecordHealth, Revoked, Store, TrustRules, TrustState, recorder},
+    trust::{Reason, RecordHealth, Revoked, Store, TrustRules, TrustState},
 };
 
 const HOUR: Duration = Duration::from_secs(3600);

@@ -19,12 +19,12 @@ use std::{
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use super::{Store, TrustRules, TrustState, fingerprint};
 use crate::{
     ca::{CaHandle, CrlEntry, Held},
     clock::{at, unix},
     crl::Crl,
     metrics::Metrics,
+    trust::{Store, TrustRules, TrustState, fingerprint},
 };
 
 /// A failed signing or an incomplete set is looked at again after this.
@@ -36,7 +36,7 @@ const FETCH_EVERY: Duration = Duration::from_secs(300);
 
 /// `[trust.crl]` as the keeper uses it.
 #[derive(Clone, Debug)]
-pub struct CrlConfig {
+pub(super) struct CrlConfig {
     /// The least nextUpdate − thisUpdate of castellan's own CRLs; each is
     /// signed again at half of it.
     pub validity: Duration,
@@ -45,7 +45,7 @@ pub struct CrlConfig {
 }
 
 /// Starts the keeper; the receiver holds the set in use, PEM.
-pub fn spawn_crl(
+pub(super) fn spawn_crl(
     config: CrlConfig,
     store: Store,
     rules: TrustRules,
@@ -288,7 +288,7 @@ fn entries(rules: &TrustRules, now: u64) -> Vec<CrlEntry> {
         .filter(|(_, r)| r.until >= now)
         .filter_map(|(serial, r)| {
             Some(CrlEntry {
-                serial: super::serial_bytes(serial)?,
+                serial: crate::trust::serial_bytes(serial)?,
                 revoked_at: at(r.at),
                 reason: r.reason,
             })

@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
-use super::{ExternalRecord, Generation, Revocations, Store, TrustRules, TrustState, fingerprint};
-use crate::ca::{CaHandle, SigningCa};
+use crate::{
+    ca::{CaHandle, SigningCa},
+    trust::{ExternalRecord, Generation, Revocations, Store, TrustRules, TrustState, fingerprint},
+};
 
 /// Runs until aborted.
-pub fn spawn_recorder(
+pub(super) fn spawn_recorder(
     store: Store,
     rules: TrustRules,
     ca: Arc<CaHandle>,

@@ -1,0 +1,324 @@
+//! The layers of `src/`, kept: a top-level module may use only modules
+//! below it in [`LAYERS`], so no module imports upward and no two import
+//! each other. Read from the source text — every `crate::` path and every
+//! `super::` path that climbs to the crate root, outside comments and
+//! `#[cfg(test)]` items — so a new upward import fails here, naming the
+//! file, before it fails a reader. docs/architecture.md draws the same list.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
+
+/// Bottom first. Foundations (time, PEM, the profile, the wire types) use
+/// nothing; the configuration uses only those; the trust rules sit below
+/// the CA that they judge; the authority unit composes the CA with its
+/// record and CRL keeper; the front ends (mesh writers, gRPC) sit on top.
+const LAYERS: &[&str] = &[
+    "clock",
+    "fips",
+    "identity",
+    "pem",
+    "proto",
+    "verify",
+    "profile",
+    "config",
+    "kube",
+    "crl",
+    "metrics",
+    "csr",
+    "policy",
+    "trust",
+    "authn",
+    "impersonation",
+    "ca",
+    "issuer",
+    "authority",
+    "mesh",
+    "error",
+    "server",
+    "cli",
+];
+
+/// One source file as the checker sees it.
+struct Source {
+    /// Relative to `src/`, for messages.
+    file: String,
+    /// The module path: `src/ca/reload.rs` is `["ca", "reload"]`.
+    module: Vec<String>,
+    text: String,
+}
+
+/// An import against the layers: `from` (in `file`) uses `to`.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Upward {
+    file: String,
+    from: String,
+    to: String,
+}
+
+#[test]
+fn no_module_imports_upward() {
+    let sources = read_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let tops: BTreeSet<String> = sources.iter().map(|s| s.module[0].clone()).collect();
+    let unplaced: Vec<&String> = tops
+        .iter()
+        .filter(|t| !LAYERS.contains(&t.as_str()))
+        .collect();
+    assert!(
+        unplaced.is_empty(),
+        "top-level modules missing from LAYERS in tests/layers.rs (place each above what it \
+         uses, and in docs/architecture.md): {unplaced:?}"
+    );
+    let upward = check(&sources);
+    assert!(
+        upward.is_empty(),
+        "imports against the layers (a module may use only those listed before it in \
+         tests/layers.rs):\n{}",
+        upward
+            .iter()
+            .map(|u| format!("  {}: {} uses {}", u.file, u.from, u.to))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// The checker is not vacuous: the real tree with one upward import added
+/// (the clock using the server), in code and through `super::`, is refused;
+/// the same text in a comment or a test module is not.
+#[test]
+fn an_upward_import_is_caught() {
+    let mut sources = read_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    let at = |sources: &[Source], file: &str| {
+        sources
+            .iter()
+            .position(|s| s.file == file)
+            .unwrap_or_else(|| panic!("src/{file}"))
+    };
+    let clock = at(&sources, "clock.rs");
+    let pristine = sources[clock].text.clone();
+    sources[clock].text = format!("{pristine}\nfn reach() {{ let _ = crate::server::start; }}\n");
+    assert_eq!(
+        check(&sources),
+        vec![Upward {
+            file: "clock.rs".into(),
+            from: "clock".into(),
+            to: "server".into(),
+        }]
+    );
+    sources[clock].text = format!("{pristine}\nuse crate::{{clock::at, mesh::{{self, Error}}}};\n");
+    assert_eq!(check(&sources).len(), 1, "inside braces");
+    sources[clock].text = format!(
+        "{pristine}\n// crate::server::start\n#[cfg(test)]\nmod t {{ use crate::server; }}\n"
+    );
+    assert!(check(&sources).is_empty(), "comments and tests may");
+    let ca = at(&sources, "ca/mod.rs");
+    sources[ca]
+        .text
+        .push_str("\nuse super::authority::Authority;\n");
+    assert_eq!(
+        check(&sources),
+        vec![Upward {
+            file: "ca/mod.rs".into(),
+            from: "ca".into(),
+            to: "authority".into(),
+        }],
+        "through super::"
+    );
+}
+
+fn check(sources: &[Source]) -> Vec<Upward> {
+    let rank: BTreeMap<&str, usize> = LAYERS.iter().enumerate().map(|(i, m)| (*m, i)).collect();
+    let test_only = test_only_files(sources);
+    let mut upward = BTreeSet::new();
+    for s in sources {
+        if test_only.contains(&s.module) {
+            continue;
+        }
+        let from = &s.module[0];
+        for to in uses(s) {
+            if &to == from {
+                continue;
+            }
+            let (Some(f), Some(t)) = (rank.get(from.as_str()), rank.get(to.as_str())) else {
+                continue;
+            };
+            if t > f {
+                upward.insert(Upward {
+                    file: s.file.clone(),
+                    from: from.clone(),
+                    to,
+                });
+            }
+        }
+    }
+    upward.into_iter().collect()
+}
+
+fn read_tree(src: &Path) -> Vec<Source> {
+    let mut out = Vec::new();
+    let mut dirs = vec![src.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let rel = path.strip_prefix(src).unwrap().to_path_buf();
+                if rel == Path::new("lib.rs") || rel == Path::new("main.rs") {
+                    continue;
+                }
+                out.push(Source {
+                    file: rel.to_string_lossy().into_owned(),
+                    module: module_path(&rel),
+                    text: std::fs::read_to_string(&path).unwrap(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.file.cmp(&b.file));
+    out
+}
+
+fn module_path(rel: &Path) -> Vec<String> {
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_owned())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts
+}
+
+/// Files declared `#[cfg(test)] mod name;`: compiled only into tests.
+fn test_only_files(sources: &[Source]) -> BTreeSet<Vec<String>> {
+    let mut only = BTreeSet::new();
+    for s in sources {
+        for name in strip(&s.text).1 {
+            let mut m = s.module.clone();
+            m.push(name);
+            only.insert(m);
+        }
+    }
+    // Everything below a test-only module is test-only too.
+    sources
+        .iter()
+        .filter(|s| only.iter().any(|t| s.module.starts_with(t)))
+        .map(|s| s.module.clone())
+        .collect()
+}
+
+/// The text without comments and `#[cfg(test)]` items, and the names of
+/// the test-only modules it declares.
+fn strip(text: &str) -> (String, Vec<String>) {
+    let code: String = text
+        .lines()
+        .map(|l| l.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    const ATTR: &str = "#[cfg(test)]";
+    let mut out = String::new();
+    let mut modules = Vec::new();
+    let mut rest = code.as_str();
+    while let Some(at) = rest.find(ATTR) {
+        out.push_str(&rest[..at]);
+        let item = &rest[at + ATTR.len()..];
+        let end = item_end(item);
+        let decl = item[..end].trim();
+        let words: Vec<&str> = decl.split_whitespace().collect();
+        if let (true, Some(name)) = (decl.ends_with(';') && words.contains(&"mod"), words.last()) {
+            modules.push(name.trim_end_matches(';').to_owned());
+        }
+        rest = &item[end..];
+    }
+    out.push_str(rest);
+    (out, modules)
+}
+
+/// Where the item starting `text` ends: its `;` or its closing brace.
+fn item_end(text: &str) -> usize {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            ';' if depth == 0 => return i + 1,
+            _ => {}
+        }
+    }
+    text.len()
+}
+
+/// The top-level modules a file's code names.
+fn uses(s: &Source) -> BTreeSet<String> {
+    let (code, _) = strip(&s.text);
+    let mut found = BTreeSet::new();
+    for (at, _) in code.match_indices("crate::") {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            continue;
+        }
+        found.extend(heads(&code[at + "crate::".len()..]));
+    }
+    // `super::` climbing out of the file's top-level module.
+    let depth = s.module.len();
+    for (at, _) in code.match_indices("super::") {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        let mut path = &code[at..];
+        let mut climbed = 0;
+        while let Some(next) = path.strip_prefix("super::") {
+            climbed += 1;
+            path = next;
+        }
+        if climbed >= depth {
+            found.extend(heads(path));
+        }
+    }
+    found
+}
+
+/// The first segment of a path, or of each path in a `{…}` group.
+fn heads(path: &str) -> Vec<String> {
+    if let Some(group) = path.strip_prefix('{') {
+        let mut depth = 1usize;
+        let mut items = Vec::new();
+        let mut start = 0;
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        items.push(&group[start..i]);
+                        break;
+                    }
+                }
+                ',' if depth == 1 => {
+                    items.push(&group[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        items.iter().flat_map(|i| heads(i.trim())).collect()
+    } else {
+        let head: String = path
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if head.is_empty() || head == "self" {
+            Vec::new()
+        } else {
+            vec![head]
+        }
+    }
+}
