@@ -23,6 +23,7 @@ pub mod error;
 pub mod fips;
 pub mod identity;
 pub mod impersonation;
+pub mod issue;
 pub mod issuer;
 pub mod kube;
 pub mod mesh;

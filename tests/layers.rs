@@ -36,6 +36,7 @@ const LAYERS: &[&str] = &[
     "authority",
     "mesh",
     "error",
+    "issue",
     "server",
     "cli",
 ];

@@ -27,6 +27,7 @@ use crate::{
     clock::Clock,
     config::Config,
     impersonation::NodeAuthorizer,
+    issue::Pipeline,
     issuer::{self, Issuer},
     metrics::Metrics,
     policy::TtlRules,
@@ -216,15 +217,14 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         .await?;
     }
     let nodes = NodeAuthorizer::start(&config.impersonation, &authn, &config.trust_domain);
-    let service = CaService::new(
+    let pipeline = Pipeline::new(
         authn,
         nodes,
         issuer,
         TtlRules::from(&config.issuance),
-        metrics.clone(),
-        config.request_timeout(),
         authority.revocations().cloned(),
     );
+    let service = CaService::new(pipeline, metrics.clone(), config.request_timeout());
     let limits = limits::connections(config.server.max_connections);
     let door = admission::AdmissionLayer::new(
         config.server.max_in_flight,

@@ -1,4 +1,5 @@
-//! The gRPC method itself: authenticate, check the CSR, apply policy, issue;
+//! The gRPC method: `CreateCertificate` translated to the issuance
+//! pipeline ([`crate::issue`]) and back, within the request's deadline;
 //! one log line and one set of metrics per request.
 
 use std::{sync::Arc, time::Duration};
@@ -6,17 +7,13 @@ use std::{sync::Arc, time::Duration};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
-use rustls_pki_types::CertificateDer;
-
 use super::admission::{Deadline, HANDLER_MARGIN, busy_margin};
 use crate::{
-    authn::{self, Credentials},
-    ca, csr,
+    authn::Credentials,
     error::Error,
-    impersonation::{self, NodeAuthorizer},
-    issuer::{self, Issued, Issuer},
+    issue::{self, Ask, Pipeline, Trace},
+    issuer::Issued,
     metrics::Metrics,
-    policy::{self, TtlRules},
     proto::{
         IMPERSONATED_IDENTITY, IstioCertificateRequest, IstioCertificateResponse,
         istio_certificate_service_server::IstioCertificateService,
@@ -31,50 +28,21 @@ pub struct CaService {
 
 #[derive(Debug)]
 struct Inner {
-    authn: authn::Chain,
-    nodes: Option<NodeAuthorizer>,
-    issuer: Issuer,
-    ttl: TtlRules,
+    pipeline: Pipeline,
     metrics: Metrics,
     /// castellan's deadline, for a request that came without the door's.
     timeout: Duration,
-    /// Refused identities, and the leaves issued here (`[trust]`).
-    revocations: Option<Arc<crate::trust::Revocations>>,
-}
-
-/// What is known about a request when it ends, for its log line.
-#[derive(Default)]
-struct Trace {
-    caller: Option<String>,
-    /// The identity ztunnel asked for on a pod's behalf, if it is a valid
-    /// SPIFFE ID; a marker otherwise.
-    on_behalf_of: Option<String>,
-    /// The `clusterid` header, if it names a configured cluster; a marker otherwise.
-    cluster: Option<String>,
-    clamped_from: Option<Duration>,
 }
 
 // === impl CaService ===
 
 impl CaService {
-    pub fn new(
-        authn: authn::Chain,
-        nodes: Option<NodeAuthorizer>,
-        issuer: Issuer,
-        ttl: TtlRules,
-        metrics: Metrics,
-        timeout: Duration,
-        revocations: Option<Arc<crate::trust::Revocations>>,
-    ) -> Self {
+    pub fn new(pipeline: Pipeline, metrics: Metrics, timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                authn,
-                nodes,
-                issuer,
-                ttl,
+                pipeline,
                 metrics,
                 timeout,
-                revocations,
             }),
         }
     }
@@ -99,12 +67,19 @@ impl IstioCertificateService for CaService {
         let budget = deadline.saturating_duration_since(started);
         let (meta, _, req) = request.into_parts();
         let cluster = header(&meta, "clusterid");
-        let mut trace = Trace {
-            // Only a value castellan knows reaches the log.
-            cluster: cluster.map(|c| me.authn.describe_cluster(c)),
-            ..Trace::default()
+        // Only a value castellan knows reaches the log.
+        let cluster_logged = cluster.map(|c| me.pipeline.describe_cluster(c));
+        let mut trace = Trace::default();
+        let ask = Ask {
+            credentials: Credentials {
+                bearer: header(&meta, "authorization").and_then(bearer),
+                cluster_id: cluster,
+                peer_certs: peer_certs.as_deref().map(Vec::as_slice),
+            },
+            csr: &req.csr,
+            validity_secs: req.validity_duration,
+            on_behalf_of: impersonated(&req),
         };
-        let certs = peer_certs.as_deref().map(Vec::as_slice);
         let handler_deadline = deadline
             .checked_sub(HANDLER_MARGIN.min(budget / 2))
             .unwrap_or(deadline);
@@ -118,95 +93,36 @@ impl IstioCertificateService for CaService {
         // futures) is kilobytes, moved on every wrapping otherwise.
         let work = Box::pin(castellan_signer::deadline::scope(
             waits_until,
-            me.handle(&meta, certs, cluster, req, &mut trace),
+            me.pipeline.issue(ask, &mut trace),
         ));
         let result = tokio::time::timeout_at(handler_deadline, work)
             .await
             .unwrap_or(Err(Error::Timeout(budget)));
-        me.finish(result, &trace, started.elapsed())
+        me.finish(result, &trace, cluster_logged.as_deref(), started.elapsed())
     }
 }
 
 // === impl Inner ===
 
 impl Inner {
-    async fn handle(
-        &self,
-        meta: &MetadataMap,
-        peer_certs: Option<&[CertificateDer<'static>]>,
-        cluster_id: Option<&str>,
-        req: IstioCertificateRequest,
-        trace: &mut Trace,
-    ) -> Result<Issued, Error> {
-        let creds = Credentials {
-            bearer: header(meta, "authorization").and_then(bearer),
-            cluster_id,
-            peer_certs,
-        };
-        let caller = self.authn.authenticate(creds).await?;
-        trace.caller = Some(caller.identity.to_string());
-        let csr = csr::verify(&req.csr)?;
-        let impersonate = req
-            .metadata
-            .as_ref()
-            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-            .and_then(|v| match &v.kind {
-                Some(prost_types::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.as_str()),
-                _ => None,
-            });
-        let identity = match impersonate {
-            None => caller.identity.clone(),
-            Some(requested) => {
-                trace.on_behalf_of = Some(loggable_identity(requested));
-                let nodes = self
-                    .nodes
-                    .as_ref()
-                    .ok_or(impersonation::Error::NotConfigured)?;
-                nodes.authorize(&caller, requested).await?
-            }
-        };
-        let revocations = self
-            .revocations
-            .as_deref()
-            .map(|r| (r, identity.to_string()));
-        if let Some((r, id)) = &revocations {
-            if r.is_denied(id) {
-                return Err(Error::Revoked(id.clone()));
-            }
-            if let Some(why) = r.unrecorded() {
-                return Err(Error::Unrecorded(why));
-            }
-        }
-        let approved = policy::check(csr, &identity, req.validity_duration, &self.ttl)?;
-        trace.clamped_from = approved.clamped_from();
-        let issued = self.issuer.issue(&approved).await?;
-        if let Some((r, id)) = &revocations {
-            let not_after = issued
-                .not_after
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            r.issued(id, &issued.serial, not_after);
-        }
-        Ok(issued)
-    }
-
     /// Metrics, the request's one log line, and the status: the only place a
     /// request's outcome is turned into what the client sees.
     fn finish(
         &self,
         result: Result<Issued, Error>,
         trace: &Trace,
+        cluster: Option<&str>,
         elapsed: Duration,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let caller = trace.caller.as_deref().unwrap_or("-");
-        let on_behalf_of = trace.on_behalf_of.as_deref().unwrap_or("-");
-        let cluster = trace.cluster.as_deref().unwrap_or("-");
+        let caller = trace.caller().unwrap_or("-");
+        let on_behalf_of = trace.on_behalf_of().unwrap_or("-");
+        let cluster = cluster.unwrap_or("-");
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         match result {
             Ok(issued) => {
                 self.metrics.issued.inc();
                 self.metrics.observe_latency(tonic::Code::Ok, elapsed);
-                if trace.clamped_from.is_some() {
+                if trace.clamped_from().is_some() {
                     self.metrics.ttl_clamped.inc();
                 }
                 if !issued.warnings.is_empty() {
@@ -216,7 +132,7 @@ impl Inner {
                     self.metrics.lifetime_cut.inc();
                 }
                 let requested_secs = trace
-                    .clamped_from
+                    .clamped_from()
                     .map_or_else(|| "-".to_owned(), |d| d.as_secs().to_string());
                 let cut_from = issued
                     .cut_from
@@ -256,7 +172,7 @@ impl Inner {
             }
             Err(e) => {
                 let status = Status::from(&e);
-                self.count(&e);
+                issue::count(&self.metrics, &e);
                 self.metrics.observe_latency(status.code(), elapsed);
                 tracing::warn!(
                     caller,
@@ -270,61 +186,6 @@ impl Inner {
                 Err(status)
             }
         }
-    }
-
-    fn count(&self, e: &Error) {
-        let m = &self.metrics;
-        match e {
-            Error::Impersonation(impersonation::Error::Unavailable(..))
-            | Error::Policy(_)
-            | Error::Timeout(_) => {}
-            // Not a failed authentication: counted by its queue
-            // (castellan_backend_queue_turned_away_total) or the API server.
-            Error::Authn(authn::Error::Busy { .. }) => {}
-            // istiod counts a refused impersonation as an authentication failure.
-            Error::Authn(_) | Error::Impersonation(_) => m.authentication_failures.inc(),
-            Error::Csr(_) => m.csr_parsing_errors.inc(),
-            Error::Issue(e) => {
-                let label = sign_error_label(e);
-                debug_assert!(crate::metrics::SIGN_ERROR_LABELS.contains(&label));
-                m.sign_errors.with_label_values(&[label]).inc();
-            }
-            Error::Overloaded(_) => m.overloaded.inc(),
-            Error::Revoked(_) => m.revoked_refusals.inc(),
-            // Answered at the door, before the handler.
-            Error::TooLarge(_) => {}
-            Error::Unrecorded(_) => {
-                m.sign_errors
-                    .with_label_values(&["trust_record_unwritten"])
-                    .inc();
-            }
-        }
-    }
-}
-
-fn sign_error_label(e: &issuer::Error) -> &'static str {
-    match e {
-        issuer::Error::CaExpired(_) => "ca_expired",
-        issuer::Error::CaExpiring { .. } => "ca_expiring",
-        issuer::Error::Ca(
-            ca::Error::Backend(castellan_signer::Error::Unavailable(_)) | ca::Error::Unhealthy(_),
-        ) => "signer_unavailable",
-        issuer::Error::Ca(ca::Error::Backend(castellan_signer::Error::Busy(_))) => "signer_busy",
-        issuer::Error::Ca(ca::Error::KeyMismatch { .. }) => "key_mismatch",
-        issuer::Error::Ca(ca::Error::Refused(_)) => "leaf_refused",
-        issuer::Error::Ca(
-            ca::Error::Backend(
-                castellan_signer::Error::Config(_) | castellan_signer::Error::Failed(_),
-            )
-            | ca::Error::Parse { .. }
-            | ca::Error::NoRoots
-            | ca::Error::UnsupportedKey { .. }
-            | ca::Error::Practice(_)
-            | ca::Error::Profile(_)
-            | ca::Error::Probe(_)
-            | ca::Error::WorkloadOnly,
-        ) => "signer_failed",
-        issuer::Error::Encode(_) | issuer::Error::Profile(_) => "encoding",
     }
 }
 
@@ -341,13 +202,16 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// A requested identity as the log may show it: a valid SPIFFE ID, or a
-/// fixed marker (the value is the caller's, untrusted).
-fn loggable_identity(requested: &str) -> String {
-    match spiffe::SpiffeId::new(requested) {
-        Ok(id) if requested.len() <= 512 => id.to_string(),
-        Ok(_) | Err(_) => "<not a SPIFFE ID>".into(),
-    }
+/// The identity ztunnel asks for on a pod's behalf: the request
+/// metadata's `ImpersonatedIdentity` string, when set and not empty.
+fn impersonated(req: &IstioCertificateRequest) -> Option<&str> {
+    req.metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+        .and_then(|v| match &v.kind {
+            Some(prost_types::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
@@ -361,16 +225,5 @@ mod tests {
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
         assert_eq!(bearer("Bearer"), None);
-    }
-
-    #[test]
-    fn only_valid_identities_are_logged() {
-        assert_eq!(
-            loggable_identity("spiffe://cluster.local/ns/a/sa/b"),
-            "spiffe://cluster.local/ns/a/sa/b"
-        );
-        for bad in ["eyJhbGciOiJSUzI1NiJ9.secret.token", "", "spiffe://", "x\ny"] {
-            assert_eq!(loggable_identity(bad), "<not a SPIFFE ID>");
-        }
     }
 }
