@@ -81,7 +81,7 @@ for target in csr jwt config vault_answer; do
     grep -E '^Done' "$log" | sed "s/^/    $target: /"
 done
 
-# The FIPS build (README, "FIPS 140-3 build"): the AWS-LC FIPS module needs
+# The FIPS build (docs/security.md, "FIPS 140-3 build"): the AWS-LC FIPS module needs
 # CMake, Perl and Go to build. The same target directory as above, so only
 # what depends on the crypto features is built again (the release binary of
 # the FIPS build is `scripts/bench-fips.sh`'s). CASTELLAN_FIPS_LANE=0 skips it.

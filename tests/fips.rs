@@ -10,7 +10,7 @@ use castellan::fips;
 
 use crate::support::{Files, Setup, TestCa};
 
-/// The module version the README names for each build.
+/// The module version docs/security.md names for each build.
 const FIPS_MODULE: &str = "4.2.0";
 const DEFAULT_MODULE: &str = "5.12.0";
 

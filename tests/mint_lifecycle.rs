@@ -200,26 +200,29 @@ async fn an_intermediate_that_would_outlive_its_issuer_is_refused_and_the_curren
     assert!(text.contains("outlives its issuer"), "{text}");
 }
 
-/// The policy the README tells operators to paste, as written there.
-fn readme_policy() -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
+/// The policy docs/signers/vault.md tells operators to paste, as written there.
+fn documented_policy() -> String {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/signers/vault.md"
+    ))
+    .unwrap();
+    let start = doc
         .find("vault policy write castellan - <<'POLICY'\n")
-        .expect("the README's policy");
-    let body = &readme[start..];
+        .expect("docs/signers/vault.md's policy");
+    let body = &doc[start..];
     let body = &body[body.find('\n').unwrap() + 1..];
     body[..body.find("\nPOLICY").unwrap()].to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readmes_policy_suffices_for_a_token_without_the_default_policy() {
+async fn the_documented_policy_suffices_for_a_token_without_the_default_policy() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
     let bao = Bao::start().await;
     bao.enterprise_issuer(&root).await;
     bao.post(
         "sys/policies/acl/castellan",
-        json!({"policy": readme_policy()}),
+        json!({"policy": documented_policy()}),
     )
     .await;
     let dir = tempfile::tempdir().unwrap();

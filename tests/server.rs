@@ -151,7 +151,7 @@ async fn every_istio_client_tls_mode_connects() {
     );
 
     // COMPLIANCE_POLICY=pqc: TLS 1.3, X25519MLKEM768 only (not in the FIPS
-    // build: see README, "FIPS 140-3 build").
+    // build: see docs/security.md, "FIPS 140-3 build").
     let pqc = handshake(
         &ca,
         provider(vec![cs::TLS13_AES_128_GCM_SHA256], vec![kx::X25519MLKEM768]),

@@ -39,13 +39,7 @@ fn castellan_commands(text: &str) -> Vec<String> {
 #[test]
 fn every_castellan_command_in_the_runbooks_exists() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = vec![root.join("README.md")];
-    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "md") {
-            files.push(path);
-        }
-    }
+    let files = markdown_files(root);
     let mut checked = 0;
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
@@ -79,6 +73,60 @@ fn every_castellan_command_in_the_runbooks_exists() {
         checked >= 10,
         "only {checked} castellan commands found in the docs"
     );
+}
+
+/// The project's Markdown: the README, BENCHMARKS.md, everything under
+/// `docs/` and `deploy/`.
+fn markdown_files(root: &Path) -> Vec<PathBuf> {
+    let mut files = vec![root.join("README.md"), root.join("BENCHMARKS.md")];
+    let mut dirs = vec![root.join("docs"), root.join("deploy")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "md") {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
+
+/// The reference moved out of the README into docs/ and may move again:
+/// every relative link still leads to a file.
+#[test]
+fn every_link_between_the_docs_leads_somewhere() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    for file in markdown_files(root) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+            }
+            if in_code {
+                continue;
+            }
+            for (at, _) in line.match_indices("](") {
+                let rest = &line[at + 2..];
+                let target = &rest[..rest.find(')').unwrap_or(rest.len())];
+                let path = target.split('#').next().unwrap_or("");
+                if path.is_empty() || path.contains("://") || path.contains(' ') {
+                    continue;
+                }
+                let resolved = file.parent().unwrap().join(path);
+                assert!(
+                    resolved.exists(),
+                    "{}: the link to {target} leads nowhere",
+                    file.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30, "only {checked} links found");
 }
 
 // === The image ===
