@@ -244,7 +244,7 @@ fn the_default_mint_lifetime_fits_the_default_leaves() {
     let castellan::config::Signer::Vault(v) = &c.signer else {
         panic!("vault")
     };
-    let mint = v.mint.as_ref().unwrap();
+    let mint = v.vault.mint.as_ref().unwrap();
     assert_eq!(mint.ttl_secs, 2 * c.issuance.max_ttl_secs);
     assert_eq!(mint.key_type, castellan_vault::MintKey::EcP256);
 }

@@ -128,6 +128,38 @@ fn an_upward_import_is_caught() {
     );
 }
 
+/// Back ends meet only at the seam: each crate under `backends/` may use
+/// `castellan-signer` and no other castellan crate (minting pairs a key
+/// maker from one back end with a certifier from another through
+/// `castellan_signer::KeyMaker`, wired in `src/ca/backends.rs`).
+#[test]
+fn back_ends_depend_only_on_the_seam() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("backends");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let manifest = entry.unwrap().path().join("Cargo.toml");
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        let name = parsed["package"]["name"].as_str().unwrap().to_owned();
+        for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
+            let Some(deps) = parsed.get(section).and_then(toml::Value::as_table) else {
+                continue;
+            };
+            for dep in deps.keys() {
+                assert!(
+                    !dep.starts_with("castellan") || dep == "castellan-signer",
+                    "{}: {name} depends on {dep}; back ends meet only through castellan-signer",
+                    manifest.display()
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} back-end crates found");
+}
+
 fn check(sources: &[Source]) -> Vec<Upward> {
     let rank: BTreeMap<&str, usize> = LAYERS.iter().enumerate().map(|(i, m)| (*m, i)).collect();
     let test_only = test_only_files(sources);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use castellan_signer::Source;
+use castellan_signer::{KeyMaker, Source};
 use spiffe::TrustDomain;
 
 use crate::config;
@@ -33,11 +33,20 @@ pub fn source_for(
         config::Signer::File(c) => Arc::new(castellan_file::FileSource::new(c.clone())),
         config::Signer::Pkcs11(c) => Arc::new(castellan_pkcs11::Pkcs11Source::new(c.clone())),
         config::Signer::Vault(c) => {
-            let mut c = c.as_ref().clone();
-            if let Some(m) = &mut c.mint {
+            let mut vault = c.vault.clone();
+            if let Some(m) = &mut vault.mint {
                 m.min_life_secs = Some(longest_leaf.saturating_mul(2));
             }
-            Arc::new(castellan_vault::VaultSource::new(c, trust_domain.as_str()))
+            // Minted keys: made by one back end, certified by another.
+            let keys: Arc<dyn KeyMaker> = match &c.mint_keys {
+                Some(store) => Arc::new(store.clone()),
+                None => Arc::new(castellan_file::InMemoryKeys),
+            };
+            Arc::new(castellan_vault::VaultSource::new(
+                vault,
+                trust_domain.as_str(),
+                keys,
+            ))
         }
     }
 }

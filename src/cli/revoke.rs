@@ -67,7 +67,7 @@ async fn revoke(args: &Args) -> Result<String, String> {
             args.config.display()
         ));
     };
-    let vault_pki = matches!(&config.signer, crate::config::Signer::Vault(v) if v.pki.is_some());
+    let caps = config.signer.capabilities();
     match (&args.serial, &args.identity) {
         (Some(serial), _) => {
             let serial = normalize(serial)?;
@@ -78,11 +78,13 @@ async fn revoke(args: &Args) -> Result<String, String> {
                      certificate when it renews: restart its pods to renew at once"
                 ));
             }
-            if vault_pki {
+            if !caps.signs_own_crl() {
                 return Err(format!(
-                    "the signer is Vault PKI, whose CRL castellan publishes as Vault signs it: \
-                     revoke the leaf in Vault (`vault write <mount>/revoke \
-                     serial_number={serial}`, or with `certificate=` for a role with no_store)"
+                    "the signer ({}) issues its leaves and keeps their CRL itself; castellan \
+                     publishes that CRL as the back end signs it: revoke the leaf in Vault \
+                     (`vault write <mount>/revoke serial_number={serial}`, or with \
+                     `certificate=` for a role with no_store)",
+                    caps.name()
                 ));
             }
             by_serial(&store, &rules, &clock, &serial, args).await
@@ -96,7 +98,7 @@ async fn revoke(args: &Args) -> Result<String, String> {
                     config.trust_domain
                 ));
             }
-            by_identity(&store, &rules, &clock, &id.to_string(), args, vault_pki).await
+            by_identity(&store, &rules, &clock, &id.to_string(), args, caps).await
         }
         (None, None) => Err("give --serial or --identity".into()),
     }
@@ -161,7 +163,7 @@ async fn by_identity(
     clock: &Clock,
     id: &str,
     args: &Args,
-    vault_pki: bool,
+    caps: castellan_signer::Capabilities,
 ) -> Result<String, String> {
     let now = clock.unix();
     let denied_now = rules.state.load().denied.get(id).cloned();
@@ -189,7 +191,7 @@ async fn by_identity(
     let within = rules.interval.as_secs();
     Ok(if args.lift {
         format!("{id} may get certificates again (its revoked leaves stay revoked)")
-    } else if vault_pki {
+    } else if !caps.signs_own_crl() {
         format!(
             "{id} is refused new certificates (PERMISSION_DENIED) by every replica within \
              {within} s; its leaves are Vault's: revoke them in Vault"

@@ -299,7 +299,29 @@ pub enum Signer {
     File(castellan_file::Config),
     Pkcs11(castellan_pkcs11::Config),
     /// Boxed: by far the largest section.
-    Vault(Box<castellan_vault::Config>),
+    Vault(Box<VaultSigner>),
+}
+
+/// `[signer] type = "vault"`: Vault's own section, and, for Mint mode,
+/// where each minted intermediate's key is made (`[signer.mint.pkcs11]`,
+/// else in memory) — the key maker is another back end, so castellan
+/// reads its section and hands Vault only the maker.
+#[derive(Clone, Debug)]
+pub struct VaultSigner {
+    pub vault: castellan_vault::Config,
+    pub mint_keys: Option<castellan_pkcs11::KeyStore>,
+}
+
+impl Signer {
+    /// What the configured back end does: what every check asks of it,
+    /// instead of which back end it is.
+    pub fn capabilities(&self) -> castellan_signer::Capabilities {
+        match self {
+            Self::File(c) => c.capabilities(),
+            Self::Pkcs11(c) => c.capabilities(),
+            Self::Vault(c) => c.vault.capabilities(),
+        }
+    }
 }
 
 /// One authenticator of the chain (read by `tagged.rs`, by its `type`).
@@ -426,6 +448,8 @@ pub enum Error {
     Pkcs11Signer(#[from] castellan_pkcs11::ConfigError),
     #[error(transparent)]
     VaultSigner(#[from] castellan_vault::ConfigError),
+    #[error("signer.mint.pkcs11: {0}")]
+    MintKeys(castellan_pkcs11::ConfigError),
     /// A rule the file breaks, with the file named.
     #[error("config {path}: {source}")]
     Rule { path: PathBuf, source: Box<Self> },
@@ -473,7 +497,12 @@ impl Config {
         match &mut self.signer {
             Signer::File(c) => c.resolve_paths(base),
             Signer::Pkcs11(c) => c.resolve_paths(base),
-            Signer::Vault(c) => c.resolve_paths(base),
+            Signer::Vault(c) => {
+                c.vault.resolve_paths(base);
+                if let Some(keys) = &mut c.mint_keys {
+                    keys.resolve_paths(base);
+                }
+            }
         }
         for a in &mut self.authn {
             match a {

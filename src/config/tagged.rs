@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Deserializer, de::Error as _};
 
-use super::{Authn, Signer};
+use super::{Authn, Signer, VaultSigner};
 
 /// Reads `table` as `T`, naming the key at fault in `section`.
 fn fields<'de, T: Deserialize<'de>, E: serde::de::Error>(
@@ -52,11 +52,35 @@ impl<'de> Deserialize<'de> for Signer {
         match kind::<D::Error>("signer", &mut table, KINDS)?.as_str() {
             "file" => Ok(Self::File(fields("signer", table)?)),
             "pkcs11" => Ok(Self::Pkcs11(fields("signer", table)?)),
-            "vault" => Ok(Self::Vault(Box::new(fields("signer", table)?))),
+            "vault" => {
+                let mint_keys = mint_keys::<D::Error>(&mut table)?;
+                Ok(Self::Vault(Box::new(VaultSigner {
+                    vault: fields("signer", table)?,
+                    mint_keys,
+                })))
+            }
             other => Err(D::Error::custom(format!(
                 "`signer.type` = \"{other}\" is not a signer: use {KINDS}"
             ))),
         }
+    }
+}
+
+/// `[signer.mint.pkcs11]`, taken out of the Vault section: where minted
+/// keys are made is the PKCS#11 back end's to read, not Vault's.
+fn mint_keys<E: serde::de::Error>(
+    table: &mut toml::Table,
+) -> Result<Option<castellan_pkcs11::KeyStore>, E> {
+    let Some(toml::Value::Table(mint)) = table.get_mut("mint") else {
+        return Ok(None);
+    };
+    match mint.remove("pkcs11") {
+        None => Ok(None),
+        Some(toml::Value::Table(keys)) => fields("signer.mint.pkcs11", keys).map(Some),
+        Some(other) => Err(E::custom(format!(
+            "`signer.mint.pkcs11` must be a section ([signer.mint.pkcs11]), not {}",
+            other.type_str()
+        ))),
     }
 }
 

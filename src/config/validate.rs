@@ -13,6 +13,17 @@ fn invalid(key: &'static str, problem: &str) -> Result<(), Error> {
 impl Config {
     pub(super) fn validate(&self) -> Result<(), Error> {
         self.bounded()?;
+        self.validate_issuance()?;
+        self.validate_server()?;
+        self.validate_trust()?;
+        self.validate_signer()?;
+        self.validate_authn()?;
+        self.validate_kubernetes()?;
+        self.validate_impersonation()
+    }
+
+    /// `[issuance]`: the lifetimes in order.
+    fn validate_issuance(&self) -> Result<(), Error> {
         let i = &self.issuance;
         if i.max_ttl_secs == 0 {
             return invalid("issuance.max_ttl_secs", "must be above 0");
@@ -29,6 +40,11 @@ impl Config {
                 "must be between issuance.min_ttl_secs and issuance.max_ttl_secs",
             );
         }
+        Ok(())
+    }
+
+    /// `[server]` and `[server.tls]`.
+    fn validate_server(&self) -> Result<(), Error> {
         if self.server.max_in_flight == 0 {
             return invalid("server.max_in_flight", "must be above 0");
         }
@@ -71,6 +87,11 @@ impl Config {
         if tls.ttl_secs < 600 {
             return invalid("server.tls.ttl_secs", "must be at least 600");
         }
+        Ok(())
+    }
+
+    /// `[trust]`: one store, the record's pace, other CAs' roots.
+    fn validate_trust(&self) -> Result<(), Error> {
         if let Some(t) = &self.trust {
             match (&t.state_file, &t.state_configmap, &self.kubernetes) {
                 (Some(_), Some(_), _) | (None, None, _) => {
@@ -129,69 +150,85 @@ impl Config {
                 return invalid("trust.soak_secs", "must be at most a year (31536000)");
             }
         }
+        Ok(())
+    }
+
+    /// `[signer]`: its own rules, then what the rest of the file needs of
+    /// what it can do.
+    fn validate_signer(&self) -> Result<(), Error> {
+        let (i, tls) = (&self.issuance, &self.server.tls);
         match &self.signer {
             Signer::File(f) => f.validate()?,
             Signer::Pkcs11(p) => p.validate()?,
-            Signer::Vault(v) => v.validate()?,
-        }
-        if let Signer::Vault(v) = &self.signer {
-            if v.pki.is_some() && tls.cert_file.is_none() {
-                return invalid(
-                    "server.tls.cert_file",
-                    "is required with [signer.pki]: the Vault role issues SPIFFE certificates only, \
-                     so castellan cannot issue its own serving certificate there",
-                );
-            }
-            if v.pki.is_some() && self.ca.roots_file.is_none() {
-                return invalid(
-                    "ca.roots_file",
-                    "is required with [signer.pki]: the enterprise root(s) Vault's issuer must chain to",
-                );
-            }
-            if let Some(m) = &v.mint {
-                if self.ca.roots_file.is_none() {
-                    return invalid(
-                        "ca.roots_file",
-                        "is required with [signer.mint]: the enterprise root(s) every minted \
-                         intermediate must chain to",
-                    );
-                }
-                let own_tls = tls.cert_file.is_none()
-                    || self
-                        .kubernetes
-                        .as_ref()
-                        .is_some_and(|k| k.istiod_cert.is_some());
-                let serving = crate::profile::MIN_SERVING_LIFETIME
-                    .as_secs()
-                    .saturating_mul(2);
-                if own_tls && m.ttl_secs < serving {
-                    return Err(Error::Invalid {
-                        key: "signer.mint.ttl_secs",
-                        problem: format!(
-                            "is {} s: castellan's own TLS certificates (its listener's, istiod's) \
-                             need {} s of an intermediate's life at half life; raise it to at \
-                             least {serving}, or give the listener server.tls.cert_file and \
-                             leave kubernetes.istiod_cert unset",
-                            m.ttl_secs,
-                            crate::profile::MIN_SERVING_LIFETIME.as_secs()
-                        ),
-                    });
-                }
-                if m.ttl_secs < i.max_ttl_secs.saturating_mul(2) {
-                    return Err(Error::Invalid {
-                        key: "signer.mint.ttl_secs",
-                        problem: format!(
-                            "is {} s, less than twice issuance.max_ttl_secs ({} s): a leaf issued \
-                             just before a rotation would be cut short by the intermediate's \
-                             expiry; raise it to at least {} or lower issuance.max_ttl_secs",
-                            m.ttl_secs,
-                            i.max_ttl_secs,
-                            i.max_ttl_secs.saturating_mul(2)
-                        ),
-                    });
+            Signer::Vault(v) => {
+                v.vault.validate()?;
+                if let Some(keys) = &v.mint_keys {
+                    keys.validate().map_err(Error::MintKeys)?;
                 }
             }
         }
+        let caps = self.signer.capabilities();
+        if !caps.builds_certificates() && tls.cert_file.is_none() {
+            return Err(Error::Invalid {
+                key: "server.tls.cert_file",
+                problem: format!(
+                    "is required with {}: the back end issues SPIFFE certificates only, so \
+                     castellan cannot issue its own serving certificate there",
+                    caps.name()
+                ),
+            });
+        }
+        if caps.needs_configured_roots() && self.ca.roots_file.is_none() {
+            return Err(Error::Invalid {
+                key: "ca.roots_file",
+                problem: format!(
+                    "is required with {}: the enterprise root(s) the signing intermediate must \
+                     chain to (the back end hands castellan no root it could take its word for)",
+                    caps.name()
+                ),
+            });
+        }
+        if let Some(ttl_secs) = caps.minted_ttl_secs() {
+            let own_tls = tls.cert_file.is_none()
+                || self
+                    .kubernetes
+                    .as_ref()
+                    .is_some_and(|k| k.istiod_cert.is_some());
+            let serving = crate::profile::MIN_SERVING_LIFETIME
+                .as_secs()
+                .saturating_mul(2);
+            if own_tls && ttl_secs < serving {
+                return Err(Error::Invalid {
+                    key: "signer.mint.ttl_secs",
+                    problem: format!(
+                        "is {} s: castellan's own TLS certificates (its listener's, istiod's) \
+                         need {} s of an intermediate's life at half life; raise it to at \
+                         least {serving}, or give the listener server.tls.cert_file and \
+                         leave kubernetes.istiod_cert unset",
+                        ttl_secs,
+                        crate::profile::MIN_SERVING_LIFETIME.as_secs()
+                    ),
+                });
+            }
+            if ttl_secs < i.max_ttl_secs.saturating_mul(2) {
+                return Err(Error::Invalid {
+                    key: "signer.mint.ttl_secs",
+                    problem: format!(
+                        "is {} s, less than twice issuance.max_ttl_secs ({} s): a leaf issued \
+                         just before a rotation would be cut short by the intermediate's \
+                         expiry; raise it to at least {} or lower issuance.max_ttl_secs",
+                        ttl_secs,
+                        i.max_ttl_secs,
+                        i.max_ttl_secs.saturating_mul(2)
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `[[authn]]`: at least one, each valid.
+    fn validate_authn(&self) -> Result<(), Error> {
         if self.authn.is_empty() {
             return invalid(
                 "authn",
@@ -205,18 +242,30 @@ impl Config {
                 Authn::ClientCert(_) => {}
             }
         }
+        Ok(())
+    }
+
+    /// `[kubernetes]`, and what its writers need of the signer.
+    fn validate_kubernetes(&self) -> Result<(), Error> {
+        let caps = self.signer.capabilities();
         if let Some(k) = &self.kubernetes {
             k.validate(self.issuance.not_before_skew_secs)?;
-            if let (Some(_), Signer::Vault(v)) = (&k.istiod_cert, &self.signer)
-                && v.pki.is_some()
-            {
-                return invalid(
-                    "kubernetes.istiod_cert",
-                    "needs a signer castellan builds certificates with (file, pkcs11, Vault \
-                     Transit): the Vault PKI role issues SPIFFE certificates only",
-                );
+            if k.istiod_cert.is_some() && !caps.builds_certificates() {
+                return Err(Error::Invalid {
+                    key: "kubernetes.istiod_cert",
+                    problem: format!(
+                        "needs a signer castellan builds certificates with (file, pkcs11, Vault \
+                         Transit or mint): {} issues SPIFFE certificates only",
+                        caps.name()
+                    ),
+                });
             }
         }
+        Ok(())
+    }
+
+    /// `[impersonation]`: node accounts, and the cluster they are read from.
+    fn validate_impersonation(&self) -> Result<(), Error> {
         if self.impersonation.max_staleness_secs < 2 {
             return invalid("impersonation.max_staleness_secs", "must be at least 2");
         }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 pub use key::FileKey;
 pub use layout::{Material, Paths};
-pub use source::{FileSource, key_signer};
+pub use source::{FileSource, InMemoryKeys, key_signer};
 
 /// Where the signing material lives.
 ///
@@ -96,6 +96,11 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError`] naming the keys to change.
+    /// castellan builds every certificate; the key here signs it.
+    pub const fn capabilities(&self) -> castellan_signer::Capabilities {
+        castellan_signer::Capabilities::signs("[signer] type = \"file\"")
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         match (&self.dir, &self.cert_file, &self.key_file) {
             (Some(_), None, None) => {

@@ -103,6 +103,27 @@ impl KeySigner for FileSigner {
 
 /// `key` as a signing back end, for back ends that make a key in memory
 /// (the Vault mint mode) and sign with it exactly as the file signer does.
+/// Makes keys in memory: they live as long as the signer holding them,
+/// and are never written anywhere.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InMemoryKeys;
+
+#[castellan_signer::async_trait]
+impl castellan_signer::KeyMaker for InMemoryKeys {
+    async fn make(
+        &self,
+        algorithm: KeyAlgorithm,
+        _stale_after: std::time::Duration,
+    ) -> Result<Arc<dyn KeySigner>, castellan_signer::Error> {
+        let key = FileKey::generate(algorithm).map_err(castellan_signer::Error::from)?;
+        Ok(key_signer(key))
+    }
+
+    fn describe(&self) -> String {
+        "in memory".into()
+    }
+}
+
 pub fn key_signer(key: FileKey) -> Arc<dyn KeySigner> {
     Arc::new(FileSigner { key: Arc::new(key) })
 }

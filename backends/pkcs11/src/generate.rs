@@ -40,6 +40,34 @@ fn default_prefix() -> String {
     "castellan-mint".into()
 }
 
+/// Keys made inside the token, each opened as a signer that destroys it
+/// when dropped; the token work runs off the async runtime.
+#[castellan_signer::async_trait]
+impl castellan_signer::KeyMaker for KeyStore {
+    async fn make(
+        &self,
+        algorithm: KeyAlgorithm,
+        stale_after: Duration,
+    ) -> Result<Arc<dyn KeySigner>, castellan_signer::Error> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.generate(algorithm, stale_after))
+            .await
+            .map_err(|e| castellan_signer::Error::unavailable(format!("generating the key: {e}")))?
+            .map_err(castellan_signer::Error::from)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "in the PKCS#11 token {} ({})",
+            self.token_label
+                .as_deref()
+                .or(self.token_serial.as_deref())
+                .unwrap_or("-"),
+            self.module.display()
+        )
+    }
+}
+
 // === impl KeyStore ===
 
 impl KeyStore {

@@ -124,6 +124,11 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError`] naming the keys to change.
+    /// castellan builds every certificate; the token's key signs it.
+    pub const fn capabilities(&self) -> castellan_signer::Capabilities {
+        castellan_signer::Capabilities::signs("[signer] type = \"pkcs11\"")
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.cert_file.is_some() == self.cert_label.is_some() {
             return Err(ConfigError::ExactlyOne("cert_file", "cert_label"));

@@ -14,9 +14,11 @@
 
 mod algorithm;
 mod backend;
+mod capabilities;
 pub mod deadline;
 mod error;
 mod files;
+mod keymaker;
 pub mod queue;
 
 pub use algorithm::{KeyAlgorithm, RsaPadding};
@@ -24,11 +26,13 @@ pub use backend::{
     Backend, IssuedLeaf, KeyBinding, KeySigner, LeafIssuer, LeafOrder, Loaded, Material, Signature,
     Source,
 };
+pub use capabilities::Capabilities;
 pub use error::{Cause, Error};
 pub use files::{
     CertFiles, Certs, FileError, Fingerprint, fingerprint_files, parse_certs, read_certs, resolve,
     resolve_opt,
 };
+pub use keymaker::KeyMaker;
 
 /// Re-exported so back ends implement the traits without naming the crate.
 pub use async_trait::async_trait;

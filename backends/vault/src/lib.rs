@@ -127,8 +127,6 @@ pub struct MintConfig {
     pub key_type: MintKey,
     /// The intermediates' common name; default `castellan <trust domain>`.
     pub common_name: Option<String>,
-    /// Make each key inside this PKCS#11 token instead of in memory.
-    pub pkcs11: Option<castellan_pkcs11::KeyStore>,
     /// The least lifetime a minted intermediate must have: twice the
     /// longest leaf castellan issues, so that a leaf issued just before the
     /// next rotation (at half life) still ends before it. Set by castellan
@@ -168,8 +166,6 @@ pub enum ConfigError {
     MaxConcurrent,
     #[error("signer.vault.{0}: `{1}` must not be empty")]
     Empty(&'static str, &'static str),
-    #[error("signer.mint.pkcs11: {0}")]
-    KeyStore(castellan_pkcs11::ConfigError),
 }
 
 // === impl Config ===
@@ -197,9 +193,6 @@ impl Config {
                 resolve(base, secret_id_file);
             }
         }
-        if let Some(store) = self.mint.as_mut().and_then(|m| m.pkcs11.as_mut()) {
-            store.resolve_paths(base);
-        }
         if let Some(t) = &mut self.transit {
             resolve(base, &mut t.cert_file);
             resolve_opt(base, &mut t.chain_file);
@@ -211,6 +204,17 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError`] naming the keys to change.
+    /// PKI issues each leaf itself; Transit signs what castellan builds;
+    /// Mint certifies the intermediate castellan makes and signs with.
+    pub fn capabilities(&self) -> castellan_signer::Capabilities {
+        use castellan_signer::Capabilities;
+        match (&self.pki, &self.mint) {
+            (Some(_), _) => Capabilities::issues_leaves("[signer.pki] (Vault PKI)"),
+            (None, Some(m)) => Capabilities::signs("[signer.mint]").minted(m.ttl_secs),
+            (None, None) => Capabilities::signs("[signer.transit]"),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let modes = [
             self.pki.is_some(),
@@ -257,9 +261,6 @@ impl Config {
             }
             if m.issuer.as_deref().is_some_and(str::is_empty) {
                 return Err(ConfigError::Empty("mint", "issuer"));
-            }
-            if let Some(store) = &m.pkcs11 {
-                store.validate().map_err(ConfigError::KeyStore)?;
             }
         }
         Ok(())

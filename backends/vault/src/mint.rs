@@ -9,9 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
 
-use castellan_file::FileKey;
-use castellan_pkcs11::KeyStore;
-use castellan_signer::{KeyAlgorithm, KeySigner};
+use castellan_signer::{KeyAlgorithm, KeyMaker, KeySigner};
 use der::{
     Decode, Encode,
     asn1::{BitString, Ia5String},
@@ -52,8 +50,8 @@ pub struct Mint {
     common_name: String,
     /// `spiffe://<trust domain>`: the intermediate's one URI SAN.
     spiffe_id: String,
-    /// Keys made in this token; `None`: in memory.
-    store: Option<KeyStore>,
+    /// Where each intermediate's key is made (in memory, in an HSM).
+    keys: Arc<dyn KeyMaker>,
 }
 
 /// A fresh key and the certificate Vault made for it, checked.
@@ -68,7 +66,7 @@ pub struct Minted {
 // === impl Mint ===
 
 impl Mint {
-    pub fn new(config: &MintConfig, trust_domain: &str) -> Self {
+    pub fn new(config: &MintConfig, trust_domain: &str, keys: Arc<dyn KeyMaker>) -> Self {
         let mount = config.mount.trim_matches('/');
         let path = match &config.issuer {
             Some(issuer) => format!("{mount}/issuer/{issuer}/sign-intermediate"),
@@ -95,7 +93,7 @@ impl Mint {
                 .clone()
                 .unwrap_or_else(|| format!("castellan {trust_domain}")),
             spiffe_id: format!("spiffe://{trust_domain}"),
-            store: config.pkcs11.clone(),
+            keys,
         }
     }
 
@@ -155,28 +153,24 @@ impl Mint {
         Ok(Minted { key, cert, chain })
     }
 
-    /// A new key: in memory, or made inside the token (off the runtime).
+    /// A new key from the key maker. A key of ours older than an
+    /// intermediate's life (and an hour) can no longer be in any replica's
+    /// use.
     async fn generate(&self) -> Result<Arc<dyn KeySigner>, Error> {
-        let Some(store) = self.store.clone() else {
-            let key = FileKey::generate(self.key)
-                .map_err(|e| Error::Invalid(format!("generating the intermediate key: {e}")))?;
-            return Ok(castellan_file::key_signer(key));
-        };
-        // A key of ours older than an intermediate's life (and an hour) can
-        // no longer be in any replica's use.
         let stale = self.ttl.saturating_add(Duration::from_secs(3600));
-        let alg = self.key;
-        tokio::task::spawn_blocking(move || store.generate(alg, stale))
-            .await
-            .map_err(|e| Error::Unavailable(format!("generating the key in the HSM: {e}")))?
-            .map_err(|e| match castellan_signer::Error::from(e) {
-                castellan_signer::Error::Config(m) => Error::Config(m.to_string()),
+        self.keys.make(self.key, stale).await.map_err(|e| {
+            let place = self.keys.describe();
+            match e {
+                castellan_signer::Error::Config(m) => {
+                    Error::Config(format!("generating the key {place}: {m}"))
+                }
                 castellan_signer::Error::Unavailable(m)
                 | castellan_signer::Error::Failed(m)
                 | castellan_signer::Error::Busy(m) => {
-                    Error::Unavailable(format!("generating the key in the HSM: {m}"))
+                    Error::Unavailable(format!("generating the key {place}: {m}"))
                 }
-            })
+            }
+        })
     }
 
     /// A PKCS#10 request for `key`. Its subject is empty: Vault takes the
@@ -357,6 +351,65 @@ pub(crate) fn minted_answer(
 mod tests {
     use super::*;
 
+    /// P-256 keys in memory, made here: the vault crate knows no other
+    /// back end, so its tests bring their own key maker.
+    #[derive(Debug)]
+    struct TestKeys;
+
+    #[derive(Debug)]
+    struct TestKey(aws_lc_rs::signature::EcdsaKeyPair);
+
+    #[castellan_signer::async_trait]
+    impl KeySigner for TestKey {
+        fn algorithm(&self) -> KeyAlgorithm {
+            KeyAlgorithm::EcdsaP256Sha256
+        }
+
+        async fn sign(
+            &self,
+            tbs: &[u8],
+        ) -> Result<castellan_signer::Signature, castellan_signer::Error> {
+            let rng = aws_lc_rs::rand::SystemRandom::new();
+            let value = self
+                .0
+                .sign(&rng, tbs)
+                .map_err(|_| castellan_signer::Error::failed("signing"))?;
+            Ok(castellan_signer::Signature {
+                value: value.as_ref().to_vec(),
+                key: castellan_signer::KeyBinding::Resolved(1),
+            })
+        }
+
+        fn healthy(&self) -> bool {
+            true
+        }
+
+        async fn probe(&self) {}
+
+        fn public_key_der(&self) -> Option<Vec<u8>> {
+            use aws_lc_rs::{encoding::AsDer, signature::KeyPair};
+            Some(self.0.public_key().as_der().ok()?.as_ref().to_vec())
+        }
+    }
+
+    #[castellan_signer::async_trait]
+    impl KeyMaker for TestKeys {
+        async fn make(
+            &self,
+            _: KeyAlgorithm,
+            _: Duration,
+        ) -> Result<Arc<dyn KeySigner>, castellan_signer::Error> {
+            let alg = &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING;
+            let key = aws_lc_rs::signature::EcdsaKeyPair::generate(alg)
+                .map_err(|_| castellan_signer::Error::failed("generating"))?;
+            Ok(Arc::new(TestKey(key)))
+        }
+
+        fn describe(&self) -> String {
+            "in the test".into()
+        }
+    }
+
     fn mint(ttl: u64) -> Mint {
         Mint::new(
             &MintConfig {
@@ -365,10 +418,10 @@ mod tests {
                 ttl_secs: ttl,
                 key_type: MintKey::EcP256,
                 common_name: None,
-                pkcs11: None,
                 min_life_secs: None,
             },
             "cluster.local",
+            Arc::new(TestKeys),
         )
     }
 
@@ -393,10 +446,10 @@ mod tests {
                 ttl_secs: 60,
                 key_type: MintKey::EcP384,
                 common_name: Some("x".into()),
-                pkcs11: None,
                 min_life_secs: None,
             },
             "td",
+            Arc::new(TestKeys),
         );
         assert_eq!(pinned.path(), "pki/issuer/ent/sign-intermediate");
     }

@@ -41,10 +41,18 @@ struct TransitSigner {
 
 impl VaultSource {
     /// `trust_domain` is the one URI SAN (`spiffe://<trust domain>`) Mint
-    /// mode's intermediates carry.
-    pub fn new(config: Config, trust_domain: &str) -> Self {
+    /// mode's intermediates carry; `keys` makes each one's key (Mint mode
+    /// only).
+    pub fn new(
+        config: Config,
+        trust_domain: &str,
+        keys: Arc<dyn castellan_signer::KeyMaker>,
+    ) -> Self {
         Self {
-            mint: config.mint.as_ref().map(|m| Mint::new(m, trust_domain)),
+            mint: config
+                .mint
+                .as_ref()
+                .map(|m| Mint::new(m, trust_domain, keys)),
             config,
             client: OnceCell::new(),
         }
