@@ -384,7 +384,7 @@ async fn dropping_the_signing_threads_joins_them() {
     );
 }
 
-/// 300 requests at once against one RSA-4096 session (the old queue held 64 and
+/// 200 requests at once against one RSA-4096 session (the old queue held 64 and
 /// answered the rest UNAVAILABLE): each waits its turn and all are signed.
 /// With a burst longer than the deadline (3 s) allows, those the session
 /// cannot reach in time are told the signer is busy (RESOURCE_EXHAUSTED) —
@@ -426,7 +426,9 @@ async fn a_busy_session_pool_serves_every_request_its_deadline_allows() {
             results
         }
     };
-    let all = burst(300).await;
+    // Well inside the deadline even with the other tests on the same cores:
+    // the busy answer comes a tenth of the deadline early.
+    let all = burst(200).await;
     let failed: Vec<_> = all.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
         failed.is_empty(),

@@ -121,13 +121,13 @@ impl Authority {
                 Arc::clone(&unit.ca),
                 poll,
                 move |new| observe(&m1, new),
-                move || m2.reload_refused.inc(),
+                move || m2.ca.reload_refused.inc(),
             ));
         }
         if unit.ca.self_rotating() {
             unit.rotate(metrics);
         }
-        let healthy = metrics.signer_healthy.clone();
+        let healthy = metrics.ca.signer_healthy.clone();
         healthy.set(1);
         unit.tasks.push(ca::spawn_prober(
             Arc::clone(&unit.ca),
@@ -201,9 +201,9 @@ impl Authority {
         self.tasks.push(ca::spawn_rotator(
             Arc::clone(&self.ca),
             move |outcome, now| {
-                m.rotations.with_label_values(&[outcome.label()]).inc();
+                m.ca.rotations.with_label_values(&[outcome.label()]).inc();
                 if outcome == ca::RotationOutcome::Refused {
-                    m.reload_refused.inc();
+                    m.ca.reload_refused.inc();
                 }
                 observe(&m, now);
                 m.observe_rotation(ca::rotation_due(now.facts()));

@@ -14,19 +14,20 @@ pub fn count(m: &Metrics, e: &Error) {
         // (castellan_backend_queue_turned_away_total) or the API server.
         Error::Authn(authn::Error::Busy { .. }) => {}
         // istiod counts a refused impersonation as an authentication failure.
-        Error::Authn(_) | Error::Impersonation(_) => m.authentication_failures.inc(),
-        Error::Csr(_) => m.csr_parsing_errors.inc(),
+        Error::Authn(_) | Error::Impersonation(_) => m.requests.authentication_failures.inc(),
+        Error::Csr(_) => m.requests.csr_parsing_errors.inc(),
         Error::Issue(e) => {
             let label = sign_error_label(e);
             debug_assert!(crate::metrics::SIGN_ERROR_LABELS.contains(&label));
-            m.sign_errors.with_label_values(&[label]).inc();
+            m.requests.sign_errors.with_label_values(&[label]).inc();
         }
-        Error::Overloaded(_) => m.overloaded.inc(),
-        Error::Revoked(_) => m.revoked_refusals.inc(),
+        Error::Overloaded(_) => m.requests.overloaded.inc(),
+        Error::Revoked(_) => m.requests.revoked_refusals.inc(),
         // Answered at the door, before the handler.
         Error::TooLarge(_) => {}
         Error::Unrecorded(_) => {
-            m.sign_errors
+            m.requests
+                .sign_errors
                 .with_label_values(&["trust_record_unwritten"])
                 .inc();
         }

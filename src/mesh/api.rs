@@ -84,6 +84,7 @@ impl Trouble {
     pub(crate) fn report(&self, metrics: &Metrics, resource: &str, verb: &str, what: &str) {
         debug_assert!(crate::metrics::KUBE_RESOURCES.contains(&resource));
         metrics
+            .mesh
             .kube_errors
             .with_label_values(&[resource, self.reason()])
             .inc();
@@ -246,6 +247,7 @@ impl WriteGuard {
             self.per.saturating_sub(now.duration_since(*t))
         });
         metrics
+            .mesh
             .kube_write_throttled
             .with_label_values(&[self.resource])
             .inc();
@@ -307,6 +309,7 @@ mod tests {
         assert_eq!(guard.wait("ns/b", &metrics), Duration::ZERO, "per object");
         assert_eq!(
             metrics
+                .mesh
                 .kube_write_throttled
                 .with_label_values(&["secrets"])
                 .get(),

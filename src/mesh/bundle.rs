@@ -195,9 +195,11 @@ impl Publisher {
         let selected = state.namespaces.values().filter(|active| **active).count();
         drop(state);
         self.metrics
+            .mesh
             .trust_bundle_namespaces
             .set(i64::try_from(count).unwrap_or(i64::MAX));
         self.metrics
+            .mesh
             .trust_bundle_selected
             .set(i64::try_from(selected).unwrap_or(i64::MAX));
     }
@@ -363,6 +365,7 @@ impl Publisher {
         drop(state);
         if whole {
             self.metrics
+                .mesh
                 .trust_bundle_last_publish
                 .with_label_values(&["configmaps"])
                 .set(unix_now());

@@ -97,6 +97,7 @@ pub(crate) async fn run(
                     .is_some_and(|o| holds(o, ca.current().roots_pem()));
                 if held && leadership.is_leader() {
                     metrics
+                        .mesh
                         .trust_bundle_last_publish
                         .with_label_values(&["clustertrustbundle"])
                         .set(unix_now());
@@ -116,6 +117,7 @@ pub(crate) async fn run(
             poke.notify_one();
         } else {
             metrics
+                .mesh
                 .trust_bundle_last_publish
                 .with_label_values(&["clustertrustbundle"])
                 .set(unix_now());

@@ -105,7 +105,7 @@ pub(crate) async fn run(
         let object = format!("{}/{}", wanted.namespace, wanted.secret);
         match reconcile(&api, &wanted, &issuer, &ca, &leadership, &guard, &metrics).await {
             Ok((not_before, not_after)) => {
-                metrics.istiod_cert_expiry.set(unix(not_after));
+                metrics.mesh.istiod_cert_expiry.set(unix(not_after));
                 next_renewal = Some(renewal_in(
                     not_before,
                     not_after,

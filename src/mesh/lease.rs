@@ -187,7 +187,7 @@ impl Elector {
             *self.lock_until() = None;
         }
         let was = self.leading.send_replace(leading);
-        self.metrics.leader.set(i64::from(leading));
+        self.metrics.mesh.leader.set(i64::from(leading));
         match (was, leading) {
             (false, true) => tracing::info!(
                 lease = %self.name,

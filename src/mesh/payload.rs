@@ -78,8 +78,8 @@ impl Payload {
     /// Writes by reason.
     pub(crate) fn writes<'m>(&self, metrics: &'m Metrics) -> &'m IntCounterVec {
         match self {
-            Self::Roots(_) => &metrics.trust_bundle_writes,
-            Self::Crl(_) => &metrics.crl_writes,
+            Self::Roots(_) => &metrics.mesh.trust_bundle_writes,
+            Self::Crl(_) => &metrics.mesh.crl_writes,
         }
     }
 

@@ -151,7 +151,7 @@ where
                 door.refuse_overloaded(arrived);
                 return Ok(Status::from(&Error::Overloaded(door.max_in_flight)).into_http());
             };
-            let _slot = Slot::new(permit, door.metrics.in_flight.clone());
+            let _slot = Slot::new(permit, door.metrics.requests.in_flight.clone());
             match tokio::time::timeout_at(door_deadline, inner.call(req)).await {
                 Ok(answer) => answer.map(|r| too_large(r, &door, arrived)),
                 Err(_) => {
@@ -207,7 +207,7 @@ fn too_large(
 impl Door {
     /// A request waited out its deadline at the door.
     fn refuse_overloaded(&self, arrived: Instant) {
-        self.metrics.overloaded.inc();
+        self.metrics.requests.overloaded.inc();
         self.metrics
             .observe_latency(tonic::Code::ResourceExhausted, arrived.elapsed());
         let mut last = self

@@ -56,7 +56,7 @@ impl IstioCertificateService for CaService {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let started = Instant::now();
         let me = &self.inner;
-        me.metrics.csr_count.inc();
+        me.metrics.requests.csr_count.inc();
         let peer_certs = request.peer_certs();
         // Set at the door when the request arrived; without one (a service
         // used without the admission layer), castellan's own timeout.
@@ -120,16 +120,16 @@ impl Inner {
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         match result {
             Ok(issued) => {
-                self.metrics.issued.inc();
+                self.metrics.requests.issued.inc();
                 self.metrics.observe_latency(tonic::Code::Ok, elapsed);
                 if trace.clamped_from().is_some() {
-                    self.metrics.ttl_clamped.inc();
+                    self.metrics.requests.ttl_clamped.inc();
                 }
                 if !issued.warnings.is_empty() {
-                    self.metrics.signer_warnings.inc();
+                    self.metrics.requests.signer_warnings.inc();
                 }
                 if issued.cut_from.is_some() {
-                    self.metrics.lifetime_cut.inc();
+                    self.metrics.requests.lifetime_cut.inc();
                 }
                 let requested_secs = trace
                     .clamped_from()

@@ -78,6 +78,7 @@ impl Shards {
                 handle: runtime.handle().clone(),
                 conns: tx,
                 load: metrics
+                    .listener
                     .worker_connections
                     .with_label_values(&[i.to_string().as_str()]),
             });

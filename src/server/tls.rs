@@ -253,7 +253,7 @@ pub(super) fn incoming(
             };
             let Ok(slot) = Arc::clone(&connections).try_acquire_owned() else {
                 drop(tcp);
-                metrics.connections_refused.inc();
+                metrics.listener.connections_refused.inc();
                 if refused_log.due() {
                     tracing::warn!(
                         limit = limits.connections,
@@ -286,7 +286,7 @@ pub(super) fn incoming(
             };
             let acceptor = acceptor.clone();
             let conn_tx = shard.connections();
-            let open = metrics.connections.clone();
+            let open = metrics.listener.connections.clone();
             shard.spawn(move |load| async move {
                 let tcp = match TcpStream::from_std(tcp) {
                     Ok(tcp) => Watched::new(tcp, progress),

@@ -139,7 +139,7 @@ impl Keeper {
             {
                 sign::Round::Kept => {}
                 sign::Round::Signed(crl) => {
-                    self.metrics.crl_signed.inc();
+                    self.metrics.ca.crl_signed.inc();
                     tracing::info!(
                         ca = %h.ca.facts().subject,
                         revoked = entries.len(),
@@ -240,6 +240,7 @@ impl Keeper {
         let upstream: Vec<Crl> = self.files.iter().chain(&self.fetched).cloned().collect();
         let set = set::assemble(&wanted, &upstream, now);
         self.metrics
+            .ca
             .crl_missing
             .set(i64::try_from(set.problems.len()).unwrap_or(i64::MAX));
         let problems = set.problems.join("; ");
@@ -262,11 +263,12 @@ impl Keeper {
         if !set.complete || set.pem.is_empty() {
             return;
         }
-        self.metrics.crl_next_update.set(
+        self.metrics.ca.crl_next_update.set(
             set.next_update
                 .map_or(0, |t| i64::try_from(unix(t)).unwrap_or(i64::MAX)),
         );
         self.metrics
+            .ca
             .crl_generations
             .set(i64::try_from(set.generations).unwrap_or(i64::MAX));
         self.tx.send_if_modified(|published| {

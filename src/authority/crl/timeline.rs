@@ -267,7 +267,7 @@ async fn days_of_rotations_revocations_and_expiring_crls() {
     // its nextUpdate (six hours); the first generation leaves the set once
     // its last leaf has expired, a day (and the record's lag) after it was
     // replaced at hour 2.
-    let signed_before = w.metrics.crl_signed.get();
+    let signed_before = w.metrics.ca.crl_signed.get();
     for hour in 6..=40u32 {
         w.at(HOUR * hour).await;
         w.assert_whole(&format!("hour {hour}"));
@@ -275,7 +275,7 @@ async fn days_of_rotations_revocations_and_expiring_crls() {
         assert_eq!(n0, hour <= 26, "hour {hour}: generation 0 in the set");
     }
     assert!(
-        w.metrics.crl_signed.get() >= signed_before + 2 * 5,
+        w.metrics.ca.crl_signed.get() >= signed_before + 2 * 5,
         "re-signed every half validity"
     );
     assert_eq!(
@@ -295,7 +295,7 @@ async fn days_of_rotations_revocations_and_expiring_crls() {
     let last = w.published.borrow().clone();
     w.at(HOUR * 49).await;
     assert_eq!(*w.published.borrow(), last, "the last whole set stays");
-    assert!(w.metrics.crl_missing.get() >= 1);
+    assert!(w.metrics.ca.crl_missing.get() >= 1);
     // Renewed: published again, whole.
     let now = w.clock.now();
     std::fs::write(
@@ -305,6 +305,6 @@ async fn days_of_rotations_revocations_and_expiring_crls() {
     .unwrap_or_else(|e| panic!("{e}"));
     w.at(HOUR * 50).await;
     w.assert_whole("after the upstream CRL was renewed");
-    assert_eq!(w.metrics.crl_missing.get(), 0);
+    assert_eq!(w.metrics.ca.crl_missing.get(), 0);
     let _ = &w.trust;
 }
