@@ -2,6 +2,7 @@
 //! signing material and of the serving certificate, and graceful shutdown.
 
 mod admission;
+mod grpc;
 mod handshakes;
 mod health;
 mod limits;
@@ -14,7 +15,6 @@ mod tls;
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
-use tokio_rustls::TlsAcceptor;
 
 pub use preflight::{check_listeners, crypto_ready};
 pub use service::CaService;
@@ -31,7 +31,6 @@ use crate::{
     issuer::{self, Issuer},
     metrics::Metrics,
     policy::TtlRules,
-    proto::istio_certificate_service_server::IstioCertificateServiceServer,
 };
 
 /// Why castellan cannot start or stopped.
@@ -154,8 +153,6 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
     let authority = Authority::start(config, &metrics, clock.clone()).await?;
     let ca = Arc::clone(authority.ca());
     let mut background = Vec::new();
-    let poll = Duration::from_secs(config.ca.reload_interval_secs);
-
     let authn = authn::Chain::from_config(
         &config.authn,
         &config.authn_cache,
@@ -164,58 +161,18 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         &clock,
     )
     .await?;
-    let skew = Duration::from_secs(config.issuance.not_before_skew_secs);
     let issuer = Issuer::new(
         Arc::clone(&ca),
-        skew,
+        Duration::from_secs(config.issuance.not_before_skew_secs),
         Duration::from_secs(config.issuance.min_ttl_secs),
     );
-
-    let (serving, renewal) = serving::start(&config.server.tls, &issuer, poll).await?;
-    background.push(renewal);
-    let client_roots = Arc::new(tls::ClientRoots::new(ca.current().roots())?);
-    background.push(follow_roots(Arc::clone(&ca), Arc::clone(&client_roots)));
-    let tls = tls::server_config(serving, client_roots)?;
-    crate::fips::require(&[("castellan's listener", tls.fips())])?;
-
+    let tls = listener_tls(config, &issuer, &ca, &mut background).await?;
     let listener = bind(config.server.listen, "server.listen").await?;
     let addr = local_addr(&listener)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let stopped = move |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-
-    let metrics_addr = match config.server.metrics_listen {
-        Some(listen) => {
-            let l = bind(listen, "server.metrics_listen").await?;
-            let a = local_addr(&l)?;
-            background.push(health::spawn(
-                l,
-                Arc::clone(&ca),
-                metrics.clone(),
-                authority.crl().map(|(rx, _)| rx.clone()),
-                authority.revocations().cloned(),
-                stopped(shutdown_rx.clone()),
-            ));
-            Some(a)
-        }
-        None => None,
-    };
-
-    let mut releasing = Vec::new();
-    if let Some(k) = &config.kubernetes {
-        // The elector releases the Lease when shutdown starts; the writers
-        // stop with it.
-        releasing = crate::mesh::start(
-            k,
-            &config.trust_domain,
-            &issuer,
-            &metrics,
-            authority.crl().cloned(),
-            shutdown_rx.clone(),
-        )
-        .await?;
-    }
+    let metrics_addr =
+        operational(config, &authority, &metrics, &shutdown_rx, &mut background).await?;
+    let releasing = mesh_writers(config, &issuer, &metrics, &authority, &shutdown_rx).await?;
     let nodes = NodeAuthorizer::start(&config.impersonation, &authn, &config.trust_domain);
     let pipeline = Pipeline::new(
         authn,
@@ -224,41 +181,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         TtlRules::from(&config.issuance),
         authority.revocations().cloned(),
     );
-    let service = CaService::new(pipeline, metrics.clone(), config.request_timeout());
-    let limits = limits::connections(config.server.max_connections);
-    let door = admission::AdmissionLayer::new(
-        config.server.max_in_flight,
-        config.request_timeout(),
-        metrics.clone(),
-    );
-    let stream_limit = config.server.max_streams_per_connection;
-    let (shards, server) = shards::Shards::start(config.server.workers(), &metrics, |incoming| {
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(60)))
-            .max_concurrent_streams(stream_limit)
-            .initial_stream_window_size(limits::STREAM_WINDOW)
-            .initial_connection_window_size(limits::CONNECTION_WINDOW)
-            .http2_max_header_list_size(limits::MAX_HEADER_LIST)
-            .layer(door.clone())
-            .add_service(
-                IstioCertificateServiceServer::new(service.clone())
-                    .max_decoding_message_size(limits::MAX_MESSAGE),
-            )
-            .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()))
-    })
-    .map_err(Error::Workers)?;
-    let accept = tls::incoming(
-        listener,
-        TlsAcceptor::from(Arc::new(tls)),
-        tls::Limits {
-            connections: limits,
-            // Unfinished handshakes can never take every connection slot.
-            handshakes: limits::MAX_HANDSHAKES.min(limits / 2).max(1),
-        },
-        metrics.clone(),
-        shutdown_rx,
-        shards,
-    );
+    let (server, accept) = grpc::serve(config, pipeline, &metrics, tls, listener, shutdown_rx)?;
     background.push(accept);
     tracing::info!(%addr, metrics = ?metrics_addr, "castellan serving");
     Ok(Running {
@@ -272,6 +195,79 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         background,
         releasing,
     })
+}
+
+/// The listener's TLS: castellan's serving certificate (renewed in the
+/// background) and the roots client certificates are verified against,
+/// which follow the CA in use — in the FIPS build, required to be FIPS.
+async fn listener_tls(
+    config: &Config,
+    issuer: &Issuer,
+    ca: &Arc<CaHandle>,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Result<rustls::ServerConfig, Error> {
+    let poll = Duration::from_secs(config.ca.reload_interval_secs);
+    let (serving, renewal) = serving::start(&config.server.tls, issuer, poll).await?;
+    background.push(renewal);
+    let client_roots = Arc::new(tls::ClientRoots::new(ca.current().roots())?);
+    background.push(follow_roots(Arc::clone(ca), Arc::clone(&client_roots)));
+    let tls = tls::server_config(serving, client_roots)?;
+    crate::fips::require(&[("castellan's listener", tls.fips())])?;
+    Ok(tls)
+}
+
+/// The operational listener (`/metrics`, `/readyz`, `/healthz`,
+/// `/ca-crl.pem`), when `server.metrics_listen` is set: its address.
+async fn operational(
+    config: &Config,
+    authority: &Authority,
+    metrics: &Metrics,
+    shutdown: &watch::Receiver<bool>,
+    background: &mut Vec<JoinHandle<()>>,
+) -> Result<Option<SocketAddr>, Error> {
+    let Some(listen) = config.server.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = bind(listen, "server.metrics_listen").await?;
+    let addr = local_addr(&listener)?;
+    background.push(health::spawn(
+        listener,
+        Arc::clone(authority.ca()),
+        metrics.clone(),
+        authority.crl().map(|(rx, _)| rx.clone()),
+        authority.revocations().cloned(),
+        stopped(shutdown.clone()),
+    ));
+    Ok(Some(addr))
+}
+
+/// The mesh writers, with `[kubernetes]`: the tasks that end by themselves
+/// at shutdown (the elector releases the Lease; the writers stop with it).
+async fn mesh_writers(
+    config: &Config,
+    issuer: &Issuer,
+    metrics: &Metrics,
+    authority: &Authority,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, Error> {
+    let Some(k) = &config.kubernetes else {
+        return Ok(Vec::new());
+    };
+    let crl = authority.crl().cloned();
+    Ok(crate::mesh::start(
+        k,
+        &config.trust_domain,
+        issuer,
+        metrics,
+        crl,
+        shutdown.clone(),
+    )
+    .await?)
+}
+
+/// Resolves once `rx` turns true.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Runs until SIGTERM or Ctrl-C, then shuts down gracefully.
