@@ -125,6 +125,7 @@ fn unique(prefix: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hsm_key_replaced_in_place_is_never_used_and_its_return_is_noticed() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     let label = unique("swap");
     let files = tempfile::tempdir().unwrap();
@@ -198,6 +199,7 @@ async fn hsm_key_replaced_in_place_is_never_used_and_its_return_is_noticed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transit_key_recreated_is_caught_and_rotation_keeps_the_pinned_version() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
@@ -264,6 +266,7 @@ async fn transit_key_recreated_is_caught_and_rotation_keeps_the_pinned_version()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_transit_turns_unready_without_traffic_and_fails_fast() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
@@ -294,6 +297,7 @@ async fn sealed_transit_turns_unready_without_traffic_and_fails_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vault_role_drift_is_refused_and_fixing_the_role_recovers() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();

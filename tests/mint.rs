@@ -97,6 +97,7 @@ fn openssl_text(pem: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intermediate_minted_at_start_signs_leaves_that_verify_to_the_root() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = vault(&root).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = start(
@@ -150,6 +151,7 @@ async fn an_intermediate_minted_at_start_signs_leaves_that_verify_to_the_root() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_the_minted_intermediate_and_the_next_rotation() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = vault(&root).await;
     let dir = tempfile::tempdir().unwrap();
     let roots = dir.path().join("roots.pem");
@@ -177,6 +179,7 @@ async fn check_reports_the_minted_intermediate_and_the_next_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_fails_no_request_and_every_leaf_verifies() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = vault(&root).await;
     let dir = tempfile::tempdir().unwrap();
     // Intermediates of 20 s, leaves of up to 10 s: a rotation every ~10 s.
@@ -255,6 +258,7 @@ async fn rotation_under_load_fails_no_request_and_every_leaf_verifies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_across_a_rotation_it_keeps_serving_never_past_expiry_and_recovers() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = vault(&root).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = start(
@@ -312,6 +316,7 @@ async fn sealed_across_a_rotation_it_keeps_serving_never_past_expiry_and_recover
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intermediate_that_chains_elsewhere_is_refused_and_retried() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = vault(&root).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = start(
@@ -367,6 +372,7 @@ async fn an_intermediate_that_chains_elsewhere_is_refused_and_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_and_serve_refuse_a_minted_intermediate_outside_the_roots() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = vault(&root).await;
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("other-root.pem");
@@ -389,6 +395,7 @@ async fn check_and_serve_refuse_a_minted_intermediate_outside_the_roots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intermediate_vault_cut_short_is_refused() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = vault(&root).await;
     // The mount cannot certify for as long as castellan asks: by half, and
     // by a tenth — either way a leaf of the full hour issued just before
@@ -421,6 +428,7 @@ async fn an_intermediate_vault_cut_short_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_replica_mints_its_own_intermediate_under_the_same_root() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = vault(&root).await;
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let issuance = "max_ttl_secs = 3600\ndefault_ttl_secs = 3600\n";
@@ -520,6 +528,7 @@ fn certified_point(pem: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_minted_in_the_hsm_sign_rotate_and_are_destroyed() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     // Token labels are what castellan finds a token by: one of its own.
     let token = &format!(
@@ -562,6 +571,7 @@ async fn keys_minted_in_the_hsm_sign_rotate_and_are_destroyed() {
     };
 
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = vault(&root).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pin"), hsm::PIN).unwrap();

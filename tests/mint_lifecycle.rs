@@ -66,6 +66,7 @@ async fn published(ca: &TestCa) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minted_generations_keep_their_crls_across_rotations_under_both_clients_rules() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     bao.enterprise_issuer(&root).await;
@@ -154,6 +155,7 @@ async fn minted_generations_keep_their_crls_across_rotations_under_both_clients_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intermediate_that_would_outlive_its_issuer_is_refused_and_the_current_one_serves() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     // The enterprise issuing CA ends in 45 s, and Vault is told to sign past
@@ -218,6 +220,7 @@ fn documented_policy() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_policy_suffices_for_a_token_without_the_default_policy() {
     let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.enterprise_issuer(&root).await;
     bao.post(

@@ -74,6 +74,7 @@ fn verify(chain: &[String], root: &Ca) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issues_with_p256_p384_and_rsa_keys_in_the_hsm() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     for (key_type, extra) in [
         ("EC:prime256v1", ""),
@@ -94,6 +95,7 @@ async fn issues_with_p256_p384_and_rsa_keys_in_the_hsm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_load_is_spread_over_the_session_pool() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     let (ca, _, _files) = hsm_ca("EC:prime256v1", "pool_size = 3").await;
     let ca = Arc::new(ca);
@@ -132,6 +134,7 @@ async fn concurrent_load_is_spread_over_the_session_pool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_login_and_closed_sessions_are_repaired_in_place() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     let (ca, label, _files) = hsm_ca("EC:prime256v1", "").await;
     let (_, csr) = csr::ztunnel(&id("ns", "sa"));
@@ -170,6 +173,7 @@ async fn lost_login_and_closed_sessions_are_repaired_in_place() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_disappears_is_unavailable_then_recovers_without_restart() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     let (ca, _, _files) = hsm_ca("EC:prime256v1", "").await;
     let (_, csr) = csr::ztunnel(&id("ns", "sa"));
@@ -232,6 +236,7 @@ async fn start_error(signer: String, root: Ca) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_up_mistakes_name_what_to_fix() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     let label = unique("mistakes");
     hsm::token_with_key(&label, "EC:prime256v1");
@@ -291,6 +296,7 @@ async fn start_up_mistakes_name_what_to_fix() {
 /// library's destructors run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_start_exits_cleanly_every_time() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     let label = unique("refused");
     hsm::token_with_key(&label, "EC:prime256v1");
@@ -359,6 +365,7 @@ async fn a_refused_start_exits_cleanly_every_time() {
 /// owner holds the key, so it (and the module) can be closed safely.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_the_signing_threads_joins_them() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     let label = unique("join");
     hsm::token_with_key(&label, "EC:prime256v1");
@@ -391,6 +398,7 @@ async fn dropping_the_signing_threads_joins_them() {
 /// never that it is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_session_pool_serves_every_request_its_deadline_allows() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
     let _hsm = hsm::exclusive().await;
     // castellan's own deadline: 3 s per request.
     let (ca, _, _files) =

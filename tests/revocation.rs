@@ -336,6 +336,7 @@ async fn fifty_revokes_at_once_beside_a_serving_castellan_lose_nothing() {
 async fn the_crl_is_signed_through_an_hsm_and_vault_transit() {
     // PKCS#11 (SoftHSM).
     {
+        castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
         let _hsm = hsm::exclusive().await;
         let label = format!("crl-{}", std::process::id());
         hsm::token_with_key(&label, "EC:prime256v1");
@@ -357,6 +358,7 @@ async fn the_crl_is_signed_through_an_hsm_and_vault_transit() {
         the_set_judges_a_good_and_a_revoked_leaf(&ca, "HSM").await;
     }
     // Vault Transit (OpenBao).
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = crate::support::bao::Bao::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert) = transit_ca(&bao, dir.path(), 3).await;
@@ -461,6 +463,7 @@ async fn the_crl_is_published_beside_the_trust_bundle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_vault_pki_castellan_publishes_vaults_crl_once_checked() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = crate::support::bao::Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
@@ -535,6 +538,7 @@ async fn with_vault_pki_castellan_publishes_vaults_crl_once_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crl_that_cannot_be_signed_leaves_the_last_good_one_in_place() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = crate::support::bao::Bao::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert) = transit_ca(&bao, dir.path(), 2).await;

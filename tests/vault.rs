@@ -73,6 +73,7 @@ pub async fn pki_ca(bao: &Bao, root: Ca, dir: &std::path::Path, auth: &str) -> T
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pki_mode_issues_for_the_decided_identity_with_approle() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     let dir = tempfile::tempdir().unwrap();
     let root = Ca::root("Offline Root", Alg::EcP256);
@@ -161,6 +162,7 @@ async fn transit_mode_signs_what_castellan_builds() {
         ("rsa-2048", ""),
         ("rsa-2048", "rsa_padding = \"pss\""),
     ] {
+        castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
         let bao = Bao::start().await;
         bao.policy().await;
         let dir = tempfile::tempdir().unwrap();
@@ -184,6 +186,7 @@ async fn transit_mode_signs_what_castellan_builds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubernetes_login_through_tokenreview() {
     let kube = crate::support::kube::FakeKube::start().await;
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
@@ -254,6 +257,7 @@ async fn kubernetes_login_through_tokenreview() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clamping_role_is_reported_and_a_role_breaking_the_profile_is_refused() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
@@ -287,6 +291,7 @@ async fn a_clamping_role_is_reported_and_a_role_breaking_the_profile_is_refused(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_server_name_and_namespace_and_the_standard_environment() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let mut bao = Bao::start_tls().await;
     bao.post("sys/namespaces/team", json!({})).await;
     bao.namespace = Some("team".into());

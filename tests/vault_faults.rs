@@ -46,6 +46,7 @@ fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_tokens_are_renewed_then_replaced_by_a_new_login_without_a_failed_request() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
@@ -98,6 +99,7 @@ async fn short_tokens_are_renewed_then_replaced_by_a_new_login_without_a_failed_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sealed_vault_is_unavailable_and_unsealing_recovers() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
@@ -138,6 +140,7 @@ async fn a_sealed_vault_is_unavailable_and_unsealing_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_vault_is_picked_up_once_set_up_again() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let mut bao = Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();
@@ -183,6 +186,7 @@ async fn a_restarted_vault_is_picked_up_once_set_up_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limiting_vault_is_busy_not_down() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
     let bao = Bao::start().await;
     bao.policy().await;
     let dir = tempfile::tempdir().unwrap();

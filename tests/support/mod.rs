@@ -7,8 +7,6 @@ pub mod csr;
 pub mod deploy;
 pub mod h2c;
 pub mod hsm;
-pub mod kube;
-pub mod pki;
 pub mod verify;
 
 use std::{path::PathBuf, time::Duration};
@@ -24,6 +22,9 @@ use castellan::{
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
+// The benches include this file too and use only part of it.
+#[allow(unused_imports)]
+pub use castellan_testkit::{kube, pki, strings};
 pub use pki::{Ca, KeyAlg};
 
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -381,13 +382,4 @@ pub fn issuer_of(chain: &[String]) -> String {
         .tbs_certificate()
         .issuer()
         .to_string()
-}
-
-/// The strings of a JSON array (none when it is not one).
-pub fn strings(v: &serde_json::Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect()
 }

@@ -143,7 +143,7 @@ fn matches(allowed: &[String], asked: &str) -> bool {
     allowed.iter().any(|a| a == "*" || a == asked)
 }
 
-use crate::support::strings;
+use crate::strings;
 
 fn rule(v: &Value) -> Rule {
     Rule {

@@ -28,7 +28,7 @@ use rcgen::{CertificateParams, DnType, IsCa, SanType};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::pki::{Ca, KeyAlg};
+use crate::pki::{Ca, KeyAlg};
 
 mod objects;
 mod pods;
@@ -214,7 +214,7 @@ impl FakeKube {
             .distinguished_name
             .push(DnType::CommonName, "kube-apiserver");
         params.is_ca = IsCa::ExplicitNoCa;
-        let leaf = root.sign(params, super::pki::key(KeyAlg::EcP256));
+        let leaf = root.sign(params, crate::pki::key(KeyAlg::EcP256));
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
@@ -280,6 +280,11 @@ impl FakeKube {
     /// Stops listening and drops every connection.
     pub fn stop(&self) {
         self.stop.lock().unwrap().send_replace(true);
+    }
+
+    /// The PEM of the CA its serving certificate chains to.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca
     }
 
     /// Writes a kubeconfig for castellan and returns its path.
