@@ -1,7 +1,10 @@
 //! The configuration file: one TOML document, unknown keys refused, every
 //! default a named constant, every error naming the key and the fix.
 
+mod authn;
 mod defaults;
+mod kubernetes;
+mod server;
 mod tagged;
 mod trust;
 mod validate;
@@ -15,6 +18,9 @@ use std::{
 use serde::{Deserialize, Deserializer};
 use spiffe::TrustDomain;
 
+pub use authn::{Authn, AuthnCache, ClientCert, Impersonation, Jwt, TokenReview};
+pub use kubernetes::{IstiodCert, IstiodKeyType, Kubernetes, LeaderElection, TrustBundle};
+pub use server::{Server, ServerTls};
 pub use trust::{Crl, ExternalRoots, Trust};
 
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
@@ -100,103 +106,6 @@ pub struct Config {
     pub trust: Option<Trust>,
 }
 
-/// The cluster castellan runs in and what it keeps there.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Kubernetes {
-    /// A kubeconfig; unset: in-cluster configuration, or `KUBECONFIG` /
-    /// `~/.kube/config`.
-    pub kubeconfig: Option<PathBuf>,
-    pub context: Option<String>,
-    /// castellan's own namespace (the Lease lives there). Unset: the
-    /// `POD_NAMESPACE` environment variable, the in-cluster service account's
-    /// namespace, else `istio-system`.
-    pub namespace: Option<String>,
-    /// This replica's name in the Lease. Unset: `POD_NAME` or the host
-    /// name, with a random suffix.
-    pub identity: Option<String>,
-    /// One API request may take this long.
-    #[serde(default = "defaults::default_api_timeout")]
-    pub timeout_secs: u64,
-    #[serde(default)]
-    pub leader_election: LeaderElection,
-    pub trust_bundle: Option<TrustBundle>,
-    pub istiod_cert: Option<IstiodCert>,
-}
-
-impl Kubernetes {
-    /// castellan's own namespace: configured, `POD_NAMESPACE`, the
-    /// in-cluster service account's, or `istio-system`.
-    pub fn own_namespace(&self) -> String {
-        self.namespace
-            .clone()
-            .or_else(|| {
-                std::env::var("POD_NAMESPACE")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            })
-            .or_else(|| {
-                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-                    .ok()
-                    .map(|s| s.trim().to_owned())
-                    .filter(|s| !s.is_empty())
-            })
-            .unwrap_or_else(|| "istio-system".to_owned())
-    }
-}
-
-/// client-go's leader election timings, and the Lease's name.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LeaderElection {
-    pub lease_name: String,
-    /// How long a Lease not renewed keeps others away.
-    pub lease_duration_secs: u64,
-    /// The leader stops writing when it could not renew for this long.
-    pub renew_deadline_secs: u64,
-    /// How often acquiring and renewing are tried.
-    pub retry_period_secs: u64,
-}
-
-/// The root bundle, published where workloads read it.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TrustBundle {
-    /// Istio's `values.global.trustBundleName`.
-    pub configmap_name: String,
-    /// Namespaces to publish in, as a label selector; empty: all.
-    pub namespace_selector: String,
-    /// Also keep the ClusterTrustBundle `istio.io:istiod-ca:<configmap_name>`
-    /// (Istio's `ENABLE_CLUSTER_TRUST_BUNDLE_API`; needs RBAC `attest`).
-    pub cluster_trust_bundle: bool,
-    /// ConfigMaps written at once when many namespaces need it.
-    pub concurrency: usize,
-}
-
-/// istiod's serving certificate, from the same PKI.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IstiodCert {
-    /// istiod's namespace; the Secret is written there.
-    pub namespace: String,
-    pub secret_name: String,
-    /// istiod's service account (its SPIFFE ID's last segment).
-    pub service_account: String,
-    /// Revisions other than `default` add `istiod-<rev>.<ns>.svc`.
-    pub revisions: Vec<String>,
-    /// More DNS names.
-    pub dns_names: Vec<String>,
-    pub ttl_secs: u64,
-    pub key_type: IstiodKeyType,
-}
-
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum IstiodKeyType {
-    EcP256,
-    Rsa2048,
-}
-
 /// Practices the operator deliberately does not follow.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -206,55 +115,7 @@ pub struct Practices {
     pub waive: Vec<Waivable>,
 }
 
-/// The gRPC listener and the operational (health, metrics) listener.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Server {
-    #[serde(deserialize_with = "defaults::socket_addr")]
-    pub listen: SocketAddr,
-    /// Plain HTTP: `/healthz`, `/readyz`, `/metrics`. Unset: not served.
-    #[serde(deserialize_with = "defaults::optional_socket_addr")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Requests accepted at once (being received or handled); beyond it
-    /// callers get RESOURCE_EXHAUSTED at once.
-    pub max_in_flight: usize,
-    /// Client connections served at once; beyond it new ones are closed.
-    pub max_connections: usize,
-    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` advertised to each client.
-    pub max_streams_per_connection: u32,
-    /// Threads serving gRPC connections, each on its own runtime. Unset:
-    /// one per core castellan may use.
-    pub workers: Option<usize>,
-    pub request_timeout_secs: u64,
-    /// How long SIGTERM waits for in-flight requests.
-    pub shutdown_grace_secs: u64,
-    pub tls: ServerTls,
-}
-
 // === impl Server ===
-
-impl Server {
-    /// `workers`, or one per core castellan may use (its CPU quota counted).
-    pub fn workers(&self) -> usize {
-        self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        })
-    }
-}
-
-/// castellan's own serving certificate: files, or issued by its own signer.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerTls {
-    /// PEM certificate chain (leaf first). With `key_file`; else castellan
-    /// issues its serving certificate itself.
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
-    /// Names the issued serving certificate carries (the host of Istio's `caAddress`).
-    pub dns_names: Vec<String>,
-    pub ip_addresses: Vec<std::net::IpAddr>,
-    pub ttl_secs: u64,
-}
 
 /// Lifetimes of workload certificates.
 #[derive(Clone, Debug, Deserialize)]
@@ -322,95 +183,6 @@ impl Signer {
             Self::Vault(c) => c.vault.capabilities(),
         }
     }
-}
-
-/// One authenticator of the chain (read by `tagged.rs`, by its `type`).
-#[derive(Clone, Debug)]
-pub enum Authn {
-    Jwt(Jwt),
-    TokenReview(TokenReview),
-    ClientCert(ClientCert),
-}
-
-/// Tokens checked by a Kubernetes API server (TokenReview), as istiod does.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenReview {
-    /// A kubeconfig for this cluster. Unset: in-cluster configuration, or
-    /// `KUBECONFIG` / `~/.kube/config`.
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context; unset: the current one.
-    pub context: Option<String>,
-    /// The `clusterid` header value that selects this cluster.
-    #[serde(default = "defaults::default_cluster_id")]
-    pub cluster_id: String,
-    /// Other names of this cluster (istiod's cluster aliases).
-    #[serde(default)]
-    pub cluster_aliases: Vec<String>,
-    #[serde(default = "defaults::default_audiences")]
-    pub audiences: Vec<String>,
-    /// A TokenReview that takes longer fails as UNAVAILABLE.
-    #[serde(default = "defaults::default_api_timeout")]
-    pub timeout_secs: u64,
-    /// TokenReviews in progress at once towards this cluster; more wait
-    /// while their request's deadline allows, then are answered busy.
-    #[serde(default = "defaults::default_tokenreview_concurrency")]
-    pub max_concurrent: usize,
-}
-
-/// Callers presenting a client certificate issued under the mesh roots
-/// (VM renewal with `PROV_CERT`) are who its SPIFFE URI SAN says.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientCert {}
-
-/// ztunnel asking for certificates on behalf of the pods on its node.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Impersonation {
-    /// `namespace/serviceaccount` of the node agents allowed to impersonate,
-    /// e.g. `istio-system/ztunnel` (istiod's CA_TRUSTED_NODE_ACCOUNTS).
-    pub trusted_node_accounts: Vec<String>,
-    /// Impersonation is refused (UNAVAILABLE) while the pod index behind it
-    /// is older than this; each watch is renewed every half of it.
-    pub max_staleness_secs: u64,
-}
-
-/// JWT bearer tokens (Kubernetes projected service-account tokens) checked
-/// against a JWKS.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Jwt {
-    /// Accepted `iss` values; a token with another issuer is left to the next authenticator.
-    pub issuers: Vec<String>,
-    #[serde(default = "defaults::default_audiences")]
-    pub audiences: Vec<String>,
-    /// A JWKS document on disk (re-read when it changes)…
-    pub jwks_file: Option<PathBuf>,
-    /// …or fetched over HTTPS and cached.
-    pub jwks_url: Option<String>,
-    /// PEM CA bundle for `jwks_url`; unset: the system roots.
-    pub jwks_ca_file: Option<PathBuf>,
-    #[serde(default = "defaults::default_jwks_refresh")]
-    pub jwks_refresh_secs: u64,
-    /// Allowance for clock differences on `exp`, `nbf` and `iat`.
-    #[serde(default = "defaults::default_jwt_skew")]
-    pub clock_skew_secs: u64,
-    /// `clusterid` header values this issuer serves; empty: any cluster.
-    #[serde(default)]
-    pub cluster_ids: Vec<String>,
-}
-
-/// How long an authentication verdict is reused for the same credential.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthnCache {
-    /// Credentials remembered at once.
-    pub capacity: usize,
-    /// Upper bound on reuse, below the credential's own expiry; 0 disables.
-    pub max_age_secs: u64,
-    /// How long a rejected credential is remembered as rejected.
-    pub negative_max_age_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Default)]

@@ -1,9 +1,9 @@
 //! The rules a parsed configuration must meet, each failure naming the key
 //! and what to change.
 
-use super::{Authn, Config, Error, Jwt, MAX_DURATION_SECS, Signer, TokenReview};
+use super::{Authn, Config, Error, MAX_DURATION_SECS, Signer};
 
-fn invalid(key: &'static str, problem: &str) -> Result<(), Error> {
+pub(super) fn invalid(key: &'static str, problem: &str) -> Result<(), Error> {
     Err(Error::Invalid {
         key,
         problem: problem.to_owned(),
@@ -339,152 +339,6 @@ impl Config {
                 return Err(Error::Invalid {
                     key,
                     problem: format!("is {secs} s; at most {MAX_DURATION_SECS} (a year)"),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-impl TokenReview {
-    pub(super) fn validate(&self) -> Result<(), Error> {
-        if self.cluster_id.is_empty() {
-            return invalid("authn.cluster_id", "must not be empty");
-        }
-        if self.audiences.is_empty() {
-            return invalid(
-                "authn.audiences",
-                "is empty: Istio clients use \"istio-ca\"",
-            );
-        }
-        if self.timeout_secs == 0 {
-            return invalid("authn.timeout_secs", "must be above 0");
-        }
-        if !(1..=super::defaults::MAX_TOKENREVIEW_CONCURRENCY).contains(&self.max_concurrent) {
-            return invalid(
-                "authn.max_concurrent",
-                &format!(
-                    "must be between 1 and {}: the TokenReviews in progress at once",
-                    super::defaults::MAX_TOKENREVIEW_CONCURRENCY
-                ),
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Jwt {
-    pub(super) fn validate(&self) -> Result<(), Error> {
-        if self.issuers.is_empty() {
-            return invalid(
-                "authn.issuers",
-                "is empty: list the accepted token issuers (`iss`)",
-            );
-        }
-        if self.audiences.is_empty() {
-            return invalid(
-                "authn.audiences",
-                "is empty: Istio clients use \"istio-ca\"",
-            );
-        }
-        match (&self.jwks_file, &self.jwks_url) {
-            (Some(_), None) | (None, Some(_)) => {}
-            _ => return invalid("authn.jwks_file", "or authn.jwks_url: set exactly one"),
-        }
-        if let Some(url) = &self.jwks_url
-            && !url.starts_with("https://")
-            && !url.starts_with("http://127.0.0.1")
-            && !url.starts_with("http://localhost")
-        {
-            return invalid(
-                "authn.jwks_url",
-                "must be https:// (plain http only on loopback)",
-            );
-        }
-        if self.jwks_refresh_secs == 0 {
-            return invalid("authn.jwks_refresh_secs", "must be above 0");
-        }
-        Ok(())
-    }
-}
-
-/// istiod's certificate is never due again sooner than this after a write.
-pub(crate) const ISTIOD_MIN_RENEWAL_GAP_SECS: u64 = 20;
-
-/// The shortest `kubernetes.istiod_cert.ttl_secs` with backdating `skew`:
-/// two thirds of (ttl + skew) must lie `ISTIOD_MIN_RENEWAL_GAP_SECS` past
-/// the write, i.e. 2·ttl − skew ≥ 3·gap.
-fn istiod_min_ttl(skew: u64) -> u64 {
-    (3 * ISTIOD_MIN_RENEWAL_GAP_SECS)
-        .saturating_add(skew)
-        .div_ceil(2)
-        .max(5)
-}
-
-impl super::Kubernetes {
-    fn validate(&self, skew: u64) -> Result<(), Error> {
-        let le = &self.leader_election;
-        if self.timeout_secs == 0 || self.timeout_secs > 300 {
-            return invalid("kubernetes.timeout_secs", "must be between 1 and 300");
-        }
-        if le.lease_name.is_empty() {
-            return invalid("kubernetes.leader_election.lease_name", "must not be empty");
-        }
-        // client-go's rules: duration > deadline > retry period, all set.
-        if le.retry_period_secs == 0 {
-            return invalid(
-                "kubernetes.leader_election.retry_period_secs",
-                "must be above 0",
-            );
-        }
-        if le.renew_deadline_secs <= le.retry_period_secs {
-            return invalid(
-                "kubernetes.leader_election.renew_deadline_secs",
-                "must be longer than retry_period_secs",
-            );
-        }
-        if le.lease_duration_secs <= le.renew_deadline_secs || le.lease_duration_secs > 3600 {
-            return invalid(
-                "kubernetes.leader_election.lease_duration_secs",
-                "must be longer than renew_deadline_secs, and at most 3600",
-            );
-        }
-        if let Some(t) = &self.trust_bundle {
-            if t.configmap_name.is_empty() {
-                return invalid(
-                    "kubernetes.trust_bundle.configmap_name",
-                    "must not be empty",
-                );
-            }
-            if t.concurrency == 0 || t.concurrency > 256 {
-                return invalid(
-                    "kubernetes.trust_bundle.concurrency",
-                    "must be between 1 and 256",
-                );
-            }
-        }
-        if let Some(c) = &self.istiod_cert {
-            if c.namespace.is_empty() || c.secret_name.is_empty() || c.service_account.is_empty() {
-                return invalid(
-                    "kubernetes.istiod_cert",
-                    "namespace, secret_name and service_account must not be empty",
-                );
-            }
-            // Renewed at two thirds of its life from its notBefore, which
-            // issuance backdates by the skew: the next renewal must come
-            // at least MIN_RENEWAL_GAP after a write, or it would loop.
-            let min = istiod_min_ttl(skew);
-            if c.ttl_secs < min || c.ttl_secs > 30 * 24 * 3600 {
-                return Err(Error::Invalid {
-                    key: "kubernetes.istiod_cert.ttl_secs",
-                    problem: format!(
-                        "is {} s: it must be between {min} and 2592000 (30 days); hours are the \
-                         norm. istiod's certificate is renewed two thirds into its life counted \
-                         from its notBefore, which is backdated issuance.not_before_skew_secs \
-                         ({skew} s): below {min} s the next renewal would be due less than \
-                         {} s after each write",
-                        c.ttl_secs, ISTIOD_MIN_RENEWAL_GAP_SECS
-                    ),
                 });
             }
         }
