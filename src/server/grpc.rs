@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
-use super::{Error, admission, limits, service::CaService, shards, stopped, tls};
+use super::{Error, accept, admission, limits, service::CaService, shards, stopped};
 use crate::{
     config::Config, issue::Pipeline, metrics::Metrics,
     proto::istio_certificate_service_server::IstioCertificateServiceServer,
@@ -50,10 +50,10 @@ pub(super) fn serve(
     })
     .map_err(Error::Workers)?;
     let connections = limits::connections(config.server.max_connections);
-    let accept = tls::incoming(
+    let accept = accept::incoming(
         listener,
         TlsAcceptor::from(Arc::new(tls)),
-        tls::Limits {
+        accept::Limits {
             connections,
             // Unfinished handshakes can never take every connection slot.
             handshakes: limits::MAX_HANDSHAKES.min(connections / 2).max(1),

@@ -1,6 +1,7 @@
 //! The running CA: gRPC over TLS, the operational listener, hot reload of the
 //! signing material and of the serving certificate, and graceful shutdown.
 
+mod accept;
 mod admission;
 mod grpc;
 mod handshakes;

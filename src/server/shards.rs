@@ -16,7 +16,7 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::tls::Conn;
+use super::accept::Conn;
 use crate::metrics::Metrics;
 
 /// Finished handshakes queued for a worker's gRPC server.
