@@ -7,6 +7,8 @@ mod assess;
 mod backends;
 mod chain;
 mod crl;
+mod error;
+mod health;
 mod leaf;
 mod proof;
 mod recheck;
@@ -30,6 +32,7 @@ pub use assess::{Assessment, CRL_SET_PRACTICE, Practice, ProbeError};
 pub use backends::{source, source_for};
 pub use castellan_signer::KeyAlgorithm;
 pub use crl::CrlEntry;
+pub use error::Error;
 pub use leaf::{Leaf, LeafRequest};
 pub use recheck::{Refusal, Verdict, check_issued_leaf};
 pub use reload::{CaHandle, Held, spawn_prober, spawn_reloader};
@@ -105,56 +108,6 @@ pub struct SigningCa {
 pub struct Limit {
     pub not_after: SystemTime,
     pub subject: String,
-}
-
-/// Why signing material cannot be used or a certificate cannot be made.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The back end failed to load, sign or issue.
-    #[error(transparent)]
-    Backend(#[from] castellan_signer::Error),
-    #[error("{what} is not a valid certificate: {source}")]
-    Parse { what: String, source: der::Error },
-    #[error(
-        "no root certificates: set ca.roots_file to the enterprise root bundle \
-         (or ship root-cert.pem / ca.crt with the signing material)"
-    )]
-    NoRoots,
-    #[error(
-        "{source_name}: its key is {found}, which castellan cannot sign with; use ECDSA \
-         P-256/P-384 or RSA"
-    )]
-    UnsupportedKey { source_name: String, found: String },
-    /// An enforced practice failed; the evidence says how to fix it.
-    #[error("{}: {}", .0.name, .0.evidence)]
-    Practice(Box<Practice>),
-    #[error("issuing the probe certificate: {0}")]
-    Profile(#[from] profile::Error),
-    #[error(transparent)]
-    Probe(#[from] ProbeError),
-    /// A signature or a leaf does not verify under the signing certificate:
-    /// the key behind the back end is not the certified one.
-    #[error(
-        "{cert_source}: {what} does not verify under the signing certificate's key (the back \
-         end holds another key)"
-    )]
-    KeyMismatch {
-        cert_source: String,
-        what: &'static str,
-    },
-    /// An issuing back end returned a leaf outside castellan's profile.
-    #[error("refusing the back end's certificate: {0}")]
-    Refused(#[from] Refusal),
-    /// The signer is known not to work now; failing at once spares the
-    /// caller the back end's timeout.
-    #[error("signer unavailable: {0}")]
-    Unhealthy(String),
-    /// Vault PKI mode names workloads only.
-    #[error(
-        "the issuing back end issues workload certificates only; give castellan's listener \
-         server.tls.cert_file"
-    )]
-    WorkloadOnly,
 }
 
 // === impl SigningCa ===
@@ -363,85 +316,5 @@ impl SigningCa {
 
     pub fn algorithm(&self) -> KeyAlgorithm {
         self.algorithm
-    }
-
-    /// Whether the CA can issue now: the back end works and its key is the
-    /// certified one.
-    pub fn healthy(&self) -> bool {
-        self.why_unhealthy().is_none()
-    }
-
-    /// What keeps the CA from issuing, if anything.
-    pub fn why_unhealthy(&self) -> Option<String> {
-        if let Some(reason) = self.proof.broken() {
-            return Some(reason);
-        }
-        let left = self
-            .limit
-            .not_after
-            .duration_since(self.clock.now())
-            .unwrap_or_default();
-        if left < self.min_ttl {
-            return Some(format!(
-                "the signing chain ends at {} (`{}` expires then), in less than \
-                 issuance.min_ttl_secs; renew it",
-                crate::clock::date(self.limit.not_after),
-                self.limit.subject
-            ));
-        }
-        let backend_ok = match &self.backend {
-            Backend::Signs(s) => s.healthy(),
-            Backend::Issues(i) => i.healthy(),
-        };
-        (!backend_ok).then(|| "the back end is unreachable or not working".to_owned())
-    }
-
-    /// The line signing requests wait in, when the back end bounds its calls.
-    pub fn queue(&self) -> Option<std::sync::Arc<castellan_signer::queue::QueueStats>> {
-        match &self.backend {
-            Backend::Signs(s) => s.queue(),
-            Backend::Issues(i) => i.queue(),
-        }
-    }
-
-    /// Checks the back end without traffic (see [`spawn_prober`]); with
-    /// `prove`, also issues and verifies a probe certificate, which is how a
-    /// changed key is noticed without traffic and how its return is noticed.
-    pub async fn probe(&self, prove: bool, trust_domain: &TrustDomain) {
-        match &self.backend {
-            Backend::Signs(s) => s.probe().await,
-            Backend::Issues(i) => i.probe().await,
-        }
-        let backend_ok = match &self.backend {
-            Backend::Signs(s) => s.healthy(),
-            Backend::Issues(i) => i.healthy(),
-        };
-        let broken = self.proof.broken().is_some();
-        if !backend_ok || !(prove || broken) {
-            return;
-        }
-        if broken && let Backend::Signs(s) = &self.backend {
-            s.reresolve().await;
-        }
-        match assess::probe(self, trust_domain, true).await {
-            Ok(_) => {
-                if self.proof.repair() {
-                    tracing::info!(
-                        source = %self.cert_source,
-                        "the signing key verifies under the certificate again; issuing resumes"
-                    );
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "probe certificate not issued"),
-        }
-    }
-}
-
-impl From<der::Error> for Error {
-    fn from(source: der::Error) -> Self {
-        Self::Parse {
-            what: "a certificate".into(),
-            source,
-        }
     }
 }
