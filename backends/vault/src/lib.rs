@@ -14,6 +14,7 @@
 
 mod auth;
 mod client;
+mod http;
 mod mint;
 mod pki;
 mod source;
@@ -361,7 +362,7 @@ fn setting(value: Option<&str>, vars: &[&str]) -> Option<String> {
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_answer(body: &[u8]) {
     if let Ok(text) = std::str::from_utf8(body) {
-        let _ = client::errors(text);
+        let _ = http::errors(text);
     }
     let Ok(answer) = serde_json::from_slice::<serde_json::Value>(body) else {
         return;
