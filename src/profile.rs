@@ -224,6 +224,7 @@ struct Tbs {
     extensions: Extensions,
 }
 
+// Long: every extension of castellan's profile, in the order it is encoded.
 fn extensions(
     issuer: &IssuerFacts,
     template: &Template<'_>,

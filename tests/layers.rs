@@ -160,6 +160,129 @@ fn back_ends_depend_only_on_the_seam() {
     assert!(checked >= 4, "only {checked} back-end crates found");
 }
 
+/// Product files stay readable: none over 400 lines (tests not counted),
+/// and no function over 60 lines without a comment saying why, `// Long:`
+/// directly above it (among its docs and attributes).
+#[test]
+fn product_files_and_functions_stay_small() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources = read_tree(&root.join("src"));
+    for entry in std::fs::read_dir(root.join("backends")).unwrap() {
+        let dir = entry.unwrap().path().join("src");
+        if dir.is_dir() {
+            let crate_name = dir
+                .parent()
+                .unwrap()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            for mut s in read_tree(&dir) {
+                s.file = format!("backends/{crate_name}/src/{}", s.file);
+                s.module.insert(0, format!("backend {crate_name}"));
+                sources.push(s);
+            }
+            // lib.rs is left out by read_tree; it is product code too.
+            let lib = dir.join("lib.rs");
+            sources.push(Source {
+                file: format!("backends/{crate_name}/src/lib.rs"),
+                module: vec![format!("backend {crate_name}")],
+                text: std::fs::read_to_string(lib).unwrap(),
+            });
+        }
+    }
+    let test_only = test_only_files(&sources);
+    let mut problems = Vec::new();
+    for s in sources.iter().filter(|s| !test_only.contains(&s.module)) {
+        let lines: Vec<&str> = s.text.lines().collect();
+        let end = product_end(&lines);
+        if end > 400 {
+            problems.push(format!("{}: {end} lines (at most 400)", s.file));
+        }
+        for (name, at, len) in long_functions(&lines[..end]) {
+            problems.push(format!(
+                "{}:{}: fn {name} is {len} lines (at most 60, or `// Long: <why>` above it)",
+                s.file,
+                at + 1
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+/// Where a file's own test module starts (`#[cfg(test)]` then `mod …{`).
+fn product_end(lines: &[&str]) -> usize {
+    lines
+        .windows(2)
+        .position(|w| {
+            w[0].trim() == "#[cfg(test)]" && w[1].starts_with("mod ") && w[1].ends_with('{')
+        })
+        .unwrap_or(lines.len())
+}
+
+/// Functions over 60 lines with no `// Long:` comment above them: name,
+/// line index, length.
+fn long_functions(lines: &[&str]) -> Vec<(String, usize, usize)> {
+    let mut found = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        let Some(name) = fn_name(line) else {
+            continue;
+        };
+        let indent = line.len() - line.trim_start().len();
+        // The body: from the line that opens it to the closing brace at the
+        // signature's indentation. A declaration without a body has none.
+        let Some(open) = (at..lines.len()).find(|&k| {
+            let l = lines[k].trim_end();
+            l.ends_with('{') || l.ends_with(';')
+        }) else {
+            continue;
+        };
+        if lines[open].trim_end().ends_with(';') {
+            continue;
+        }
+        let Some(close) = (open + 1..lines.len()).find(|&k| {
+            let l = lines[k];
+            l.trim() == "}" && l.len() - l.trim_start().len() == indent
+        }) else {
+            continue;
+        };
+        let len = close - at + 1;
+        let excused = lines[..at]
+            .iter()
+            .rev()
+            .take_while(|l| {
+                let t = l.trim_start();
+                t.starts_with("//") || t.starts_with("#[")
+            })
+            .any(|l| l.trim_start().starts_with("// Long:"));
+        if len > 60 && !excused {
+            found.push((name, at, len));
+        }
+    }
+    found
+}
+
+/// The name of the function a line declares, if it declares one.
+fn fn_name(line: &str) -> Option<String> {
+    let mut words = line.split_whitespace().peekable();
+    while let Some(w) = words.next() {
+        match w {
+            "pub" | "async" | "const" | "unsafe" | "extern" => {}
+            w if w.starts_with("pub(") => {}
+            "fn" => {
+                let name: String = words
+                    .next()?
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                return (!name.is_empty()).then_some(name);
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
 fn check(sources: &[Source]) -> Vec<Upward> {
     let rank: BTreeMap<&str, usize> = LAYERS.iter().enumerate().map(|(i, m)| (*m, i)).collect();
     let test_only = test_only_files(sources);

@@ -41,6 +41,7 @@ impl ClientCertAuthenticator {
     /// # Errors
     /// [`Error::Rejected`] for an expired certificate or one that does not
     /// name exactly one workload of this trust domain.
+    // Long: the checks of a presented chain in the order that makes them safe, each with its own refusal.
     pub fn authenticate(
         &self,
         chain: &[CertificateDer<'static>],

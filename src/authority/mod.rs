@@ -74,6 +74,7 @@ impl Authority {
     ///
     /// # Errors
     /// [`Error`] naming what stops the CA from being used.
+    // Long: the unit's start-up in the order its tasks depend on each other, each step one call.
     pub async fn start(config: &Config, metrics: &Metrics, clock: Clock) -> Result<Self, Error> {
         let mut rules = rules(config, metrics.ca_counters(), clock.clone())?;
         let trust = trust::open_writable(config, clock).await?;

@@ -55,6 +55,7 @@ impl SigningCa {
 
     /// Certifies `req` whatever the CA's health; with `always_verify`, the
     /// signature is verified even from a key already proven (probes).
+    // Long: the two back-end kinds' issuing paths side by side, each followed by the same proof.
     pub(super) async fn issue_checked(
         &self,
         req: &LeafRequest<'_>,

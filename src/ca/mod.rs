@@ -135,6 +135,7 @@ impl SigningCa {
     ///
     /// # Errors
     /// Parse and back-end errors only.
+    // Long: a signing CA built from loaded material step by step: parse, order the chain, facts, judge.
     pub async fn assess(
         backend: Backend,
         material: Material,

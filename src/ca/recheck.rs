@@ -121,6 +121,7 @@ impl SigningCa {
     }
 }
 
+// Long: every field of castellan's profile checked on a back end's leaf, one refusal each.
 fn profile(cert: &Certificate, identity: &str, spki: &[u8]) -> Result<(), Refusal> {
     let tbs = cert.tbs_certificate();
     let names = tbs

@@ -16,43 +16,77 @@ use crate::{
 /// `serve`: 0 when everything passes, 1 when an enforced practice fails,
 /// 2 when the configuration or something it names cannot be used.
 pub(super) async fn run(path: &Path) -> ExitCode {
+    let judged = match judge(path).await {
+        Ok(judged) => judged,
+        Err(code) => return code,
+    };
+    report(path, &judged);
+    let ca = &judged.ca;
+    if ca.assessment().first_failure().is_none() {
+        if ca.assessment().all_passed() {
+            println!("all practices pass");
+        } else {
+            println!("enforced practices pass; some are waived (see above)");
+        }
+        ExitCode::SUCCESS
+    } else {
+        println!("some practices fail: `castellan serve` refuses this configuration");
+        ExitCode::from(super::EXIT_PRACTICE)
+    }
+}
+
+/// What `check` found, to report.
+struct Judged {
+    module: crate::fips::Module,
+    config: Config,
+    rules: ca::Rules,
+    ca: SigningCa,
+    self_rotating: bool,
+    notes: Vec<String>,
+    clock: Clock,
+}
+
+/// Everything `serve` builds before serving, built the same way and
+/// judged; what cannot be used ends `check` with its exit code.
+// Long: what serve builds before serving, in serve's order, each step with its exit on failure.
+async fn judge(path: &Path) -> Result<Judged, ExitCode> {
     let module = match server::crypto_ready() {
         Ok(m) => m,
-        Err(e) => return unusable(&e),
+        Err(e) => return Err(unusable(&e)),
     };
     let config = match Config::load(path) {
         Ok(c) => c,
-        Err(e) => return unusable(&e),
+        Err(e) => return Err(unusable(&e)),
     };
     let counters = match Metrics::new() {
         Ok(m) => m.ca_counters(),
-        Err(e) => return unusable(&e),
+        Err(e) => return Err(unusable(&e)),
     };
     let clock = Clock::system();
     let mut rules = match crate::authority::rules(&config, counters, clock.clone()) {
         Ok(r) => r,
-        Err(e) => return unusable(&e),
+        Err(e) => return Err(unusable(&e)),
     };
     // The record is read and proven writable, never written: check changes
     // nothing, and fails where serve would.
     rules.trust = match crate::trust::open_writable(&config, clock.clone()).await {
         Ok(t) => t.map(|(_, rules)| rules),
-        Err(e) => return unusable(&e),
+        Err(e) => return Err(unusable(&e)),
     };
     let source = ca::source(&config);
     let loaded = match source.load().await {
         Ok(l) => l,
-        Err(e) => return unusable(&e),
+        Err(e) => return Err(unusable(&e)),
     };
     let ca = match SigningCa::assess(loaded.backend, loaded.material, &rules).await {
         Ok(ca) => ca,
-        Err(e) => return unusable(&e),
+        Err(e) => return Err(unusable(&e)),
     };
     // What else `serve` builds before serving: the authenticators (JWKS
     // files, kubeconfigs) and the listeners.
     let metrics = match Metrics::new() {
         Ok(m) => m,
-        Err(e) => return unusable(&e),
+        Err(e) => return Err(unusable(&e)),
     };
     if let Err(e) = authn::Chain::from_config(
         &config.authn,
@@ -63,12 +97,35 @@ pub(super) async fn run(path: &Path) -> ExitCode {
     )
     .await
     {
-        return unusable(&e);
+        return Err(unusable(&e));
     }
     let notes = match server::check_listeners(&config).await {
         Ok(notes) => notes,
-        Err(e) => return unusable(&e),
+        Err(e) => return Err(unusable(&e)),
     };
+    Ok(Judged {
+        module,
+        self_rotating: source.self_rotating(),
+        config,
+        rules,
+        ca,
+        notes,
+        clock,
+    })
+}
+
+/// Every practice with its evidence, then what else was checked.
+// Long: the report's sections in the order they are printed.
+fn report(path: &Path, judged: &Judged) {
+    let Judged {
+        module,
+        config,
+        rules,
+        ca,
+        self_rotating,
+        notes,
+        clock,
+    } = judged;
     println!("castellan check: {}", path.display());
     for p in &ca.assessment().practices {
         let verdict = match (p.passed, p.enforced) {
@@ -98,7 +155,7 @@ pub(super) async fn run(path: &Path) -> ExitCode {
             ""
         }
     );
-    for line in signing_lines(&ca, source.self_rotating(), clock.now()) {
+    for line in signing_lines(ca, *self_rotating, clock.now()) {
         println!("{line}");
     }
     if let Some(trust) = &rules.trust {
@@ -121,17 +178,6 @@ pub(super) async fn run(path: &Path) -> ExitCode {
                 println!("      {line}");
             }
         }
-    }
-    if ca.assessment().first_failure().is_none() {
-        if ca.assessment().all_passed() {
-            println!("all practices pass");
-        } else {
-            println!("enforced practices pass; some are waived (see above)");
-        }
-        ExitCode::SUCCESS
-    } else {
-        println!("some practices fail: `castellan serve` refuses this configuration");
-        ExitCode::from(super::EXIT_PRACTICE)
     }
 }
 

@@ -118,6 +118,7 @@ fn istiod_min_ttl(skew: u64) -> u64 {
 }
 
 impl Kubernetes {
+    // Long: the [kubernetes] rules, one per key, each naming its key and the fix.
     pub(super) fn validate(&self, skew: u64) -> Result<(), Error> {
         let le = &self.leader_election;
         if self.timeout_secs == 0 || self.timeout_secs > 300 {

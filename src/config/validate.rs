@@ -91,6 +91,7 @@ impl Config {
     }
 
     /// `[trust]`: one store, the record's pace, other CAs' roots.
+    // Long: the [trust] rules, one per key, each naming its key and the fix.
     fn validate_trust(&self) -> Result<(), Error> {
         if let Some(t) = &self.trust {
             match (&t.state_file, &t.state_configmap, &self.kubernetes) {
@@ -156,7 +157,7 @@ impl Config {
     /// `[signer]`: its own rules, then what the rest of the file needs of
     /// what it can do.
     fn validate_signer(&self) -> Result<(), Error> {
-        let (i, tls) = (&self.issuance, &self.server.tls);
+        let tls = &self.server.tls;
         match &self.signer {
             Signer::File(f) => f.validate()?,
             Signer::Pkcs11(p) => p.validate()?,
@@ -189,41 +190,50 @@ impl Config {
             });
         }
         if let Some(ttl_secs) = caps.minted_ttl_secs() {
-            let own_tls = tls.cert_file.is_none()
-                || self
-                    .kubernetes
-                    .as_ref()
-                    .is_some_and(|k| k.istiod_cert.is_some());
-            let serving = crate::profile::MIN_SERVING_LIFETIME
-                .as_secs()
-                .saturating_mul(2);
-            if own_tls && ttl_secs < serving {
-                return Err(Error::Invalid {
-                    key: "signer.mint.ttl_secs",
-                    problem: format!(
-                        "is {} s: castellan's own TLS certificates (its listener's, istiod's) \
-                         need {} s of an intermediate's life at half life; raise it to at \
-                         least {serving}, or give the listener server.tls.cert_file and \
-                         leave kubernetes.istiod_cert unset",
-                        ttl_secs,
-                        crate::profile::MIN_SERVING_LIFETIME.as_secs()
-                    ),
-                });
-            }
-            if ttl_secs < i.max_ttl_secs.saturating_mul(2) {
-                return Err(Error::Invalid {
-                    key: "signer.mint.ttl_secs",
-                    problem: format!(
-                        "is {} s, less than twice issuance.max_ttl_secs ({} s): a leaf issued \
-                         just before a rotation would be cut short by the intermediate's \
-                         expiry; raise it to at least {} or lower issuance.max_ttl_secs",
-                        ttl_secs,
-                        i.max_ttl_secs,
-                        i.max_ttl_secs.saturating_mul(2)
-                    ),
-                });
-            }
+            self.validate_minted(ttl_secs)?;
         }
+        Ok(())
+    }
+
+    /// A minted intermediate lives long enough for castellan's own TLS
+    /// certificates and for every leaf issued before the next rotation.
+    fn validate_minted(&self, ttl_secs: u64) -> Result<(), Error> {
+        let (i, tls) = (&self.issuance, &self.server.tls);
+        let own_tls = tls.cert_file.is_none()
+            || self
+                .kubernetes
+                .as_ref()
+                .is_some_and(|k| k.istiod_cert.is_some());
+        let serving = crate::profile::MIN_SERVING_LIFETIME
+            .as_secs()
+            .saturating_mul(2);
+        if own_tls && ttl_secs < serving {
+            return Err(Error::Invalid {
+                key: "signer.mint.ttl_secs",
+                problem: format!(
+                    "is {} s: castellan's own TLS certificates (its listener's, istiod's) \
+                     need {} s of an intermediate's life at half life; raise it to at \
+                     least {serving}, or give the listener server.tls.cert_file and \
+                     leave kubernetes.istiod_cert unset",
+                    ttl_secs,
+                    crate::profile::MIN_SERVING_LIFETIME.as_secs()
+                ),
+            });
+        }
+        if ttl_secs < i.max_ttl_secs.saturating_mul(2) {
+            return Err(Error::Invalid {
+                key: "signer.mint.ttl_secs",
+                problem: format!(
+                    "is {} s, less than twice issuance.max_ttl_secs ({} s): a leaf issued \
+                     just before a rotation would be cut short by the intermediate's \
+                     expiry; raise it to at least {} or lower issuance.max_ttl_secs",
+                    ttl_secs,
+                    i.max_ttl_secs,
+                    i.max_ttl_secs.saturating_mul(2)
+                ),
+            });
+        }
+
         Ok(())
     }
 

@@ -21,6 +21,7 @@ use crate::{ca::CaHandle, metrics::Metrics};
 pub(crate) const SIGNER: &str = "istio.io/istiod-ca";
 
 /// Keeps the ClusterTrustBundle while this replica leads; runs until dropped.
+// Long: the ClusterTrustBundle's keep loop: read, compare, write, and each outcome counted where it happens.
 pub(crate) async fn run(
     client: Client,
     watch_client: Client,

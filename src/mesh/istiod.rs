@@ -189,6 +189,7 @@ fn wanted(config: &config::IstiodCert, trust_domain: &TrustDomain) -> Result<Wan
 
 /// Leaves a good Secret alone, writes a new one otherwise; returns the
 /// NotBefore and NotAfter of the certificate in place.
+// Long: read the Secret, judge it, write a new certificate when needed: the steps share what was read.
 async fn reconcile(
     api: &Api<Secret>,
     wanted: &Wanted,

@@ -102,6 +102,7 @@ impl Writers {
         }
     }
 
+    // Long: each configured writer's task started under the leadership, one block per writer.
     fn spawn(&self, leadership: &lease::Leadership) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Some(t) = &self.config.trust_bundle {

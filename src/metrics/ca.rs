@@ -34,6 +34,7 @@ pub struct CaMetrics {
 }
 
 impl CaMetrics {
+    // Long: a declaration list, one metric per entry.
     pub(super) fn register(r: &Reg<'_>) -> Result<Self, prometheus::Error> {
         Ok(Self {
             root_expiry: r.gauge(

@@ -29,6 +29,7 @@ pub struct Requests {
 }
 
 impl Requests {
+    // Long: a declaration list, one metric per entry.
     pub(super) fn register(r: &Reg<'_>) -> Result<Self, prometheus::Error> {
         let latency = r.histograms(
             HistogramOpts::new(

@@ -15,7 +15,7 @@ use prometheus::IntGauge;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{Semaphore, watch},
+    sync::{Semaphore, mpsc, watch},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
@@ -58,6 +58,7 @@ pub(super) struct Conn {
 /// (see [`super::handshakes`]), so a storm is served whole and a flood of
 /// idle connections cannot keep a real client out. Accept errors back off
 /// instead of spinning. Closes the listening socket once `stop` turns true.
+// Long: the accept loop: each refusal (over the connection limit, no worker left) is decided where the connection is in hand.
 pub(super) fn incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
@@ -102,11 +103,7 @@ pub(super) fn incoming(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
             }
-            let Admitted {
-                slot: handshake,
-                evicted,
-                progress,
-            } = pending.admit().await;
+            let admitted = pending.admit().await;
             let Some(shard) = shards.least_loaded() else {
                 break;
             };
@@ -119,41 +116,13 @@ pub(super) fn incoming(
                     continue;
                 }
             };
-            let acceptor = acceptor.clone();
-            let conn_tx = shard.connections();
-            let open = metrics.listener.connections.clone();
-            shard.spawn(move |load| async move {
-                let tcp = match TcpStream::from_std(tcp) {
-                    Ok(tcp) => Watched::new(tcp, progress),
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "connection lost before its handshake");
-                        return;
-                    }
-                };
-                let done = tokio::select! {
-                    done = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => done,
-                    _ = evicted => {
-                        tracing::debug!(%peer, "stalled TLS handshake evicted by a newer connection");
-                        return;
-                    }
-                };
-                drop(handshake);
-                match done {
-                    Ok(Ok(tls)) => {
-                        open.inc();
-                        let _ = conn_tx
-                            .send(Ok(Conn {
-                                tls,
-                                _slot: slot,
-                                _load: load,
-                                open,
-                            }))
-                            .await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                }
-            });
+            let ready = Ready {
+                acceptor: acceptor.clone(),
+                to: shard.connections(),
+                slot,
+                open: metrics.listener.connections.clone(),
+            };
+            shard.spawn(move |load| handshake(tcp, peer, admitted, ready, load));
             // A worker whose server ended: the server is stopping or failed
             // (which `Serving` reports).
             if shard.is_closed() {
@@ -161,6 +130,64 @@ pub(super) fn incoming(
             }
         }
     })
+}
+
+/// Where a connection goes once its handshake is done, and what it holds.
+struct Ready {
+    acceptor: TlsAcceptor,
+    /// The serving worker's gRPC server.
+    to: mpsc::Sender<io::Result<Conn>>,
+    /// Its place under `server.max_connections`.
+    slot: tokio::sync::OwnedSemaphorePermit,
+    open: IntGauge,
+}
+
+/// One TLS handshake on the worker it was given to, within
+/// [`HANDSHAKE_TIMEOUT`] — or until a newer connection evicts it for having
+/// stalled; a finished one goes to that worker's gRPC server.
+async fn handshake(
+    tcp: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    admitted: Admitted,
+    ready: Ready,
+    load: Load,
+) {
+    let Admitted {
+        slot: handshake,
+        evicted,
+        progress,
+    } = admitted;
+    let tcp = match TcpStream::from_std(tcp) {
+        Ok(tcp) => Watched::new(tcp, progress),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connection lost before its handshake");
+            return;
+        }
+    };
+    let done = tokio::select! {
+        done = tokio::time::timeout(HANDSHAKE_TIMEOUT, ready.acceptor.accept(tcp)) => done,
+        _ = evicted => {
+            tracing::debug!(%peer, "stalled TLS handshake evicted by a newer connection");
+            return;
+        }
+    };
+    drop(handshake);
+    match done {
+        Ok(Ok(tls)) => {
+            ready.open.inc();
+            let _ = ready
+                .to
+                .send(Ok(Conn {
+                    tls,
+                    _slot: ready.slot,
+                    _load: load,
+                    open: ready.open,
+                }))
+                .await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
 }
 
 /// Exponential back-off on accept errors (EMFILE, ENFILE, ENOBUFS…), logged

@@ -120,52 +120,7 @@ impl Inner {
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         match result {
             Ok(issued) => {
-                self.metrics.requests.issued.inc();
-                self.metrics.observe_latency(tonic::Code::Ok, elapsed);
-                if trace.clamped_from().is_some() {
-                    self.metrics.requests.ttl_clamped.inc();
-                }
-                if !issued.warnings.is_empty() {
-                    self.metrics.requests.signer_warnings.inc();
-                }
-                if issued.cut_from.is_some() {
-                    self.metrics.requests.lifetime_cut.inc();
-                }
-                let requested_secs = trace
-                    .clamped_from()
-                    .map_or_else(|| "-".to_owned(), |d| d.as_secs().to_string());
-                let cut_from = issued
-                    .cut_from
-                    .map_or_else(|| "-".to_owned(), crate::clock::date);
-                let warnings = issued.warnings.join("; ");
-                if issued.warnings.is_empty() && issued.cut_from.is_none() {
-                    tracing::info!(
-                        caller,
-                        on_behalf_of,
-                        cluster,
-                        outcome = "issued",
-                        serial = %issued.serial,
-                        not_after = %crate::clock::date(issued.not_after),
-                        ttl_clamped_from_secs = %requested_secs,
-                        latency_ms,
-                        "CreateCertificate"
-                    );
-                } else {
-                    // What the operator should act on, in the same one line.
-                    tracing::warn!(
-                        caller,
-                        on_behalf_of,
-                        cluster,
-                        outcome = "issued",
-                        serial = %issued.serial,
-                        not_after = %crate::clock::date(issued.not_after),
-                        asked_until = %cut_from,
-                        ttl_clamped_from_secs = %requested_secs,
-                        signer_warnings = %warnings,
-                        latency_ms,
-                        "CreateCertificate"
-                    );
-                }
+                self.issued(&issued, trace, (caller, on_behalf_of, cluster), elapsed);
                 Ok(Response::new(IstioCertificateResponse {
                     cert_chain: issued.chain,
                 }))
@@ -185,6 +140,65 @@ impl Inner {
                 );
                 Err(status)
             }
+        }
+    }
+
+    /// An issued certificate's metrics and its one log line: INFO, or WARN
+    /// with what the operator should act on (a lifetime cut short, the
+    /// back end's warnings).
+    fn issued(
+        &self,
+        issued: &Issued,
+        trace: &Trace,
+        (caller, on_behalf_of, cluster): (&str, &str, &str),
+        elapsed: Duration,
+    ) {
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        self.metrics.requests.issued.inc();
+        self.metrics.observe_latency(tonic::Code::Ok, elapsed);
+        if trace.clamped_from().is_some() {
+            self.metrics.requests.ttl_clamped.inc();
+        }
+        if !issued.warnings.is_empty() {
+            self.metrics.requests.signer_warnings.inc();
+        }
+        if issued.cut_from.is_some() {
+            self.metrics.requests.lifetime_cut.inc();
+        }
+        let requested_secs = trace
+            .clamped_from()
+            .map_or_else(|| "-".to_owned(), |d| d.as_secs().to_string());
+        let cut_from = issued
+            .cut_from
+            .map_or_else(|| "-".to_owned(), crate::clock::date);
+        let warnings = issued.warnings.join("; ");
+        if issued.warnings.is_empty() && issued.cut_from.is_none() {
+            tracing::info!(
+                caller,
+                on_behalf_of,
+                cluster,
+                outcome = "issued",
+                serial = %issued.serial,
+                not_after = %crate::clock::date(issued.not_after),
+                ttl_clamped_from_secs = %requested_secs,
+                latency_ms,
+                "CreateCertificate"
+            );
+        } else {
+            // What the operator should act on, in the same one line.
+            tracing::warn!(
+                caller,
+                on_behalf_of,
+                cluster,
+                outcome = "issued",
+                serial = %issued.serial,
+                not_after = %crate::clock::date(issued.not_after),
+                asked_until = %cut_from,
+                ttl_clamped_from_secs = %requested_secs,
+                signer_warnings = %warnings,
+                latency_ms,
+                "CreateCertificate"
+            );
         }
     }
 }

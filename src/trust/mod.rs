@@ -10,6 +10,7 @@ mod health;
 mod revocations;
 mod roots;
 mod state;
+mod status;
 mod store;
 #[cfg(test)]
 mod timeline;
@@ -19,13 +20,14 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 use der::Decode;
 
-pub use guard::{generations, judge, soak_floor, status};
+pub use guard::{judge, soak_floor};
 pub use health::RecordHealth;
 pub use revocations::{ISSUED_CAPACITY, Revocations};
 pub use state::{
     Denied, ExternalRecord, Generation, Reason, Revoked, RootRecord, SignedCrl, TrustState,
     fingerprint,
 };
+pub use status::{generations, status};
 pub use store::Store;
 
 use crate::{clock::Clock, config::Config};

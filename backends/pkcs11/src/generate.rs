@@ -123,6 +123,7 @@ impl KeyStore {
     /// # Errors
     /// [`Error::Config`] for what an operator must fix, else
     /// [`Error::Unavailable`].
+    // Long: the token's key generation in the order PKCS#11 needs it: session, templates, generate, open.
     pub fn generate(
         &self,
         algorithm: KeyAlgorithm,

@@ -175,6 +175,7 @@ impl Vault {
     }
 
     /// One HTTP exchange, classified.
+    // Long: one HTTP exchange classified: every status Vault answers with is a case here.
     async fn attempt(
         &self,
         method: Method,
@@ -264,6 +265,7 @@ impl Vault {
 
     /// As [`Vault::call_as`]; `queued` when the call waited in line first,
     /// so a request's deadline cutting it short is a sign of load.
+    // Long: the retry loop around one attempt: the deadline, the back-off and what each outcome leads to.
     async fn call_within(
         &self,
         token: Option<&Token>,

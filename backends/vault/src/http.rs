@@ -35,6 +35,7 @@ pub(crate) fn jitter(d: Duration) -> Duration {
 /// The HTTP client and the base URL. With `tls_server_name`, requests go to
 /// the configured address but TLS checks that name: the URL carries the name
 /// and the client resolves it to the address.
+// Long: the client built from each TLS setting, each with its environment fallback and its message.
 pub(crate) fn http_client(
     config: &Config,
     address: &str,

@@ -201,6 +201,7 @@ impl Mint {
     /// What castellan asked Vault for, checked on what Vault made: the key
     /// castellan generated, CA with path length 0, certificate and CRL
     /// signing, the trust domain as the one URI SAN, and the lifetime.
+    // Long: every property of the minted intermediate checked against what was asked, one refusal each.
     fn check(&self, der: &[u8], spki: &[u8], now: SystemTime) -> Result<(), String> {
         let cert = Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
         let tbs = cert.tbs_certificate();

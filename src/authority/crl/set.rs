@@ -103,6 +103,7 @@ fn path_of(g: &Generation, roots: &[(String, Vec<u8>)]) -> Vec<Certificate> {
 
 /// Assembles the set at `now` from the generations wanted and the CRLs of
 /// the CAs above them.
+// Long: one pass over the generations wanted; each one's CRL and its issuers' are chosen together.
 pub(super) fn assemble(wanted: &[Wanted<'_>], upstream: &[Crl], now: SystemTime) -> Set {
     let mut set = Set {
         complete: true,

@@ -74,6 +74,7 @@ struct Proof {
 
 /// Judges `ca` against `rules`: its verdicts, the roots its chain was
 /// verified to end at, and the chain's end (which that root may set).
+// Long: the list of practices, one record each, in the order `castellan check` prints them.
 pub(super) async fn run(
     ca: &mut SigningCa,
     cert: &Certificate,

@@ -104,6 +104,7 @@ impl Outcome {
 ///
 /// # Errors
 /// When a connection cannot be made.
+// Long: the load generator's measured loop: warm-up, the timed period and its counters share the connections.
 pub async fn run(plan: &Plan, work: &Work) -> Result<Outcome, String> {
     let mut clients = Vec::with_capacity(plan.connections);
     for _ in 0..plan.connections {

@@ -66,6 +66,7 @@ pub(super) async fn run(args: Args) -> ExitCode {
     }
 }
 
+// Long: the benchmark's stages in the order they print (ceiling, pipeline, load, memory).
 async fn bench(args: Args) -> Result<(), String> {
     let root = std::fs::read(&args.root).map_err(|e| format!("{}: {e}", args.root.display()))?;
     let key =

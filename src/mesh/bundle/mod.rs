@@ -78,6 +78,7 @@ struct State {
 
 impl Publisher {
     /// Runs until dropped (leadership lost).
+    // Long: the publisher's wiring: the watches, the queue's workers and the CA follower, then the loop draining the queue.
     pub(crate) async fn run(
         client: Client,
         watch_client: Client,

@@ -15,6 +15,7 @@ use super::{CONFIRM_EVERY, IGNORED_NAMESPACES, Publisher, active, unix_now};
 use crate::mesh::api::Trouble;
 
 impl Publisher {
+    // Long: one watch loop: each kind of event handled where the stream is read.
     pub(super) async fn watch_namespaces(self: Arc<Self>, synced: Arc<Notify>) {
         let mut config = watcher::Config::default();
         if !self.selector.is_empty() {
@@ -83,6 +84,7 @@ impl Publisher {
         }
     }
 
+    // Long: one watch loop: each kind of event handled where the stream is read.
     pub(super) async fn watch_maps(self: Arc<Self>, synced: Arc<Notify>) {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
         let api: Api<ConfigMap> = Api::all(self.watch_client.clone());

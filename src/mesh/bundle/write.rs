@@ -29,6 +29,7 @@ impl Publisher {
     }
 
     /// Makes namespace `ns`'s ConfigMap hold the bundle in use.
+    // Long: one namespace's read-compare-write; each outcome is counted where it happens.
     pub(super) async fn reconcile(&self, ns: &str) -> Result<(), Trouble> {
         if !self.leadership.is_leader() || self.lock().namespaces.get(ns) != Some(&true) {
             return Ok(());

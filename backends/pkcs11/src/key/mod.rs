@@ -181,6 +181,7 @@ impl Pkcs11Key {
     /// # Errors
     /// [`Error::Unavailable`] while the token is unusable, [`Error::Failed`]
     /// when it refuses the operation.
+    // Long: one signature on a pooled session, each way the token can fail handled where the session is in hand.
     pub fn sign(&self, tbs: &[u8]) -> Result<(Vec<u8>, u64), Error> {
         if !self.healthy() {
             self.recover()?;
