@@ -2,11 +2,9 @@
 
 #![allow(dead_code)]
 
-pub mod bao;
 pub mod csr;
 pub mod deploy;
 pub mod h2c;
-pub mod hsm;
 pub mod verify;
 
 use std::{path::PathBuf, time::Duration};
@@ -24,7 +22,7 @@ use tonic::transport::Channel;
 
 // The benches include this file too and use only part of it.
 #[allow(unused_imports)]
-pub use castellan_testkit::{kube, pki, strings};
+pub use castellan_testkit::{bao, hsm, kube, pki, strings};
 pub use pki::{Ca, KeyAlg};
 
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";

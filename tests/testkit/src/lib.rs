@@ -2,7 +2,8 @@
 //! is built once and tested for itself: an in-process Kubernetes API
 //! server (no kube-apiserver runs on this machine; [`kube`] stands in,
 //! faithful to the API behaviour castellan relies on, which its own tests
-//! check), PKI builders ([`pki`]) and the rule for tools a test needs
+//! check), PKI builders ([`pki`]), real OpenBao dev servers ([`bao`]) and
+//! SoftHSM tokens ([`hsm`]), and the rule for tools a test needs
 //! ([`tools`]).
 
 // Test tooling: a failed step is a failed test.
@@ -10,6 +11,8 @@
 // Shared with every test module of castellan's integration binary.
 #![allow(unreachable_pub, missing_debug_implementations)]
 
+pub mod bao;
+pub mod hsm;
 pub mod kube;
 pub mod pki;
 pub mod tools;

@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::{Value, json};
 
-use super::pki::Ca;
+use crate::pki::Ca;
 
 pub const ROOT_TOKEN: &str = "root";
 
@@ -352,7 +352,7 @@ path "pki_ent/issuer/+/crl" { capabilities = ["read"] }
             .unwrap()
             .to_owned();
         let mut req = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
-        let template = super::pki::ca_params(cn, Some(path_len));
+        let template = crate::pki::ca_params(cn, Some(path_len));
         req.params.is_ca = template.is_ca;
         req.params.key_usages = template.key_usages;
         req.params.not_before = template.not_before;

@@ -21,7 +21,7 @@ use der::{
 };
 use spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
 
-use super::pki::Ca;
+use crate::pki::Ca;
 
 pub const PIN: &str = "4711";
 const SO_PIN: &str = "12345678";
