@@ -378,3 +378,80 @@ async fn metrics_count_issuance() {
         200
     );
 }
+
+/// The issuance pipeline serves any front end: driven without gRPC, from
+/// the configuration a running castellan uses, the same steps issue a
+/// verifiable certificate to the caller and refuse a CSR for someone else.
+#[tokio::test]
+async fn the_issuance_pipeline_runs_without_the_grpc_front_end() {
+    use std::sync::Arc;
+
+    use castellan::{
+        authn::{self, Credentials},
+        authority::Authority,
+        clock::Clock,
+        config::Config,
+        error::Error,
+        issue::{Ask, Pipeline, Trace},
+        issuer::Issuer,
+        metrics::Metrics,
+        policy::TtlRules,
+    };
+
+    let ca = TestCa::start().await;
+    let config = Config::load(&ca.dir.path().join("castellan.toml")).unwrap();
+    let metrics = Metrics::new().unwrap();
+    let clock = Clock::system();
+    let authority = Authority::start(&config, &metrics, clock.clone())
+        .await
+        .unwrap();
+    let chain = authn::Chain::from_config(
+        &config.authn,
+        &config.authn_cache,
+        &config.trust_domain,
+        &metrics,
+        &clock,
+    )
+    .await
+    .unwrap();
+    let issuer = Issuer::new(
+        Arc::clone(authority.ca()),
+        Duration::from_secs(config.issuance.not_before_skew_secs),
+        Duration::from_secs(config.issuance.min_ttl_secs),
+    );
+    let pipeline = Pipeline::new(
+        chain,
+        None,
+        issuer,
+        TtlRules::from(&config.issuance),
+        authority.revocations().cloned(),
+    );
+    fn ask<'a>(token: &'a str, csr: &'a str) -> Ask<'a> {
+        Ask {
+            credentials: Credentials {
+                bearer: Some(token),
+                cluster_id: None,
+                peer_certs: None,
+            },
+            csr,
+            validity_secs: 600,
+            on_behalf_of: None,
+        }
+    }
+    let token = ca.token("ns", "sa");
+    let (_, mine) = csr::ztunnel(&id("ns", "sa"));
+    let mut trace = Trace::default();
+    let issued = pipeline
+        .issue(ask(&token, &mine), &mut trace)
+        .await
+        .unwrap();
+    assert_eq!(trace.caller(), Some(id("ns", "sa").as_str()));
+    crate::support::verify::assert_good(&issued.chain, &ca.root.der, "pipeline-issued");
+    let (_, theirs) = csr::ztunnel(&id("ns", "other"));
+    let refused = pipeline
+        .issue(ask(&token, &theirs), &mut Trace::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Policy(_)), "{refused:?}");
+    authority.stop();
+}
