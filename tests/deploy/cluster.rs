@@ -192,6 +192,7 @@ async fn enforcing(objects: &[Value]) -> FakeKube {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn castellan_does_its_whole_job_with_exactly_the_rendered_rbac() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
     let objects = everything();
     let kube = enforcing(&objects).await;
     let ca = run_rendered(&objects, &kube, with_cluster_trust_bundle).await;
@@ -268,6 +269,7 @@ async fn castellan_does_its_whole_job_with_exactly_the_rendered_rbac() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_missing_from_the_rbac_is_refused_and_named() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
     // The enforcement bites: without the istiod-cert binding the Secret
     // cannot be written, and castellan says so; the rest goes on.
     let objects: Vec<Value> = everything()

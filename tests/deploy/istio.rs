@@ -47,6 +47,7 @@ fn readme_keys() -> BTreeMap<String, String> {
 
 #[test]
 fn istio_wiring_uses_documented_keys_that_agree_with_castellan() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
     let istio = deploy::root().join("istio");
     let load = |f: &str| -> Value {
         let text = std::fs::read_to_string(istio.join(f)).unwrap();

@@ -5,6 +5,7 @@ use super::*;
 
 #[test]
 fn rbac_is_least_privilege_and_follows_the_config() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
     const VERBS: [&str; 6] = ["get", "list", "watch", "create", "update", "attest"];
     for overlay in deploy::overlays() {
         let objects = deploy::render(&format!("overlays/{overlay}"));

@@ -6,6 +6,8 @@ use super::*;
 
 #[test]
 fn every_rendering_validates_against_the_kubernetes_schemas_and_parses() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::KubernetesValidate);
     let work = tempfile::tempdir().unwrap();
     for (name, text) in renderings() {
         let file = work.path().join("rendered.yaml");

@@ -6,6 +6,7 @@ use super::*;
 
 #[test]
 fn deployment_service_probes_and_mounts_agree_with_castellan_toml() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
     for overlay in deploy::overlays() {
         let what = format!("overlays/{overlay}");
         let objects = deploy::render(&what);
@@ -225,6 +226,7 @@ fn deployment_service_probes_and_mounts_agree_with_castellan_toml() {
 
 #[test]
 fn every_shipped_castellan_toml_passes_castellans_validation() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
     let dir = tempfile::tempdir().unwrap();
     for overlay in deploy::overlays() {
         let objects = deploy::render(&format!("overlays/{overlay}"));
@@ -243,6 +245,7 @@ fn every_shipped_castellan_toml_passes_castellans_validation() {
 /// as castellan's service account.
 #[test]
 fn the_trust_init_job_creates_the_record_from_the_same_configuration() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
     for overlay in deploy::overlays() {
         let objects = deploy::render(&format!("overlays/{overlay}"));
         let config = config_of(&objects);
