@@ -1,15 +1,21 @@
 //! castellan: an external certificate authority for Istio.
 //!
-//! A request travels through four steps, each its own module:
+//! A request travels through [`issue`], the issuance pipeline, whatever
+//! front end carries it:
 //!
 //! 1. [`authn`] turns the caller's bearer token into an [`identity::Caller`];
 //! 2. [`csr`] parses the PEM CSR and checks its proof of possession;
-//! 3. [`policy`] decides what may be issued to that caller: an [`policy::Approved`];
-//! 4. [`issuer`] builds the certificate from [`profile`] and has the signing
+//! 3. [`impersonation`] decides whether a node proxy may ask for a pod;
+//! 4. [`trust`] refuses revoked identities; [`policy`] decides what may be
+//!    issued to that caller: an [`policy::Approved`];
+//! 5. [`issuer`] builds the certificate from [`profile`] and has the signing
 //!    CA of [`ca`] sign it.
 //!
-//! [`server`] carries this over gRPC and maps every failure to a status code
-//! in exactly one place ([`error`]).
+//! [`authority`] is one CA as a unit — the signing CA with its record, CRL
+//! keeper, reloader, rotator and prober. [`server`] carries requests over
+//! gRPC and maps every failure to a status code in exactly one place
+//! ([`error`]); [`mesh`] publishes trust to the cluster. The modules are
+//! layered without cycles (`tests/layers.rs`, `docs/architecture.md`).
 
 pub mod authn;
 pub mod authority;
