@@ -359,6 +359,3 @@ pub enum Waivable {
     #[serde(rename = "SM-DR13")]
     SmDr13,
 }
-
-/// DELIBERATE upward import (removed by the next commit): shows tests/layers.rs failing.
-pub type ShownUpward = crate::ca::CaHandle;
