@@ -488,7 +488,14 @@ async fn a_busy_session_pool_serves_every_request_its_deadline_allows() {
             .unwrap_or_else(|| panic!("no {prefix}"))
     };
     assert_eq!(series("castellan_backend_queue_capacity"), 64.0);
-    assert!(series("castellan_backend_queue_admitted_total") >= 300.0 + ok as f64);
-    assert!(series("castellan_backend_queue_turned_away_total") >= 1.0);
+    assert!(series("castellan_backend_queue_admitted_total") >= 200.0 + ok as f64);
     assert!(series("castellan_backend_queue_wait_seconds_total") > 0.0);
+    // A busy answer is a request turned away in line, or one whose place
+    // came but whose deadline passed before a session reached it: which of
+    // the two depends on how fast the burst arrives, so only the bound holds.
+    let turned_away = series("castellan_backend_queue_turned_away_total");
+    assert!(
+        turned_away <= busy as f64,
+        "every request turned away in line was told the signer is busy: {turned_away} > {busy}"
+    );
 }
