@@ -68,7 +68,6 @@ struct Proof {
     leaf: Option<rustls_pki_types::CertificateDer<'static>>,
     key_matches: bool,
     /// Why no probe certificate could be issued, if none was.
-    failure: Option<String>,
     probe_error: Option<Error>,
 }
 
@@ -111,7 +110,12 @@ pub(super) async fn run(
         true,
         verdicts::validity(ca, source, rules),
     );
-    let unproven = |fallback: &str| Err(proof.failure.clone().unwrap_or_else(|| fallback.into()));
+    let unproven = |fallback: &str| {
+        Err(proof
+            .probe_error
+            .as_ref()
+            .map_or_else(|| fallback.into(), ToString::to_string))
+    };
     a.record(
         "rooted in the configured enterprise root(s)",
         true,
@@ -162,13 +166,11 @@ async fn prove(ca: &SigningCa, cert: &Certificate, rules: &Rules) -> Result<Proo
         Ok(leaf) => Proof {
             leaf: key_matches.then_some(leaf),
             key_matches,
-            failure: None,
             probe_error: None,
         },
         Err(e) => Proof {
             leaf: None,
             key_matches,
-            failure: Some(e.to_string()),
             probe_error: Some(e),
         },
     })
