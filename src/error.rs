@@ -4,7 +4,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{authn, ca, csr, impersonation, issuer, policy};
+use crate::{authn, ca, csr, impersonation, issuer, policy, tenancy};
 
 /// A failed CreateCertificate.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,8 @@ pub enum Error {
     Impersonation(#[from] impersonation::Error),
     #[error("issuance: {0}")]
     Issue(#[from] issuer::Error),
+    #[error("issuer: {0}")]
+    Tenancy(#[from] tenancy::Error),
     #[error("over the limit of {0} requests in flight")]
     Overloaded(usize),
     #[error("request deadline of {0:?} exceeded")]
@@ -83,6 +85,12 @@ impl From<&Error> for Status {
                 | impersonation::Error::NotOnNode { .. },
             ) => Self::permission_denied("impersonation not allowed"),
             Error::Issue(e) => issue_status(e),
+            // Told to the (authenticated) caller: what it may ask for instead.
+            Error::Tenancy(
+                e @ (tenancy::Error::CertSigner { .. }
+                | tenancy::Error::Unbound { .. }
+                | tenancy::Error::NoNamespace(_)),
+            ) => Self::permission_denied(e.to_string()),
             Error::Overloaded(_) => Self::resource_exhausted("too many requests in flight; retry"),
             Error::Timeout(_) => Self::deadline_exceeded("request deadline exceeded"),
             Error::Revoked(_) => Self::permission_denied("identity revoked"),

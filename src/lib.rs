@@ -39,5 +39,6 @@ pub mod policy;
 pub mod profile;
 pub mod proto;
 pub mod server;
+pub mod tenancy;
 pub mod trust;
 pub mod verify;

@@ -248,3 +248,129 @@ fn the_default_mint_lifetime_fits_the_default_leaves() {
     assert_eq!(mint.ttl_secs, 2 * c.issuance.max_ttl_secs);
     assert_eq!(mint.key_type, castellan_vault::MintKey::EcP256);
 }
+
+/// `[[issuers]]` entry text: a file signer in `dir`, then `more` lines.
+fn issuer(name: &str, dir: &str, more: &str) -> String {
+    format!(
+        "[[issuers]]\nname = \"{name}\"\n{more}\n[issuers.signer]\ntype = \"file\"\ndir = \"{dir}\"\n"
+    )
+}
+
+#[test]
+fn several_issuers_are_read_and_each_binding_decides_its_namespaces() {
+    let c = parse(&format!(
+        "{MINIMAL}{}{}",
+        issuer(
+            "payments",
+            "/pay",
+            "namespaces = [\"payments\", \"pci\"]\ncert_signers = [\"clusterissuers.istio.io/payments\"]"
+        ),
+        issuer("edge", "/edge", "namespaces = [\"istio-ingress\"]\ntrusts = [\"payments\", \"default\"]"),
+    ))
+    .unwrap();
+    let units = c.units();
+    let names: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["default", "payments", "edge"]);
+    assert!(
+        units[0].binding.is_none(),
+        "the main issuer serves the rest"
+    );
+    assert_eq!(
+        units[2].binding.as_ref().unwrap().trusts,
+        ["payments", "default"]
+    );
+    // Each issuer starts from its own signer; istiod's certificate is the main one's.
+    assert!(
+        matches!(&units[1].config.signer, castellan::config::Signer::File(f) if f.dir.as_deref() == Some(Path::new("/pay")))
+    );
+}
+
+#[test]
+fn issuer_mistakes_are_refused_with_the_keys_named() {
+    let cases = [
+        (
+            format!(
+                "{}{}",
+                issuer("a", "/a", "namespaces = [\"shop\"]"),
+                issuer("b", "/b", "namespaces = [\"shop\"]")
+            ),
+            "namespace \"shop\" is bound to both \"a\" and \"b\"",
+        ),
+        (
+            issuer("a", "/a", ""),
+            "`issuers.namespaces` is empty for issuer \"a\": no workload could reach it",
+        ),
+        (
+            format!(
+                "{}{}",
+                issuer("a", "/a", "namespaces = [\"x\"]\ntrusts = [\"b\"]"),
+                issuer("b", "/b", "namespaces = [\"y\"]\ntrusts = [\"a\"]")
+            ),
+            "`issuers.trusts` loop a → b → a",
+        ),
+        (
+            issuer("a", "/a", "namespaces = [\"x\"]\ntrusts = [\"a\"]"),
+            "`issuers.trusts` loop a → a",
+        ),
+        (
+            issuer("a", "/a", "namespaces = [\"x\"]\ntrusts = [\"nobody\"]"),
+            "issuer \"a\" trusts \"nobody\", which is not an issuer",
+        ),
+        (
+            issuer("a", "/ca", "namespaces = [\"x\"]"),
+            "issuers \"default\" and \"a\" share the signing key file /ca",
+        ),
+        (
+            issuer("default", "/a", "namespaces = [\"x\"]"),
+            "\"default\" names two issuers",
+        ),
+        (
+            issuer("Pay Ments", "/a", "namespaces = [\"x\"]"),
+            "\"Pay Ments\" is not a name",
+        ),
+        (
+            issuer(
+                "a",
+                "/a",
+                "namespaces = [\"x\"]\ncert_signers = [\"a/b/c\"]",
+            ),
+            "\"a/b/c\" is neither a bare name nor `<domain>/<name>`",
+        ),
+        (
+            format!(
+                "{}[issuers.trust]\nstate_file = \"/state.json\"\n{}[issuers.trust]\nstate_file = \"/state.json\"\n",
+                issuer("a", "/a", "namespaces = [\"x\"]"),
+                issuer("b", "/b", "namespaces = [\"y\"]")
+            ),
+            "issuers \"a\" and \"b\" share trust.state_file /state.json",
+        ),
+        (
+            format!(
+                "{}[issuers.signer.nonsense]\n",
+                issuer("a", "/a", "namespaces = [\"x\"]")
+            ),
+            "nonsense",
+        ),
+        (
+            issuer("a", "/a", "namespaces = [\"x\"]\nbinding = 1"),
+            "unknown field `binding`",
+        ),
+        (
+            "[binding]\ntrusts = [\"x\"]\n".to_owned(),
+            "`binding.trusts` names other issuers, and no [[issuers]] is configured",
+        ),
+    ];
+    for (text, expected) in cases {
+        let e = parse(&format!("{MINIMAL}{text}")).unwrap_err();
+        assert!(e.contains(expected), "{text}\n→ {e}\nexpected: {expected}");
+    }
+    // One issuer's own sections are judged as the main one's, and named.
+    let e = parse(&format!(
+        "{MINIMAL}[[issuers]]\nname = \"hsm\"\nnamespaces = [\"x\"]\n[issuers.signer]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nkey_label = \"k\"\npin_env = \"P\"\npool_size = 0\ncert_file = \"/c.pem\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("[[issuers]] name = \"hsm\": signer.pkcs11: `pool_size` must be at least 1"),
+        "{e}"
+    );
+}

@@ -396,6 +396,7 @@ async fn the_issuance_pipeline_runs_without_the_grpc_front_end() {
         issuer::Issuer,
         metrics::Metrics,
         policy::TtlRules,
+        tenancy::Tenants,
     };
 
     let ca = TestCa::start().await;
@@ -422,9 +423,8 @@ async fn the_issuance_pipeline_runs_without_the_grpc_front_end() {
     let pipeline = Pipeline::new(
         chain,
         None,
-        issuer,
+        Arc::new(Tenants::single(issuer, authority.revocations().cloned())),
         TtlRules::from(&config.issuance),
-        authority.revocations().cloned(),
     );
     fn ask<'a>(token: &'a str, csr: &'a str) -> Ask<'a> {
         Ask {
@@ -436,6 +436,7 @@ async fn the_issuance_pipeline_runs_without_the_grpc_front_end() {
             csr,
             validity_secs: 600,
             on_behalf_of: None,
+            cert_signer: None,
         }
     }
     let token = ca.token("ns", "sa");

@@ -34,6 +34,7 @@ const LAYERS: &[&str] = &[
     "ca",
     "issuer",
     "authority",
+    "tenancy",
     "mesh",
     "error",
     "issue",

@@ -17,6 +17,7 @@ mod deploy;
 mod fips;
 mod integrity;
 mod issue;
+mod issuers;
 mod kubernetes;
 mod layers;
 mod lifetimes;

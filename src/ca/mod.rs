@@ -238,6 +238,13 @@ impl SigningCa {
         &self.roots
     }
 
+    /// The signing certificate's public key (DER SubjectPublicKeyInfo):
+    /// what tells two CAs apart whatever their names.
+    pub fn public_key(&self) -> Option<Vec<u8>> {
+        let cert = Certificate::from_der(self.chain.first()?).ok()?;
+        der::Encode::to_der(cert.tbs_certificate().subject_public_key_info()).ok()
+    }
+
     /// All roots, one PEM element.
     pub fn roots_pem(&self) -> &str {
         &self.roots_pem

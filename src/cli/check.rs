@@ -21,9 +21,16 @@ pub(super) async fn run(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     report(path, &judged);
-    let ca = &judged.ca;
-    if ca.assessment().first_failure().is_none() {
-        if ca.assessment().all_passed() {
+    let failed = judged
+        .issuers
+        .iter()
+        .any(|i| i.ca.assessment().first_failure().is_some());
+    if !failed {
+        if judged
+            .issuers
+            .iter()
+            .all(|i| i.ca.assessment().all_passed())
+        {
             println!("all practices pass");
         } else {
             println!("enforced practices pass; some are waived (see above)");
@@ -39,11 +46,19 @@ pub(super) async fn run(path: &Path) -> ExitCode {
 struct Judged {
     module: crate::fips::Module,
     config: Config,
+    /// Every issuer, the main one first.
+    issuers: Vec<JudgedIssuer>,
+    notes: Vec<String>,
+    clock: Clock,
+}
+
+/// One issuer's CA, judged as `serve` judges it when its unit starts.
+struct JudgedIssuer {
+    name: String,
+    binding: Option<crate::config::Binding>,
     rules: ca::Rules,
     ca: SigningCa,
     self_rotating: bool,
-    notes: Vec<String>,
-    clock: Clock,
 }
 
 /// Everything `serve` builds before serving, built the same way and
@@ -58,30 +73,24 @@ async fn judge(path: &Path) -> Result<Judged, ExitCode> {
         Ok(c) => c,
         Err(e) => return Err(unusable(&e)),
     };
-    let counters = match Metrics::new() {
-        Ok(m) => m.ca_counters(),
-        Err(e) => return Err(unusable(&e)),
-    };
     let clock = Clock::system();
-    let mut rules = match crate::authority::rules(&config, counters, clock.clone()) {
-        Ok(r) => r,
-        Err(e) => return Err(unusable(&e)),
-    };
-    // The record is read and proven writable, never written: check changes
-    // nothing, and fails where serve would.
-    rules.trust = match crate::trust::open_writable(&config, clock.clone()).await {
-        Ok(t) => t.map(|(_, rules)| rules),
-        Err(e) => return Err(unusable(&e)),
-    };
-    let source = ca::source(&config);
-    let loaded = match source.load().await {
-        Ok(l) => l,
-        Err(e) => return Err(unusable(&e)),
-    };
-    let ca = match SigningCa::assess(loaded.backend, loaded.material, &rules).await {
-        Ok(ca) => ca,
-        Err(e) => return Err(unusable(&e)),
-    };
+    let mut issuers = Vec::new();
+    for unit in config.units() {
+        let judged = judge_issuer(&unit.config, &clock).await.map_err(|e| {
+            if unit.name == crate::config::MAIN_ISSUER {
+                unusable(&e)
+            } else {
+                unusable(&format!("issuer \"{}\": {e}", unit.name))
+            }
+        })?;
+        issuers.push(JudgedIssuer {
+            name: unit.name,
+            binding: unit.binding,
+            rules: judged.0,
+            ca: judged.1,
+            self_rotating: judged.2,
+        });
+    }
     // What else `serve` builds before serving: the authenticators (JWKS
     // files, kubeconfigs) and the listeners.
     let metrics = match Metrics::new() {
@@ -105,13 +114,29 @@ async fn judge(path: &Path) -> Result<Judged, ExitCode> {
     };
     Ok(Judged {
         module,
-        self_rotating: source.self_rotating(),
         config,
-        rules,
-        ca,
+        issuers,
         notes,
         clock,
     })
+}
+
+/// One issuer's rules, record and CA, as its unit loads them.
+async fn judge_issuer(
+    config: &Config,
+    clock: &Clock,
+) -> Result<(ca::Rules, SigningCa, bool), Box<dyn std::error::Error>> {
+    let counters = Metrics::new()?.ca_counters();
+    let mut rules = crate::authority::rules(config, counters, clock.clone())?;
+    // The record is read and proven writable, never written: check changes
+    // nothing, and fails where serve would.
+    rules.trust = crate::trust::open_writable(config, clock.clone())
+        .await?
+        .map(|(_, rules)| rules);
+    let source = ca::source(config);
+    let loaded = source.load().await?;
+    let ca = SigningCa::assess(loaded.backend, loaded.material, &rules).await?;
+    Ok((rules, ca, source.self_rotating()))
 }
 
 /// Every practice with its evidence, then what else was checked.
@@ -120,20 +145,21 @@ fn report(path: &Path, judged: &Judged) {
     let Judged {
         module,
         config,
-        rules,
-        ca,
-        self_rotating,
+        issuers,
         notes,
         clock,
     } = judged;
     println!("castellan check: {}", path.display());
-    for p in &ca.assessment().practices {
-        let verdict = match (p.passed, p.enforced) {
-            (true, _) => "PASS",
-            (false, true) => "FAIL",
-            (false, false) => "WAIVED",
-        };
-        println!("{verdict}  {}\n      {}", p.name, p.evidence);
+    let several = issuers.len() > 1;
+    for issuer in issuers {
+        if several {
+            println!(
+                "ISSUER {}  {}",
+                issuer.name,
+                describe(issuer.binding.as_ref())
+            );
+        }
+        report_issuer(issuer, clock);
     }
     println!(
         "PASS  what serve builds besides the CA\n      {} authenticator(s) load; listeners {} and {}",
@@ -155,6 +181,38 @@ fn report(path: &Path, judged: &Judged) {
             ""
         }
     );
+}
+/// What a binding decides, in a line.
+fn describe(binding: Option<&crate::config::Binding>) -> String {
+    let Some(b) = binding else {
+        return "serves every namespace no other issuer is bound to".to_owned();
+    };
+    let mut line = format!("namespaces {}", b.namespaces.join(", "));
+    if !b.cert_signers.is_empty() {
+        line.push_str(&format!("; CertSigner {}", b.cert_signers.join(", ")));
+    }
+    if !b.trusts.is_empty() {
+        line.push_str(&format!("; also trusts {}", b.trusts.join(", ")));
+    }
+    line
+}
+
+/// One issuer's practices, CA and record.
+fn report_issuer(issuer: &JudgedIssuer, clock: &Clock) {
+    let JudgedIssuer {
+        rules,
+        ca,
+        self_rotating,
+        ..
+    } = issuer;
+    for p in &ca.assessment().practices {
+        let verdict = match (p.passed, p.enforced) {
+            (true, _) => "PASS",
+            (false, true) => "FAIL",
+            (false, false) => "WAIVED",
+        };
+        println!("{verdict}  {}\n      {}", p.name, p.evidence);
+    }
     for line in signing_lines(ca, *self_rotating, clock.now()) {
         println!("{line}");
     }

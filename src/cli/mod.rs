@@ -244,10 +244,17 @@ pub const EXIT_UNUSABLE: u8 = 2;
 fn exit_code(e: &crate::server::Error) -> u8 {
     use crate::server::Error as S;
     match e {
-        S::Authority(crate::authority::Error::Ca(crate::ca::Error::Practice(_))) => EXIT_PRACTICE,
+        S::Authority(crate::authority::Error::Ca(crate::ca::Error::Practice(_)))
+        | S::Issuer {
+            source: crate::authority::Error::Ca(crate::ca::Error::Practice(_)),
+            ..
+        } => EXIT_PRACTICE,
         // A server that failed while running.
         S::Transport(_) | S::Task(_) | S::WorkerLost => EXIT_PRACTICE,
         S::Authority(_)
+        | S::Issuer { .. }
+        | S::SharedKey { .. }
+        | S::NoIssuer
         | S::Issue(_)
         | S::Authn(_)
         | S::Io { .. }

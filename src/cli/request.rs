@@ -46,6 +46,11 @@ pub struct Args {
     /// Sent as the `clusterid` header.
     #[arg(long, default_value = "Kubernetes")]
     cluster_id: String,
+    /// Sent as the `CertSigner` metadata (istio-agent's
+    /// `ISTIO_META_CERT_SIGNER`): the issuer asked for, which castellan
+    /// accepts only when the caller's namespace is bound to it.
+    #[arg(long, default_value = "")]
+    cert_signer: String,
     /// Write cert-chain.pem, key.pem and root-cert.pem here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -70,10 +75,11 @@ async fn request(args: &Args) -> Result<(), String> {
         .to_owned();
     let identity = identity_of(&token, &args.trust_domain)?;
     let (key, csr) = workload_csr(&identity, args.key_type).map_err(|e| format!("CSR: {e}"))?;
-
+    let mut req = request_for(&csr, args.ttl, &token, &args.cluster_id)?;
+    set_cert_signer(&mut req, &args.cert_signer);
     let mut client = connect(&args.addr, args.server_name.as_deref(), &root_pem).await?;
     let response = client
-        .create_certificate(request_for(&csr, args.ttl, &token, &args.cluster_id)?)
+        .create_certificate(req)
         .await
         .map_err(|s| format!("{}: {}", s.code().description(), s.message()))?
         .into_inner();
@@ -166,7 +172,7 @@ pub fn request_for(
 ) -> Result<tonic::Request<IstioCertificateRequest>, String> {
     let mut metadata = prost_types::Struct::default();
     metadata.fields.insert(
-        "CertSigner".into(),
+        crate::proto::CERT_SIGNER.into(),
         prost_types::Value {
             kind: Some(prost_types::value::Kind::StringValue(String::new())),
         },
@@ -187,6 +193,19 @@ pub fn request_for(
             .map_err(|_| "bad --cluster-id".to_owned())?,
     );
     Ok(req)
+}
+
+/// Names the issuer asked for, as `ISTIO_META_CERT_SIGNER` makes
+/// istio-agent do (empty: none).
+pub fn set_cert_signer(req: &mut tonic::Request<IstioCertificateRequest>, value: &str) {
+    if let Some(m) = req.get_mut().metadata.as_mut() {
+        m.fields.insert(
+            crate::proto::CERT_SIGNER.into(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StringValue(value.to_owned())),
+            },
+        );
+    }
 }
 
 /// A key and a CSR shaped as istio-agent makes them: one URI SAN; RSA keys

@@ -34,19 +34,36 @@ pub(super) async fn run(command: Command) -> ExitCode {
 
 async fn init(path: &std::path::Path) -> Result<String, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    let Some(store) = trust::store(&config).await.map_err(|e| e.to_string())? else {
+    let mut said = Vec::new();
+    for unit in config.units() {
+        let named = |e: String| {
+            if unit.name == crate::config::MAIN_ISSUER {
+                e
+            } else {
+                format!("issuer \"{}\": {e}", unit.name)
+            }
+        };
+        let Some(store) = trust::store(&unit.config)
+            .await
+            .map_err(|e| named(e.to_string()))?
+        else {
+            continue;
+        };
+        let created = store
+            .init(Clock::system().unix())
+            .await
+            .map_err(|e| named(e.to_string()))?;
+        said.push(if created {
+            format!("created {}, empty", store.describe())
+        } else {
+            format!("{} exists; left as it is", store.describe())
+        });
+    }
+    if said.is_empty() {
         return Err(format!(
             "{}: no [trust] section, so there is no record to create",
             path.display()
         ));
-    };
-    let created = store
-        .init(Clock::system().unix())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(if created {
-        format!("created {}, empty", store.describe())
-    } else {
-        format!("{} exists; left as it is", store.describe())
-    })
+    }
+    Ok(said.join("\n"))
 }

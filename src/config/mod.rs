@@ -3,6 +3,7 @@
 
 mod authn;
 mod defaults;
+mod issuers;
 mod kubernetes;
 mod server;
 mod tagged;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Deserializer};
 use spiffe::TrustDomain;
 
 pub use authn::{Authn, AuthnCache, ClientCert, Impersonation, Jwt, TokenReview};
+pub use issuers::{Binding, IssuerSection, MAIN_ISSUER, Unit};
 pub use kubernetes::{IstiodCert, IstiodKeyType, Kubernetes, LeaderElection, TrustBundle};
 pub use server::{Server, ServerTls};
 pub use trust::{Crl, ExternalRoots, Trust};
@@ -104,6 +106,12 @@ pub struct Config {
     /// Root rotation guards and where their record is kept. Unset: no
     /// guard (castellan signs under whatever root the material names).
     pub trust: Option<Trust>,
+    /// Which namespaces the main issuer (the sections above) signs for.
+    /// Unset: every namespace no `[[issuers]]` entry is bound to.
+    pub binding: Option<Binding>,
+    /// More issuers, each bound to its own namespaces.
+    #[serde(default)]
+    pub issuers: Vec<IssuerSection>,
 }
 
 /// Practices the operator deliberately does not follow.
@@ -222,6 +230,9 @@ pub enum Error {
     VaultSigner(#[from] castellan_vault::ConfigError),
     #[error("signer.mint.pkcs11: {0}")]
     MintKeys(castellan_pkcs11::ConfigError),
+    /// A rule one `[[issuers]]` entry breaks.
+    #[error("[[issuers]] name = \"{name}\": {source}")]
+    Issuer { name: String, source: Box<Self> },
     /// A rule the file breaks, with the file named.
     #[error("config {path}: {source}")]
     Rule { path: PathBuf, source: Box<Self> },
@@ -263,18 +274,11 @@ impl Config {
     /// Relative paths in the file are relative to the file's folder.
     fn resolve_paths(&mut self, base: &Path) {
         use castellan_signer::resolve_opt;
-        resolve_opt(base, &mut self.ca.roots_file);
         resolve_opt(base, &mut self.server.tls.cert_file);
         resolve_opt(base, &mut self.server.tls.key_file);
-        match &mut self.signer {
-            Signer::File(c) => c.resolve_paths(base),
-            Signer::Pkcs11(c) => c.resolve_paths(base),
-            Signer::Vault(c) => {
-                c.vault.resolve_paths(base);
-                if let Some(keys) = &mut c.mint_keys {
-                    keys.resolve_paths(base);
-                }
-            }
+        resolve_unit(base, &mut self.signer, &mut self.ca, self.trust.as_mut());
+        for i in &mut self.issuers {
+            resolve_unit(base, &mut i.signer, &mut i.ca, i.trust.as_mut());
         }
         for a in &mut self.authn {
             match a {
@@ -288,17 +292,6 @@ impl Config {
         }
         if let Some(k) = &mut self.kubernetes {
             resolve_opt(base, &mut k.kubeconfig);
-        }
-        if let Some(t) = &mut self.trust {
-            resolve_opt(base, &mut t.state_file);
-            for e in &mut t.external {
-                castellan_signer::resolve(base, &mut e.roots_file);
-            }
-            if let Some(crl) = &mut t.crl {
-                for f in &mut crl.upstream_files {
-                    castellan_signer::resolve(base, f);
-                }
-            }
         }
     }
 
@@ -322,6 +315,33 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.server.request_timeout_secs)
+    }
+}
+
+/// An issuer's own paths, relative to the file's folder.
+fn resolve_unit(base: &Path, signer: &mut Signer, ca: &mut Ca, trust: Option<&mut Trust>) {
+    use castellan_signer::resolve_opt;
+    resolve_opt(base, &mut ca.roots_file);
+    match signer {
+        Signer::File(c) => c.resolve_paths(base),
+        Signer::Pkcs11(c) => c.resolve_paths(base),
+        Signer::Vault(c) => {
+            c.vault.resolve_paths(base);
+            if let Some(keys) = &mut c.mint_keys {
+                keys.resolve_paths(base);
+            }
+        }
+    }
+    if let Some(t) = trust {
+        resolve_opt(base, &mut t.state_file);
+        for e in &mut t.external {
+            castellan_signer::resolve(base, &mut e.roots_file);
+        }
+        if let Some(crl) = &mut t.crl {
+            for f in &mut crl.upstream_files {
+                castellan_signer::resolve(base, f);
+            }
+        }
     }
 }
 

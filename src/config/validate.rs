@@ -19,7 +19,15 @@ impl Config {
         self.validate_signer()?;
         self.validate_authn()?;
         self.validate_kubernetes()?;
-        self.validate_impersonation()
+        self.validate_impersonation()?;
+        self.validate_issuers()
+    }
+
+    /// What one issuer's own sections must meet (its signer, roots and
+    /// record); the rest of the file is the main configuration's.
+    pub(super) fn validate_unit(&self) -> Result<(), Error> {
+        self.validate_trust()?;
+        self.validate_signing()
     }
 
     /// `[issuance]`: the lifetimes in order.
@@ -158,16 +166,7 @@ impl Config {
     /// what it can do.
     fn validate_signer(&self) -> Result<(), Error> {
         let tls = &self.server.tls;
-        match &self.signer {
-            Signer::File(f) => f.validate()?,
-            Signer::Pkcs11(p) => p.validate()?,
-            Signer::Vault(v) => {
-                v.vault.validate()?;
-                if let Some(keys) = &v.mint_keys {
-                    keys.validate().map_err(Error::MintKeys)?;
-                }
-            }
-        }
+        self.validate_signing()?;
         let caps = self.signer.capabilities();
         if !caps.builds_certificates() && tls.cert_file.is_none() {
             return Err(Error::Invalid {
@@ -179,6 +178,22 @@ impl Config {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// The signer's own rules and the roots and lifetimes it needs.
+    fn validate_signing(&self) -> Result<(), Error> {
+        match &self.signer {
+            Signer::File(f) => f.validate()?,
+            Signer::Pkcs11(p) => p.validate()?,
+            Signer::Vault(v) => {
+                v.vault.validate()?;
+                if let Some(keys) = &v.mint_keys {
+                    keys.validate().map_err(Error::MintKeys)?;
+                }
+            }
+        }
+        let caps = self.signer.capabilities();
         if caps.needs_configured_roots() && self.ca.roots_file.is_none() {
             return Err(Error::Invalid {
                 key: "ca.roots_file",

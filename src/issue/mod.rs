@@ -15,9 +15,9 @@ use crate::{
     csr,
     error::Error,
     impersonation::{self, NodeAuthorizer},
-    issuer::{Issued, Issuer},
+    issuer::Issued,
     policy::{self, TtlRules},
-    trust::Revocations,
+    tenancy::Tenants,
 };
 
 /// What a front end asks for, already out of its wire format.
@@ -32,6 +32,9 @@ pub struct Ask<'a> {
     /// The identity a node proxy asks for on a pod's behalf, if any
     /// (unvalidated: it is the caller's word).
     pub on_behalf_of: Option<&'a str>,
+    /// The issuer the request names (`CertSigner`), if any (unvalidated:
+    /// the pod's author sets it).
+    pub cert_signer: Option<&'a str>,
 }
 
 /// Neither the token nor the caller's unvalidated words reach `Debug`.
@@ -42,6 +45,7 @@ impl std::fmt::Debug for Ask<'_> {
             .field("csr_bytes", &self.csr.len())
             .field("validity_secs", &self.validity_secs)
             .field("on_behalf_of", &self.on_behalf_of.map(|_| "<unvalidated>"))
+            .field("cert_signer", &self.cert_signer.map(|_| "<unvalidated>"))
             .finish_non_exhaustive()
     }
 }
@@ -53,6 +57,7 @@ pub struct Trace {
     caller: Option<String>,
     on_behalf_of: Option<String>,
     clamped_from: Option<Duration>,
+    issuer: Option<String>,
 }
 
 // === impl Trace ===
@@ -69,6 +74,11 @@ impl Trace {
         self.on_behalf_of.as_deref()
     }
 
+    /// The issuer chosen for the request, once chosen.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
     /// The lifetime asked for, when policy shortened it.
     pub fn clamped_from(&self) -> Option<Duration> {
         self.clamped_from
@@ -80,10 +90,10 @@ impl Trace {
 pub struct Pipeline {
     authn: authn::Chain,
     nodes: Option<NodeAuthorizer>,
-    issuer: Issuer,
+    /// Every issuer, each with its refused identities and the leaves it
+    /// issued (`[trust]`).
+    tenants: Arc<Tenants>,
     ttl: TtlRules,
-    /// Refused identities, and the leaves issued here (`[trust]`).
-    revocations: Option<Arc<Revocations>>,
 }
 
 // === impl Pipeline ===
@@ -92,16 +102,14 @@ impl Pipeline {
     pub fn new(
         authn: authn::Chain,
         nodes: Option<NodeAuthorizer>,
-        issuer: Issuer,
+        tenants: Arc<Tenants>,
         ttl: TtlRules,
-        revocations: Option<Arc<Revocations>>,
     ) -> Self {
         Self {
             authn,
             nodes,
-            issuer,
+            tenants,
             ttl,
-            revocations,
         }
     }
 
@@ -130,10 +138,12 @@ impl Pipeline {
                 nodes.authorize(&caller, requested).await?
             }
         };
-        let revocations = self
-            .revocations
-            .as_deref()
-            .map(|r| (r, identity.to_string()));
+        // By whose certificate it is, never by the request alone.
+        let tenant = self.tenants.select(&identity, ask.cert_signer)?;
+        if self.tenants.several() {
+            trace.issuer = Some(tenant.name().to_owned());
+        }
+        let revocations = tenant.revocations().map(|r| (r, identity.to_string()));
         if let Some((r, id)) = &revocations {
             if r.is_denied(id) {
                 return Err(Error::Revoked(id.clone()));
@@ -144,7 +154,9 @@ impl Pipeline {
         }
         let approved = policy::check(csr, &identity, ask.validity_secs, &self.ttl)?;
         trace.clamped_from = approved.clamped_from();
-        let issued = self.issuer.issue(&approved).await?;
+        let issued = self
+            .tenants
+            .finish(tenant, tenant.issuer().issue(&approved).await?);
         if let Some((r, id)) = &revocations {
             let not_after = issued
                 .not_after

@@ -23,6 +23,7 @@ pub fn count(m: &Metrics, e: &Error) {
         }
         Error::Overloaded(_) => m.requests.overloaded.inc(),
         Error::Revoked(_) => m.requests.revoked_refusals.inc(),
+        Error::Tenancy(_) => m.requests.issuer_refusals.inc(),
         // Answered at the door, before the handler.
         Error::TooLarge(_) => {}
         Error::Unrecorded(_) => {

@@ -34,6 +34,9 @@ pub struct IntegrityCounters {
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The other issuers' registries (`issuer` label on each series),
+    /// shown with this one's (see [`Metrics::for_issuer`]).
+    issuers: std::sync::Arc<std::sync::Mutex<Vec<Registry>>>,
     pub requests: Requests,
     pub ca: CaMetrics,
     pub listener: Listener,
@@ -49,9 +52,30 @@ impl Metrics {
     /// Only if two metrics share a name, a bug caught by the tests.
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        crypto_module(&Reg(&registry))?;
+        Self::on(registry)
+    }
+
+    /// The metrics of one more issuer: every series carries
+    /// `issuer="<name>"`, and its CA's series (expiry, rotation, health,
+    /// CRL, back-end queue) are shown in this instance's `/metrics`.
+    ///
+    /// # Errors
+    /// As [`Metrics::new`], or when `name` is not a label value.
+    pub fn for_issuer(&self, name: &str) -> Result<Self, prometheus::Error> {
+        let labels = [("issuer".to_owned(), name.to_owned())].into();
+        let registry = Registry::new_custom(None, Some(labels))?;
+        let issuer = Self::on(registry.clone())?;
+        if let Ok(mut issuers) = self.issuers.lock() {
+            issuers.push(registry);
+        }
+        Ok(issuer)
+    }
+
+    fn on(registry: Registry) -> Result<Self, prometheus::Error> {
         let r = Reg(&registry);
-        crypto_module(&r)?;
         Ok(Self {
+            issuers: Default::default(),
             requests: Requests::register(&r)?,
             ca: CaMetrics::register(&r)?,
             listener: Listener::register(&r)?,
@@ -109,14 +133,42 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        if let Ok(issuers) = self.issuers.lock() {
+            for registry in issuers.iter() {
+                merge_issuer(&mut families, registry.gather());
+            }
+        }
         let mut out = Vec::new();
-        if TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .is_err()
-        {
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Another issuer's CA series, added to the families of the same name.
+fn merge_issuer(
+    families: &mut [prometheus::proto::MetricFamily],
+    theirs: Vec<prometheus::proto::MetricFamily>,
+) {
+    const PER_ISSUER: [&str; 4] = [
+        "castellan_ca_",
+        "castellan_signer_",
+        "castellan_crl_",
+        "castellan_backend_queue_",
+    ];
+    for mut family in theirs {
+        let name = family.name().to_owned();
+        let per_issuer = (PER_ISSUER.iter().any(|p| name.starts_with(p))
+            && name != "castellan_crl_writes_count")
+            || name == "citadel_server_cert_chain_expiry_timestamp"
+            || name == "citadel_server_root_cert_expiry_timestamp";
+        if let Some(ours) = families.iter_mut().find(|f| f.name() == name)
+            && per_issuer
+        {
+            ours.mut_metric().extend(family.take_metric());
+        }
     }
 }
 

@@ -26,6 +26,11 @@ pub struct Requests {
     pub lifetime_cut: IntCounter,
     /// Requests refused because their identity is revoked.
     pub revoked_refusals: IntCounter,
+    /// Requests whose namespace no issuer serves, or whose `CertSigner`
+    /// its issuer does not accept.
+    pub issuer_refusals: IntCounter,
+    /// Certificates issued, by issuer (with `[[issuers]]`).
+    pub issued_by_issuer: IntCounterVec,
 }
 
 impl Requests {
@@ -99,6 +104,17 @@ impl Requests {
             revoked_refusals: r.counter(
                 "castellan_revoked_refusals_count",
                 "Requests refused because `castellan revoke --identity` denied their identity.",
+            )?,
+            issuer_refusals: r.counter(
+                "castellan_issuer_refusals_count",
+                "Requests refused PERMISSION_DENIED because no issuer is bound to their namespace, \
+                 or their CertSigner names an issuer their namespace is not bound to.",
+            )?,
+            issued_by_issuer: r.counters(
+                "castellan_issued_by_issuer_count",
+                "Certificates issued, by issuer (several issuers only).",
+                &["issuer"],
+                &[],
             )?,
         })
     }

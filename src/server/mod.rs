@@ -6,6 +6,7 @@ mod admission;
 mod grpc;
 mod handshakes;
 mod health;
+mod issuers;
 mod limits;
 mod preflight;
 mod service;
@@ -39,6 +40,18 @@ use crate::{
 pub enum Error {
     #[error(transparent)]
     Authority(#[from] authority::Error),
+    #[error("issuer \"{name}\": {source}")]
+    Issuer {
+        name: String,
+        source: authority::Error,
+    },
+    #[error(
+        "issuers \"{first}\" and \"{second}\" sign with the same key: each issuer needs its own \
+         (a tenant's rotation and revocations would otherwise not be its own)"
+    )]
+    SharedKey { first: String, second: String },
+    #[error("no issuer configured")]
+    NoIssuer,
     #[error("{0}")]
     Issue(#[from] issuer::Error),
     #[error(transparent)]
@@ -84,7 +97,7 @@ pub struct Running {
     pub metrics: Metrics,
     shutdown: watch::Sender<bool>,
     server: shards::Serving,
-    authority: Authority,
+    issuers: issuers::Issuers,
     background: Vec<JoinHandle<()>>,
     /// Tasks that end by themselves on shutdown (the Lease released).
     releasing: Vec<JoinHandle<()>>,
@@ -102,7 +115,7 @@ impl Running {
     /// (for tests of what the other replicas do then).
     pub fn kill(self) {
         self.server.abort();
-        self.authority.stop();
+        self.issuers.stop();
         for task in self.background.iter().chain(&self.releasing) {
             task.abort();
         }
@@ -117,7 +130,7 @@ impl Running {
         for task in self.releasing.drain(..) {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
-        self.authority.stop();
+        self.issuers.stop();
         for task in &self.background {
             task.abort();
         }
@@ -151,7 +164,8 @@ pub async fn start(config: &Config) -> Result<Running, Error> {
 pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, Error> {
     crypto_ready()?;
     let metrics = Metrics::new()?;
-    let authority = Authority::start(config, &metrics, clock.clone()).await?;
+    let issuers = issuers::start(config, &metrics, &clock).await?;
+    let authority = issuers.main()?;
     let ca = Arc::clone(authority.ca());
     let mut background = Vec::new();
     let authn = authn::Chain::from_config(
@@ -167,20 +181,19 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         Duration::from_secs(config.issuance.not_before_skew_secs),
         Duration::from_secs(config.issuance.min_ttl_secs),
     );
-    let tls = listener_tls(config, &issuer, &ca, &mut background).await?;
+    let tls = listener_tls(config, &issuer, &issuers, &mut background).await?;
     let listener = bind(config.server.listen, "server.listen").await?;
     let addr = local_addr(&listener)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let metrics_addr =
-        operational(config, &authority, &metrics, &shutdown_rx, &mut background).await?;
-    let releasing = mesh_writers(config, &issuer, &metrics, &authority, &shutdown_rx).await?;
+        operational(config, authority, &metrics, &shutdown_rx, &mut background).await?;
+    let releasing = mesh_writers(config, &issuer, &metrics, authority, &shutdown_rx).await?;
     let nodes = NodeAuthorizer::start(&config.impersonation, &authn, &config.trust_domain);
     let pipeline = Pipeline::new(
         authn,
         nodes,
-        issuer,
+        Arc::clone(&issuers.tenants),
         TtlRules::from(&config.issuance),
-        authority.revocations().cloned(),
     );
     let (server, accept) = grpc::serve(config, pipeline, &metrics, tls, listener, shutdown_rx)?;
     background.push(accept);
@@ -192,7 +205,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         metrics,
         shutdown,
         server,
-        authority,
+        issuers,
         background,
         releasing,
     })
@@ -204,14 +217,25 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
 async fn listener_tls(
     config: &Config,
     issuer: &Issuer,
-    ca: &Arc<CaHandle>,
+    issuers: &issuers::Issuers,
     background: &mut Vec<JoinHandle<()>>,
 ) -> Result<rustls::ServerConfig, Error> {
     let poll = Duration::from_secs(config.ca.reload_interval_secs);
     let (serving, renewal) = serving::start(&config.server.tls, issuer, poll).await?;
     background.push(renewal);
-    let client_roots = Arc::new(tls::ClientRoots::new(ca.current().roots())?);
-    background.push(follow_roots(Arc::clone(ca), Arc::clone(&client_roots)));
+    let client_roots = Arc::new(tls::ClientRoots::new(&issuers.all_roots())?);
+    let cas: Vec<Arc<CaHandle>> = issuers
+        .authorities
+        .iter()
+        .map(|a| Arc::clone(a.ca()))
+        .collect();
+    for ca in &cas {
+        background.push(follow_roots(
+            Arc::clone(ca),
+            cas.clone(),
+            Arc::clone(&client_roots),
+        ));
+    }
     let tls = tls::server_config(serving, client_roots)?;
     crate::fips::require(&[("castellan's listener", tls.fips())])?;
     Ok(tls)
@@ -312,12 +336,25 @@ async fn terminated() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Keeps client-certificate verification on the roots of the CA in use.
-fn follow_roots(ca: Arc<CaHandle>, client_roots: Arc<tls::ClientRoots>) -> JoinHandle<()> {
+/// Keeps client-certificate verification on the roots of every issuer's CA
+/// in use, when `ca` changes.
+fn follow_roots(
+    ca: Arc<CaHandle>,
+    all: Vec<Arc<CaHandle>>,
+    client_roots: Arc<tls::ClientRoots>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut changes = ca.subscribe();
         while changes.changed().await.is_ok() {
-            if let Err(e) = client_roots.update(ca.current().roots()) {
+            let mut roots = Vec::new();
+            for c in &all {
+                for r in c.current().roots() {
+                    if !roots.contains(r) {
+                        roots.push(r.clone());
+                    }
+                }
+            }
+            if let Err(e) = client_roots.update(&roots) {
                 tracing::error!(error = %e, "new roots unusable for client certificates; keeping the previous ones");
             }
         }

@@ -15,7 +15,7 @@ use crate::{
     issuer::Issued,
     metrics::Metrics,
     proto::{
-        IMPERSONATED_IDENTITY, IstioCertificateRequest, IstioCertificateResponse,
+        CERT_SIGNER, IMPERSONATED_IDENTITY, IstioCertificateRequest, IstioCertificateResponse,
         istio_certificate_service_server::IstioCertificateService,
     },
 };
@@ -78,7 +78,8 @@ impl IstioCertificateService for CaService {
             },
             csr: &req.csr,
             validity_secs: req.validity_duration,
-            on_behalf_of: impersonated(&req),
+            on_behalf_of: metadata_string(&req, IMPERSONATED_IDENTITY),
+            cert_signer: metadata_string(&req, CERT_SIGNER),
         };
         let handler_deadline = deadline
             .checked_sub(HANDLER_MARGIN.min(budget / 2))
@@ -116,6 +117,7 @@ impl Inner {
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let caller = trace.caller().unwrap_or("-");
         let on_behalf_of = trace.on_behalf_of().unwrap_or("-");
+        let issuer = trace.issuer().unwrap_or("-");
         let cluster = cluster.unwrap_or("-");
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         match result {
@@ -132,6 +134,7 @@ impl Inner {
                 tracing::warn!(
                     caller,
                     on_behalf_of,
+                    issuer,
                     cluster,
                     outcome = ?status.code(),
                     reason = %e,
@@ -154,17 +157,8 @@ impl Inner {
         elapsed: Duration,
     ) {
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
-        self.metrics.requests.issued.inc();
-        self.metrics.observe_latency(tonic::Code::Ok, elapsed);
-        if trace.clamped_from().is_some() {
-            self.metrics.requests.ttl_clamped.inc();
-        }
-        if !issued.warnings.is_empty() {
-            self.metrics.requests.signer_warnings.inc();
-        }
-        if issued.cut_from.is_some() {
-            self.metrics.requests.lifetime_cut.inc();
-        }
+        self.count_issued(issued, trace, elapsed);
+        let issuer = trace.issuer().unwrap_or("-");
         let requested_secs = trace
             .clamped_from()
             .map_or_else(|| "-".to_owned(), |d| d.as_secs().to_string());
@@ -176,6 +170,7 @@ impl Inner {
             tracing::info!(
                 caller,
                 on_behalf_of,
+                issuer,
                 cluster,
                 outcome = "issued",
                 serial = %issued.serial,
@@ -189,6 +184,7 @@ impl Inner {
             tracing::warn!(
                 caller,
                 on_behalf_of,
+                issuer,
                 cluster,
                 outcome = "issued",
                 serial = %issued.serial,
@@ -199,6 +195,27 @@ impl Inner {
                 latency_ms,
                 "CreateCertificate"
             );
+        }
+    }
+}
+
+impl Inner {
+    /// An issued certificate in `/metrics`.
+    fn count_issued(&self, issued: &Issued, trace: &Trace, elapsed: Duration) {
+        let requests = &self.metrics.requests;
+        requests.issued.inc();
+        if let Some(name) = trace.issuer() {
+            requests.issued_by_issuer.with_label_values(&[name]).inc();
+        }
+        self.metrics.observe_latency(tonic::Code::Ok, elapsed);
+        if trace.clamped_from().is_some() {
+            requests.ttl_clamped.inc();
+        }
+        if !issued.warnings.is_empty() {
+            requests.signer_warnings.inc();
+        }
+        if issued.cut_from.is_some() {
+            requests.lifetime_cut.inc();
         }
     }
 }
@@ -216,12 +233,13 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The identity ztunnel asks for on a pod's behalf: the request
-/// metadata's `ImpersonatedIdentity` string, when set and not empty.
-fn impersonated(req: &IstioCertificateRequest) -> Option<&str> {
+/// A string in the request metadata, when set and not empty: the identity
+/// ztunnel asks for on a pod's behalf (`ImpersonatedIdentity`), the issuer
+/// istio-agent names (`CertSigner`).
+fn metadata_string<'r>(req: &'r IstioCertificateRequest, key: &str) -> Option<&'r str> {
     req.metadata
         .as_ref()
-        .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+        .and_then(|m| m.fields.get(key))
         .and_then(|v| match &v.kind {
             Some(prost_types::value::Kind::StringValue(s)) if !s.is_empty() => Some(s.as_str()),
             _ => None,

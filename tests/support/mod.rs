@@ -263,11 +263,13 @@ impl Files {
 /// Creates the configured trust record unless it exists, as `castellan
 /// trust init` does (the same code).
 pub async fn init_trust(config: &Config) {
-    if let Some(store) = castellan::trust::store(config).await.unwrap() {
-        store
-            .init(castellan::clock::Clock::system().unix())
-            .await
-            .unwrap();
+    for unit in config.units() {
+        if let Some(store) = castellan::trust::store(&unit.config).await.unwrap() {
+            store
+                .init(castellan::clock::Clock::system().unix())
+                .await
+                .unwrap();
+        }
     }
 }
 

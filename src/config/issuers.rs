@@ -1,0 +1,377 @@
+//! `[[issuers]]` and `[binding]`: several certificate authorities in one
+//! castellan, each bound to the namespaces whose workloads it signs for.
+//! The top-level `[signer]`, `[ca]` and `[trust]` are the main issuer
+//! (named `default`), which also signs castellan's own serving certificate
+//! and istiod's; without a `[binding]` it serves every namespace no other
+//! issuer is bound to. Each issuer becomes a whole configuration of its own
+//! (its signer, roots and record; everything else shared), so it starts as
+//! the same unit a single-issuer castellan does.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
+
+use serde::Deserialize;
+
+use super::{Ca, Config, Error, Signer, Trust};
+
+/// The main issuer's name, in metrics, logs and `--issuer`.
+pub const MAIN_ISSUER: &str = "default";
+
+/// Which workloads an issuer signs for.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Binding {
+    /// Namespaces bound to this issuer, by name.
+    pub namespaces: Vec<String>,
+    /// `CertSigner` values a request from a bound namespace may carry:
+    /// bare names (`payments`) or Istio's RA form (`<domain>/<name>`, which
+    /// also accepts the bare `<name>` istio-agent sends). The issuer's own
+    /// name is always accepted; no `CertSigner` uses the binding.
+    pub cert_signers: Vec<String>,
+    /// Other issuers whose roots this issuer's workloads also receive (a
+    /// shared gateway, a migration): the response's root element and the
+    /// namespaces' trust bundle hold both.
+    pub trusts: Vec<String>,
+}
+
+/// One `[[issuers]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    /// Its name: in metrics (`issuer`), logs and `castellan revoke --issuer`.
+    pub name: String,
+    /// As [`Binding::namespaces`].
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// As [`Binding::cert_signers`].
+    #[serde(default)]
+    pub cert_signers: Vec<String>,
+    /// As [`Binding::trusts`].
+    #[serde(default)]
+    pub trusts: Vec<String>,
+    pub signer: Signer,
+    #[serde(default)]
+    pub ca: Ca,
+    pub trust: Option<Trust>,
+}
+
+/// One issuer as castellan starts it: its name, its binding (`None`: the
+/// main issuer serving every unbound namespace) and the configuration its
+/// unit starts from.
+#[derive(Clone, Debug)]
+pub struct Unit {
+    pub name: String,
+    pub binding: Option<Binding>,
+    pub config: Config,
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Every issuer, the main one first.
+    pub fn units(&self) -> Vec<Unit> {
+        let mut units = vec![Unit {
+            name: MAIN_ISSUER.to_owned(),
+            binding: self.binding.clone(),
+            config: self.clone(),
+        }];
+        for section in &self.issuers {
+            let mut config = self.clone();
+            config.signer = section.signer.clone();
+            config.ca = section.ca.clone();
+            config.trust = section.trust.clone();
+            // Only the main issuer signs castellan's and istiod's certificates.
+            if let Some(k) = &mut config.kubernetes {
+                k.istiod_cert = None;
+            }
+            config.issuers = Vec::new();
+            config.binding = None;
+            units.push(Unit {
+                name: section.name.clone(),
+                binding: Some(Binding {
+                    namespaces: section.namespaces.clone(),
+                    cert_signers: section.cert_signers.clone(),
+                    trusts: section.trusts.clone(),
+                }),
+                config,
+            });
+        }
+        units
+    }
+
+    /// The issuer rules: names, bindings that decide each namespace once,
+    /// `trusts` naming issuers without a loop, no key shared, and each
+    /// issuer's own sections valid.
+    pub(super) fn validate_issuers(&self) -> Result<(), Error> {
+        if self.issuers.is_empty() {
+            return match &self.binding {
+                Some(b) if !b.trusts.is_empty() => issuer_rule(
+                    "binding.trusts",
+                    "names other issuers, and no [[issuers]] is configured".into(),
+                ),
+                _ => Ok(()),
+            };
+        }
+        let units = self.units();
+        let names = names(&units)?;
+        bindings(&units)?;
+        trusts(&units, &names)?;
+        shared_keys(&units)?;
+        shared_records(&units)?;
+        for (unit, section) in units.iter().skip(1).zip(&self.issuers) {
+            unit.config
+                .validate_unit()
+                .map_err(|source| Error::Issuer {
+                    name: section.name.clone(),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn issuer_rule(key: &'static str, problem: String) -> Result<(), Error> {
+    Err(Error::Invalid { key, problem })
+}
+
+/// Names are distinct, not `default`, and usable as a metric label.
+fn names(units: &[Unit]) -> Result<BTreeSet<&str>, Error> {
+    let mut seen = BTreeSet::new();
+    for u in units {
+        let fine = !u.name.is_empty()
+            && u.name.len() <= 63
+            && u.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !fine {
+            issuer_rule(
+                "issuers.name",
+                format!(
+                    "\"{}\" is not a name: use 1 to 63 lower-case letters, digits or '-'",
+                    u.name.escape_default()
+                ),
+            )?;
+        }
+        if !seen.insert(u.name.as_str()) {
+            issuer_rule(
+                "issuers.name",
+                format!(
+                    "\"{}\" names two issuers (\"{MAIN_ISSUER}\" is the top-level [signer]): \
+                     give each its own name",
+                    u.name
+                ),
+            )?;
+        }
+    }
+    Ok(seen)
+}
+
+/// Every namespace is decided by one issuer, and every issuer is reachable.
+fn bindings(units: &[Unit]) -> Result<(), Error> {
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for u in units {
+        let Some(b) = &u.binding else { continue };
+        if b.namespaces.is_empty() {
+            issuer_rule(
+                if u.name == MAIN_ISSUER {
+                    "binding.namespaces"
+                } else {
+                    "issuers.namespaces"
+                },
+                format!(
+                    "is empty for issuer \"{}\": no workload could reach it; bind it to the \
+                     namespaces it signs for (or remove it)",
+                    u.name
+                ),
+            )?;
+        }
+        for ns in &b.namespaces {
+            if ns.is_empty() || ns.len() > 63 {
+                issuer_rule(
+                    "issuers.namespaces",
+                    format!("issuer \"{}\": \"{ns}\" is not a namespace name", u.name),
+                )?;
+            }
+            if let Some(other) = owner.insert(ns, &u.name) {
+                issuer_rule(
+                    "issuers.namespaces",
+                    format!(
+                        "namespace \"{ns}\" is bound to both \"{other}\" and \"{}\": a namespace's \
+                         workloads are signed by one issuer (use `trusts` for a namespace that \
+                         must trust both)",
+                        u.name
+                    ),
+                )?;
+            }
+        }
+        for s in &b.cert_signers {
+            if s.is_empty() || s.split('/').count() > 2 || s.ends_with('/') {
+                issuer_rule(
+                    "issuers.cert_signers",
+                    format!(
+                        "issuer \"{}\": \"{s}\" is neither a bare name nor `<domain>/<name>`",
+                        u.name
+                    ),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `trusts` names issuers, never the issuer itself, and never closes a loop.
+fn trusts(units: &[Unit], names: &BTreeSet<&str>) -> Result<(), Error> {
+    let edges: BTreeMap<&str, Vec<&str>> = units
+        .iter()
+        .map(|u| {
+            let t = u.binding.as_ref().map(|b| &b.trusts[..]).unwrap_or(&[]);
+            (u.name.as_str(), t.iter().map(String::as_str).collect())
+        })
+        .collect();
+    for (from, to) in &edges {
+        for t in to {
+            if !names.contains(t) {
+                issuer_rule(
+                    "issuers.trusts",
+                    format!("issuer \"{from}\" trusts \"{t}\", which is not an issuer"),
+                )?;
+            }
+        }
+    }
+    for start in edges.keys() {
+        // Depth-first from each issuer: coming back to it is a loop.
+        let mut stack: Vec<Vec<&str>> = vec![vec![start]];
+        while let Some(path) = stack.pop() {
+            let Some(last) = path.last() else { continue };
+            for next in edges.get(last).into_iter().flatten() {
+                if next == start {
+                    let mut shown = path.clone();
+                    shown.push(next);
+                    issuer_rule(
+                        "issuers.trusts",
+                        format!(
+                            "loop {}: trust is not passed on, so a loop means nothing but a \
+                             mistake; list every issuer an issuer's workloads need in its own \
+                             `trusts`, without coming back to it",
+                            shown.join(" → ")
+                        ),
+                    )?;
+                }
+                if !path.contains(next) {
+                    let mut longer = path.clone();
+                    longer.push(next);
+                    stack.push(longer);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Two issuers signing with one key would be one CA under two names: a
+/// tenant's revocations and rotation would not be its own.
+fn shared_keys(units: &[Unit]) -> Result<(), Error> {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for u in units {
+        for key in key_places(&u.config.signer) {
+            if let Some(other) = seen.insert(key.clone(), &u.name) {
+                issuer_rule(
+                    "issuers.signer",
+                    format!(
+                        "issuers \"{other}\" and \"{}\" share the signing key {key}: give each \
+                         issuer its own key",
+                        u.name
+                    ),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each issuer keeps its own record and publishes its own CRL.
+fn shared_records(units: &[Unit]) -> Result<(), Error> {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for u in units {
+        let Some(t) = &u.config.trust else { continue };
+        let places = [
+            t.state_file
+                .as_deref()
+                .map(|p| format!("trust.state_file {}", path(p))),
+            t.state_configmap
+                .as_ref()
+                .map(|c| format!("trust.state_configmap \"{c}\"")),
+            t.crl
+                .as_ref()
+                .map(|c| format!("trust.crl.configmap_name \"{}\"", c.configmap_name)),
+        ];
+        for place in places.into_iter().flatten() {
+            if let Some(other) = seen.insert(place.clone(), &u.name) {
+                issuer_rule(
+                    "issuers.trust",
+                    format!(
+                        "issuers \"{other}\" and \"{}\" share {place}: each issuer keeps its own \
+                         record and CRL; name another",
+                        u.name
+                    ),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where a signer's key is, as comparable text (a minted intermediate's
+/// key is new each time: nothing to share).
+fn key_places(signer: &Signer) -> Vec<String> {
+    match signer {
+        Signer::File(c) => c
+            .key_file
+            .as_deref()
+            .or(c.dir.as_deref())
+            .map(|p| format!("file {}", path(p)))
+            .into_iter()
+            .collect(),
+        Signer::Pkcs11(c) => vec![format!(
+            "PKCS#11 module {} token {} key {}",
+            path(&c.module),
+            c.token_label
+                .as_deref()
+                .or(c.token_serial.as_deref())
+                .unwrap_or("-"),
+            c.key_label
+                .as_deref()
+                .or(c.key_id.as_deref())
+                .unwrap_or("-")
+        )],
+        Signer::Vault(c) => {
+            let v = &c.vault;
+            let at = format!(
+                "Vault {} namespace {}",
+                v.address.as_deref().unwrap_or("$VAULT_ADDR"),
+                v.namespace.as_deref().unwrap_or("-")
+            );
+            let pki = v.pki.as_ref().map(|p| {
+                format!(
+                    "{at} PKI mount {} issuer {}",
+                    p.mount,
+                    p.issuer.as_deref().unwrap_or("default")
+                )
+            });
+            let transit = v
+                .transit
+                .as_ref()
+                .map(|t| format!("{at} Transit mount {} key {}", t.mount, t.key));
+            pki.into_iter().chain(transit).collect()
+        }
+    }
+}
+
+fn path(p: &std::path::Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| PathBuf::from(p))
+        .display()
+        .to_string()
+}

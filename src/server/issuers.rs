@@ -1,0 +1,115 @@
+//! Starting every configured issuer as its own authority unit, and the
+//! routing table the pipeline and the mesh writers choose them by.
+
+use std::{sync::Arc, time::Duration};
+
+use rustls_pki_types::CertificateDer;
+
+use super::Error;
+use crate::{
+    authority::Authority,
+    clock::Clock,
+    config::{Config, MAIN_ISSUER},
+    issuer::Issuer,
+    metrics::Metrics,
+    tenancy::{Started, Tenants},
+};
+
+/// The started issuers (the main one first) and the routing table.
+#[derive(Debug)]
+pub(super) struct Issuers {
+    pub(super) authorities: Vec<Authority>,
+    pub(super) tenants: Arc<Tenants>,
+}
+
+impl Issuers {
+    /// The main issuer's unit: castellan's own certificates, istiod's, the
+    /// operational listener's CRL.
+    pub(super) fn main(&self) -> Result<&Authority, Error> {
+        self.authorities.first().ok_or(Error::NoIssuer)
+    }
+
+    /// Every issuer's roots, each certificate once: client certificates
+    /// are verified against them (the identity still picks the issuer).
+    pub(super) fn all_roots(&self) -> Vec<CertificateDer<'static>> {
+        let mut roots: Vec<CertificateDer<'static>> = Vec::new();
+        for a in &self.authorities {
+            for r in a.ca().current().roots() {
+                if !roots.contains(r) {
+                    roots.push(r.clone());
+                }
+            }
+        }
+        roots
+    }
+
+    /// Stops every unit's tasks.
+    pub(super) fn stop(&self) {
+        for a in &self.authorities {
+            a.stop();
+        }
+    }
+}
+
+/// Starts each issuer's unit, then refuses two signing with one key (the
+/// configuration compared where keys are; here the keys themselves).
+///
+/// # Errors
+/// The first issuer that cannot start, named.
+pub(super) async fn start(
+    config: &Config,
+    metrics: &Metrics,
+    clock: &Clock,
+) -> Result<Issuers, Error> {
+    let skew = Duration::from_secs(config.issuance.not_before_skew_secs);
+    let min = Duration::from_secs(config.issuance.min_ttl_secs);
+    let mut authorities = Vec::new();
+    let mut started = Vec::new();
+    for unit in config.units() {
+        let authority = if unit.name == MAIN_ISSUER {
+            Authority::start(&unit.config, metrics, clock.clone()).await?
+        } else {
+            let labeled = metrics.for_issuer(&unit.name)?;
+            Authority::start(&unit.config, &labeled, clock.clone())
+                .await
+                .map_err(|source| Error::Issuer {
+                    name: unit.name.clone(),
+                    source,
+                })?
+        };
+        started.push(Started {
+            name: unit.name,
+            binding: unit.binding,
+            issuer: Issuer::new(Arc::clone(authority.ca()), skew, min),
+            revocations: authority.revocations().cloned(),
+        });
+        authorities.push(authority);
+    }
+    let issuers = Issuers {
+        authorities,
+        tenants: Arc::new(Tenants::new(started)),
+    };
+    if let Err(e) = distinct_keys(&issuers) {
+        issuers.stop();
+        return Err(e);
+    }
+    Ok(issuers)
+}
+
+/// No two issuers sign with the same key, whatever their sections say.
+fn distinct_keys(issuers: &Issuers) -> Result<(), Error> {
+    let mut seen: Vec<(Vec<u8>, &str)> = Vec::new();
+    for t in issuers.tenants.all() {
+        let Some(key) = t.issuer().ca().current().public_key() else {
+            continue;
+        };
+        if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
+            return Err(Error::SharedKey {
+                first: (*other).to_owned(),
+                second: t.name().to_owned(),
+            });
+        }
+        seen.push((key, t.name()));
+    }
+    Ok(())
+}

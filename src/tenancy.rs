@@ -1,0 +1,277 @@
+//! Which issuer signs for whom: every started issuer with its binding,
+//! chosen by the namespace of the identity a certificate is for — never by
+//! what the request says. `CertSigner` is the pod author's word: it is
+//! checked against the binding, and refused when it names anything else.
+
+use std::{collections::HashMap, sync::Arc};
+
+use spiffe::SpiffeId;
+
+use crate::{
+    config::{Binding, MAIN_ISSUER},
+    issuer::{Issued, Issuer},
+    trust::Revocations,
+};
+
+/// Why no issuer may sign for a request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error(
+        "namespace `{namespace}` is bound to no issuer, and no default issuer is configured \
+         (the main issuer has a [binding])"
+    )]
+    Unbound { namespace: String },
+    #[error(
+        "CertSigner `{sent}` is not accepted for namespace `{namespace}`: its issuer \
+         `{issuer}` accepts {allowed} (or no CertSigner)"
+    )]
+    CertSigner {
+        /// The value sent, escaped and cut short: it is the caller's word.
+        sent: String,
+        namespace: String,
+        issuer: String,
+        allowed: String,
+    },
+    #[error("`{0}` is not a workload identity (spiffe://<domain>/ns/<namespace>/sa/<name>)")]
+    NoNamespace(String),
+}
+
+/// One started issuer and what it signs for.
+#[derive(Debug)]
+pub struct Tenant {
+    name: String,
+    issuer: Issuer,
+    revocations: Option<Arc<Revocations>>,
+    /// `CertSigner` values accepted, exactly as a request may send them.
+    accepts: Vec<String>,
+    /// Indexes of the issuers whose roots this one's workloads also get.
+    trusts: Vec<usize>,
+}
+
+/// Every issuer castellan runs, the main one first.
+#[derive(Debug)]
+pub struct Tenants {
+    tenants: Vec<Tenant>,
+    by_namespace: HashMap<String, usize>,
+    /// Serves every namespace bound to no other issuer.
+    default: Option<usize>,
+}
+
+/// An issuer as [`Tenants::new`] takes it.
+#[derive(Debug)]
+pub struct Started {
+    pub name: String,
+    pub binding: Option<Binding>,
+    pub issuer: Issuer,
+    pub revocations: Option<Arc<Revocations>>,
+}
+
+// === impl Tenant ===
+
+impl Tenant {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
+    }
+
+    pub fn revocations(&self) -> Option<&Revocations> {
+        self.revocations.as_deref()
+    }
+}
+
+// === impl Tenants ===
+
+impl Tenants {
+    /// The issuers as the configuration bound them (the rules were checked
+    /// when it was read: one issuer per namespace, `trusts` naming issuers).
+    pub fn new(started: Vec<Started>) -> Self {
+        let index: HashMap<String, usize> = started
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let mut by_namespace = HashMap::new();
+        let mut default = None;
+        let tenants = started
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let binding = s.binding.unwrap_or_default();
+                if s.name == MAIN_ISSUER && binding.namespaces.is_empty() {
+                    default = Some(i);
+                }
+                for ns in &binding.namespaces {
+                    by_namespace.insert(ns.clone(), i);
+                }
+                let mut accepts = vec![s.name.clone()];
+                for value in &binding.cert_signers {
+                    accepts.push(value.clone());
+                    // istio-agent sends the bare name of an RA-form value.
+                    if let Some((_, bare)) = value.split_once('/') {
+                        accepts.push(bare.to_owned());
+                    }
+                }
+                Tenant {
+                    name: s.name,
+                    issuer: s.issuer,
+                    revocations: s.revocations,
+                    accepts,
+                    trusts: binding
+                        .trusts
+                        .iter()
+                        .filter_map(|t| index.get(t).copied())
+                        .collect(),
+                }
+            })
+            .collect();
+        Self {
+            tenants,
+            by_namespace,
+            default,
+        }
+    }
+
+    /// One issuer serving everyone: a single-issuer castellan.
+    pub fn single(issuer: Issuer, revocations: Option<Arc<Revocations>>) -> Self {
+        Self::new(vec![Started {
+            name: MAIN_ISSUER.to_owned(),
+            binding: None,
+            issuer,
+            revocations,
+        }])
+    }
+
+    /// The main issuer: castellan's own and istiod's certificates.
+    pub fn main(&self) -> Option<&Tenant> {
+        self.tenants.first()
+    }
+
+    pub fn all(&self) -> &[Tenant] {
+        &self.tenants
+    }
+
+    /// Whether more than one issuer runs (logs and metrics name it then).
+    pub fn several(&self) -> bool {
+        self.tenants.len() > 1
+    }
+
+    /// The issuer bound to `namespace`, if any.
+    pub fn for_namespace(&self, namespace: &str) -> Option<&Tenant> {
+        self.by_namespace
+            .get(namespace)
+            .or(self.default.as_ref())
+            .and_then(|&i| self.tenants.get(i))
+    }
+
+    /// The issuer that signs for `identity`, checked against `cert_signer`.
+    ///
+    /// # Errors
+    /// [`Error`]: the namespace is bound to no issuer, or `CertSigner`
+    /// names another.
+    pub fn select(&self, identity: &SpiffeId, cert_signer: Option<&str>) -> Result<&Tenant, Error> {
+        let namespace =
+            namespace_of(identity).ok_or_else(|| Error::NoNamespace(identity.to_string()))?;
+        let tenant = self
+            .for_namespace(namespace)
+            .ok_or_else(|| Error::Unbound {
+                namespace: namespace.to_owned(),
+            })?;
+        match cert_signer {
+            Some(sent) if !tenant.accepts.iter().any(|a| a == sent) => Err(Error::CertSigner {
+                sent: sent
+                    .chars()
+                    .take(128)
+                    .flat_map(char::escape_default)
+                    .collect(),
+                namespace: namespace.to_owned(),
+                issuer: tenant.name.clone(),
+                allowed: tenant
+                    .accepts
+                    .iter()
+                    .map(|a| format!("`{a}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+            Some(_) | None => Ok(tenant),
+        }
+    }
+
+    /// The roots `tenant`'s workloads receive: its own, then those of the
+    /// issuers it trusts, each certificate once.
+    pub fn roots_of(&self, tenant: &Tenant) -> String {
+        let own = tenant.issuer.ca().current();
+        let mut bundles = vec![own.roots_pem().to_owned()];
+        for &i in &tenant.trusts {
+            if let Some(t) = self.tenants.get(i) {
+                bundles.push(t.issuer.ca().current().roots_pem().to_owned());
+            }
+        }
+        merge(&bundles)
+    }
+
+    /// A workload certificate's chain with the root element its issuer's
+    /// workloads receive (unchanged for an issuer that trusts no other).
+    pub fn finish(&self, tenant: &Tenant, mut issued: Issued) -> Issued {
+        if !tenant.trusts.is_empty()
+            && let Some(last) = issued.chain.last_mut()
+        {
+            *last = self.roots_of(tenant);
+        }
+        issued
+    }
+
+    /// What namespace `namespace`'s `istio-ca-root-cert` holds: the roots
+    /// its workloads receive, and the main issuer's, which the agent needs
+    /// to verify castellan's serving certificate and istiod's.
+    pub fn bundle_for(&self, namespace: &str) -> Option<String> {
+        let main = self.main()?;
+        let own = self.for_namespace(namespace).map(|t| self.roots_of(t));
+        let main_roots = main.issuer.ca().current().roots_pem().to_owned();
+        Some(merge(&[own.unwrap_or_default(), main_roots]))
+    }
+}
+
+/// The namespace of `spiffe://<domain>/ns/<namespace>/sa/<name>`.
+pub fn namespace_of(id: &SpiffeId) -> Option<&str> {
+    let mut parts = id.path().strip_prefix('/')?.split('/');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("ns"), Some(ns), Some("sa"), Some(_)) if !ns.is_empty() => Some(ns),
+        _ => None,
+    }
+}
+
+/// PEM bundles joined, each certificate once, in first-seen order.
+fn merge(bundles: &[String]) -> String {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut seen = std::collections::HashSet::new();
+    let mut out = String::new();
+    for bundle in bundles {
+        for der in CertificateDer::pem_slice_iter(bundle.as_bytes()).filter_map(Result::ok) {
+            if seen.insert(der.to_vec())
+                && let Ok(pem) = crate::pem::certificate(&der)
+            {
+                out.push_str(&pem);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::namespace_of;
+
+    #[test]
+    fn the_namespace_comes_from_the_identity_path() {
+        let id = |s: &str| spiffe::SpiffeId::new(s).unwrap();
+        assert_eq!(
+            namespace_of(&id("spiffe://cluster.local/ns/payments/sa/api")),
+            Some("payments")
+        );
+        assert_eq!(namespace_of(&id("spiffe://cluster.local/x/payments")), None);
+        assert_eq!(namespace_of(&id("spiffe://cluster.local/ns/a/sb/b")), None);
+    }
+}

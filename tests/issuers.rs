@@ -1,0 +1,271 @@
+//! Several issuers in one castellan: each namespace's workloads are signed
+//! by the issuer bound to it, whatever `CertSigner` says; each issuer's
+//! chain ends at its own roots (and those it trusts); one issuer's rotation
+//! leaves the others untouched.
+
+use std::{path::Path, time::Duration};
+
+use castellan::cli::request;
+use tonic::Code;
+
+use crate::{
+    kubernetes::{san, token, with_kube},
+    support::{
+        TestCa, csr, eventually, id, issuer_of,
+        kube::FakeKube,
+        pki::{self, Ca, KeyAlg},
+        pki_certs, verify,
+    },
+};
+
+/// An `[[issuers]]` entry signing from files under its own intermediate of
+/// `root`, re-read every second.
+fn file_issuer(dir: &Path, name: &str, root: &Ca, binding: &str) -> String {
+    write_intermediate(dir, name, root, "1");
+    format!(
+        "[[issuers]]\nname = \"{name}\"\n{binding}\n[issuers.signer]\ntype = \"file\"\ndir = \"{}\"\n[issuers.ca]\nreload_interval_secs = 1\n",
+        dir.join(name).display()
+    )
+}
+
+/// A new intermediate of `root` in `dir/name` (Istio's cacerts layout).
+fn write_intermediate(dir: &Path, name: &str, root: &Ca, generation: &str) {
+    let int = root.intermediate(
+        &format!("{name} Intermediate {generation}"),
+        KeyAlg::EcP256,
+        |_| {},
+    );
+    pki::write_cacerts(&dir.join(name), &int, &[&int, root], &root.pem);
+}
+
+/// Sends a CSR for `ns/sa` with its own token, naming `cert_signer`.
+async fn send(
+    ca: &TestCa,
+    kube: &FakeKube,
+    ns: &str,
+    sa: &str,
+    cert_signer: &str,
+) -> Result<Vec<String>, tonic::Status> {
+    let (_, csr) = csr::istio_agent(&id(ns, sa));
+    let t = token(ca, kube, ns, sa, None);
+    let mut req = request::request_for(&csr, 3600, &t, "Kubernetes").unwrap();
+    request::set_cert_signer(&mut req, cert_signer);
+    ca.client()
+        .await
+        .create_certificate(req)
+        .await
+        .map(|r| r.into_inner().cert_chain)
+}
+
+/// The subjects of the certificates in a response's root element.
+fn roots_in(chain: &[String]) -> std::collections::BTreeSet<Vec<u8>> {
+    pki_certs(chain.last().unwrap())
+}
+
+struct Tenants {
+    kube: FakeKube,
+    ca: TestCa,
+    payments: Ca,
+    edge: Ca,
+    dir: tempfile::TempDir,
+}
+
+/// The main issuer (files, "Test Root") serving every other namespace;
+/// `payments` under its own root, accepting Istio's RA-form CertSigner;
+/// `edge` (istio-ingress) under a third root, trusting `payments`.
+async fn tenants() -> Tenants {
+    let kube = FakeKube::start().await;
+    kube.put_pod(
+        "istio-system",
+        "ztunnel-n1",
+        "zt-uid-1",
+        "ztunnel",
+        "node-1",
+        "Running",
+    );
+    kube.put_pod("payments", "api-1", "api-uid", "api", "node-1", "Running");
+    let dir = tempfile::tempdir().unwrap();
+    let payments = Ca::root("Payments Root", KeyAlg::EcP256);
+    let edge = Ca::root("Edge Root", KeyAlg::EcP384);
+    let extra = format!(
+        "[impersonation]\ntrusted_node_accounts = [\"istio-system/ztunnel\"]\n{}{}",
+        file_issuer(
+            dir.path(),
+            "payments",
+            &payments,
+            "namespaces = [\"payments\"]\ncert_signers = [\"clusterissuers.istio.io/payments\"]",
+        ),
+        file_issuer(
+            dir.path(),
+            "edge",
+            &edge,
+            "namespaces = [\"istio-ingress\"]\ntrusts = [\"payments\"]",
+        ),
+    );
+    let ca = with_kube(&kube, "", &extra).await;
+    Tenants {
+        kube,
+        ca,
+        payments,
+        edge,
+        dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_namespace_is_signed_by_its_own_issuer_whatever_cert_signer_says() {
+    let t = tenants().await;
+    let (ca, kube) = (&t.ca, &t.kube);
+
+    // Unbound namespaces: the main issuer, its root alone.
+    let shop = send(ca, kube, "shop", "cart", "").await.unwrap();
+    verify::assert_good(&shop, &ca.root.der, "main issuer");
+    assert_eq!(roots_in(&shop), pki_certs(&ca.root.pem));
+    assert_eq!(issuer_of(&shop), "CN=Test Intermediate");
+
+    // A bound namespace: its issuer's chain, ending at its root alone —
+    // with no CertSigner, the bare name, or Istio's RA form.
+    for signer in ["", "payments", "clusterissuers.istio.io/payments"] {
+        let chain = send(ca, kube, "payments", "api", signer).await.unwrap();
+        verify::assert_good(&chain, &t.payments.der, "payments issuer");
+        assert_eq!(roots_in(&chain), pki_certs(&t.payments.pem), "{signer}");
+        assert!(
+            verify::webpki(&chain, &ca.root.der).is_err(),
+            "a payments leaf must not verify under the main root"
+        );
+        assert_eq!(san(&chain), [id("payments", "api")]);
+    }
+
+    // CertSigner is the pod author's word: naming another issuer, or one
+    // the namespace is not bound to, is refused with what is allowed.
+    let forged = send(ca, kube, "payments", "api", "default")
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::PermissionDenied, "{forged:?}");
+    assert!(
+        forged
+            .message()
+            .contains("`payments`, `clusterissuers.istio.io/payments`"),
+        "{}",
+        forged.message()
+    );
+    let elsewhere = send(ca, kube, "shop", "cart", "payments")
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::PermissionDenied);
+    assert!(
+        elsewhere.message().contains("`default`"),
+        "{}",
+        elsewhere.message()
+    );
+
+    // A gateway's issuer trusting payments: both roots, its own first.
+    let gateway = send(ca, kube, "istio-ingress", "gateway", "")
+        .await
+        .unwrap();
+    verify::assert_good(&gateway, &t.edge.der, "edge issuer");
+    let both: std::collections::BTreeSet<_> = pki_certs(&t.edge.pem)
+        .into_iter()
+        .chain(pki_certs(&t.payments.pem))
+        .collect();
+    assert_eq!(roots_in(&gateway), both);
+    assert!(
+        gateway
+            .last()
+            .unwrap()
+            .starts_with(&t.edge.pem.trim_end()[..60])
+    );
+
+    // An impersonated identity selects by its own namespace, not ztunnel's.
+    let zt = token(
+        ca,
+        kube,
+        "istio-system",
+        "ztunnel",
+        Some(("ztunnel-n1", "zt-uid-1")),
+    );
+    let (_, zcsr) = csr::ztunnel(&id("payments", "api"));
+    let mut req = request::request_for(&zcsr, 3600, &zt, "Kubernetes").unwrap();
+    let meta = req.get_mut().metadata.as_mut().unwrap();
+    meta.fields.clear();
+    meta.fields.insert(
+        "ImpersonatedIdentity".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(id("payments", "api"))),
+        },
+    );
+    let impersonated = ca
+        .client()
+        .await
+        .create_certificate(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .cert_chain;
+    assert_eq!(roots_in(&impersonated), pki_certs(&t.payments.pem));
+    verify::assert_good(&impersonated, &t.payments.der, "impersonated");
+
+    // Counted by issuer; the refusals by their cause.
+    let m = |name: &'static str, issuer: &'static str| async move {
+        ca.metric_with(name, &[("issuer", issuer)]).await
+    };
+    assert_eq!(m("castellan_issued_by_issuer_count", "payments").await, 4.0);
+    assert_eq!(m("castellan_issued_by_issuer_count", "edge").await, 1.0);
+    assert_eq!(m("castellan_issued_by_issuer_count", "default").await, 1.0);
+    assert_eq!(ca.metric("castellan_issuer_refusals_count").await, 2.0);
+    assert_eq!(m("castellan_signer_healthy", "payments").await, 1.0);
+    assert!(m("citadel_server_root_cert_expiry_timestamp", "edge").await > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_one_issuer_leaves_the_others_byte_identical() {
+    let t = tenants().await;
+    let (ca, kube) = (&t.ca, &t.kube);
+    let before = |chain: &[String]| chain[1..].to_vec();
+    let shop = before(&send(ca, kube, "shop", "cart", "").await.unwrap());
+    let pay = before(&send(ca, kube, "payments", "api", "").await.unwrap());
+    let edge = send(ca, kube, "istio-ingress", "gw", "").await.unwrap();
+    assert_eq!(issuer_of(&edge), "CN=edge Intermediate 1");
+
+    write_intermediate(t.dir.path(), "edge", &t.edge, "2");
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            let c = send(ca, kube, "istio-ingress", "gw", "").await.unwrap();
+            issuer_of(&c) == "CN=edge Intermediate 2"
+        })
+        .await,
+        "the edge issuer never picked up its new intermediate"
+    );
+    let edge2 = send(ca, kube, "istio-ingress", "gw", "").await.unwrap();
+    verify::assert_good(&edge2, &t.edge.der, "rotated edge issuer");
+    assert_eq!(
+        before(&send(ca, kube, "shop", "cart", "").await.unwrap()),
+        shop
+    );
+    assert_eq!(
+        before(&send(ca, kube, "payments", "api", "").await.unwrap()),
+        pay
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_bound_to_no_issuer_is_refused_when_the_main_issuer_is_bound() {
+    let kube = FakeKube::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = Ca::root("Other Root", KeyAlg::EcP256);
+    let extra = format!(
+        "[binding]\nnamespaces = [\"shop\"]\n{}",
+        file_issuer(dir.path(), "other", &other, "namespaces = [\"bank\"]")
+    );
+    let ca = with_kube(&kube, "", &extra).await;
+    send(&ca, &kube, "shop", "cart", "").await.unwrap();
+    let bank = send(&ca, &kube, "bank", "teller", "").await.unwrap();
+    assert_eq!(roots_in(&bank), pki_certs(&other.pem));
+    let s = send(&ca, &kube, "elsewhere", "app", "").await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert!(
+        s.message().contains("bound to no issuer"),
+        "{}",
+        s.message()
+    );
+}
