@@ -166,6 +166,21 @@ impl Tenants {
             .and_then(|&i| self.tenants.get(i))
     }
 
+    /// Indexes (in [`Tenants::all`]) of the issuers whose certificates
+    /// `namespace`'s workloads trust: the bound one and those it trusts
+    /// (the main issuer for a namespace no issuer serves).
+    pub fn reach(&self, namespace: &str) -> Vec<usize> {
+        let bound = self
+            .by_namespace
+            .get(namespace)
+            .or(self.default.as_ref())
+            .copied();
+        match bound.and_then(|i| Some((i, self.tenants.get(i)?))) {
+            Some((i, t)) => std::iter::once(i).chain(t.trusts.iter().copied()).collect(),
+            None => vec![0],
+        }
+    }
+
     /// The issuer that signs for `identity`, checked against `cert_signer`.
     ///
     /// # Errors

@@ -269,3 +269,104 @@ async fn a_namespace_bound_to_no_issuer_is_refused_when_the_main_issuer_is_bound
         s.message()
     );
 }
+
+/// `[issuers.trust]` for the issuer just written: its own record, and a
+/// CRL set completed by its root's CRL.
+fn record(dir: &Path, name: &str, root: &Ca) -> String {
+    let crl = dir.join(format!("{name}-root-crl.pem"));
+    std::fs::write(&crl, root.crl(time::Duration::days(7), &[])).unwrap();
+    format!(
+        "[issuers.trust]\nstate_file = \"{}\"\nrecord_interval_secs = 1\n[issuers.trust.crl]\nvalidity_secs = 600\nupstream_files = [\"{}\"]\n",
+        dir.join(format!("{name}-state.json")).display(),
+        crl.display()
+    )
+}
+
+fn configmap(kube: &FakeKube, ns: &str, name: &str, key: &str) -> Option<String> {
+    kube.object(castellan_testkit::kube::Kind::ConfigMap, ns, name)
+        .and_then(|cm| cm["data"][key].as_str().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_namespace_holds_the_roots_and_crls_its_workloads_need() {
+    let kube = FakeKube::start().await;
+    for ns in ["istio-system", "shop", "payments", "istio-ingress"] {
+        kube.create_namespace(ns, &[]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig(dir.path(), "castellan-0");
+    let payments = Ca::root("Payments Root", KeyAlg::EcP256);
+    let edge = Ca::root("Edge Root", KeyAlg::EcP256);
+    let extra = format!(
+        "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\nidentity = \"castellan-0\"\n\
+         [kubernetes.trust_bundle]\n\
+         [trust]\nstate_file = \"{}\"\nrecord_interval_secs = 1\n[trust.crl]\nvalidity_secs = 600\n\
+         upstream_files = [\"@DIR@/root-crl.pem\"]\n{}{}{}{}",
+        kubeconfig.display(),
+        dir.path().join("state.json").display(),
+        file_issuer(
+            dir.path(),
+            "payments",
+            &payments,
+            "namespaces = [\"payments\"]"
+        ),
+        record(dir.path(), "payments", &payments),
+        file_issuer(
+            dir.path(),
+            "edge",
+            &edge,
+            "namespaces = [\"istio-ingress\"]\ntrusts = [\"payments\"]"
+        ),
+        record(dir.path(), "edge", &edge),
+    );
+    let ca = TestCa::start_with(crate::support::Setup {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    let main_root = ca.root.pem.clone();
+    let roots = |pems: &[&str]| pems.iter().flat_map(|p| pki_certs(p)).collect();
+    let expected: [(&str, std::collections::BTreeSet<Vec<u8>>); 4] = [
+        ("shop", roots(&[&main_root])),
+        ("istio-system", roots(&[&main_root])),
+        // The main root too: it chains castellan's and istiod's certificates.
+        ("payments", roots(&[&payments.pem, &main_root])),
+        (
+            "istio-ingress",
+            roots(&[&edge.pem, &payments.pem, &main_root]),
+        ),
+    ];
+    let crls_of = |ns: &str| configmap(&kube, ns, "istio-ca-crl", "ca-crl.pem");
+    assert!(
+        eventually(Duration::from_secs(15), async || {
+            expected.iter().all(|(ns, want)| {
+                configmap(&kube, ns, "istio-ca-root-cert", "root-cert.pem")
+                    .is_some_and(|got| pki_certs(&got) == *want)
+                    && crls_of(ns).is_some()
+            })
+        })
+        .await,
+        "every namespace's bundle and CRLs, as its issuer binding says"
+    );
+
+    // Envoy's rule, a CRL for every CA of the chain: each namespace's CRL
+    // file covers the chains its workloads receive and accept.
+    let issue = async |ns: &str| {
+        let (_, csr) = csr::istio_agent(&id(ns, "app"));
+        ca.send(&csr, ns, "app", 3600).await.unwrap().cert_chain
+    };
+    let (shop, pay, gw) = (
+        issue("shop").await,
+        issue("payments").await,
+        issue("istio-ingress").await,
+    );
+    let crl = |ns: &str| crls_of(ns).unwrap();
+    verify::envoy(&shop, &main_root, &crl("shop")).unwrap();
+    verify::envoy(&pay, &payments.pem, &crl("payments")).unwrap();
+    let gw_roots = gw.last().unwrap().clone();
+    verify::envoy(&gw, &gw_roots, &crl("istio-ingress")).unwrap();
+    // The gateway accepts payments' workloads: its CRL file covers them too.
+    verify::envoy(&pay, &gw_roots, &crl("istio-ingress")).unwrap();
+    // And a tenant's file does not vouch for another tenant's chain.
+    assert!(verify::envoy(&shop, &main_root, &crl("payments")).is_err());
+}

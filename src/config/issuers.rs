@@ -291,10 +291,29 @@ fn shared_keys(units: &[Unit]) -> Result<(), Error> {
     Ok(())
 }
 
-/// Each issuer keeps its own record and publishes its own CRL.
+/// Each issuer keeps its own record; every issuer signs a CRL when the
+/// main one does (a namespace's CRL file must cover every chain its
+/// workloads accept, or Envoy refuses them all).
 fn shared_records(units: &[Unit]) -> Result<(), Error> {
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    let main_crl = units
+        .first()
+        .is_some_and(|u| u.config.trust.as_ref().is_some_and(|t| t.crl.is_some()));
     for u in units {
+        let crl = u.config.trust.as_ref().is_some_and(|t| t.crl.is_some());
+        if crl != main_crl {
+            issuer_rule(
+                "issuers.trust.crl",
+                format!(
+                    "is {} for issuer \"{}\" but {} for the main issuer: every issuer signs a \
+                     CRL or none does (Envoy needs a CRL for every CA of every chain a workload \
+                     accepts)",
+                    if crl { "set" } else { "unset" },
+                    u.name,
+                    if main_crl { "set" } else { "unset" }
+                ),
+            )?;
+        }
         let Some(t) = &u.config.trust else { continue };
         let places = [
             t.state_file
@@ -303,9 +322,6 @@ fn shared_records(units: &[Unit]) -> Result<(), Error> {
             t.state_configmap
                 .as_ref()
                 .map(|c| format!("trust.state_configmap \"{c}\"")),
-            t.crl
-                .as_ref()
-                .map(|c| format!("trust.crl.configmap_name \"{}\"", c.configmap_name)),
         ];
         for place in places.into_iter().flatten() {
             if let Some(other) = seen.insert(place.clone(), &u.name) {

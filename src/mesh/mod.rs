@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{ca::CaHandle, config, issuer::Issuer, metrics::Metrics};
+use crate::{ca::CaHandle, config, issuer::Issuer, metrics::Metrics, tenancy::Tenants};
+
+pub(crate) use payload::CrlFeeds;
 
 /// Why the cluster cannot be written to.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +37,9 @@ pub async fn start(
     config: &config::Kubernetes,
     trust_domain: &spiffe::TrustDomain,
     issuer: &Issuer,
+    tenants: Arc<Tenants>,
     metrics: &Metrics,
-    crl: Option<(watch::Receiver<Option<String>>, String)>,
+    crl: Option<(CrlFeeds, String)>,
     stop: watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, Error> {
     if config.trust_bundle.is_none() && config.istiod_cert.is_none() {
@@ -64,6 +67,7 @@ pub async fn start(
         trust_domain: trust_domain.clone(),
         issuer: issuer.clone(),
         ca: Arc::clone(issuer.ca()),
+        tenants,
         metrics: metrics.clone(),
         crl,
     };
@@ -79,9 +83,11 @@ struct Writers {
     trust_domain: spiffe::TrustDomain,
     issuer: Issuer,
     ca: Arc<CaHandle>,
+    /// Every issuer: what each namespace's ConfigMaps hold.
+    tenants: Arc<Tenants>,
     metrics: Metrics,
-    /// The CRL and the ConfigMap name it is published under.
-    crl: Option<(watch::Receiver<Option<String>>, String)>,
+    /// Each issuer's CRL and the ConfigMap name they are published under.
+    crl: Option<(CrlFeeds, String)>,
 }
 
 impl Writers {
@@ -106,31 +112,32 @@ impl Writers {
     fn spawn(&self, leadership: &lease::Leadership) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Some(t) = &self.config.trust_bundle {
-            let (client, watch, t2, ca, m, l) = (
+            let (client, watch, t2, tenants, m, l) = (
                 self.client.clone(),
                 self.watch_client.clone(),
                 t.clone(),
-                Arc::clone(&self.ca),
+                Arc::clone(&self.tenants),
                 self.metrics.clone(),
                 leadership.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let name = t2.configmap_name.clone();
-                let payload = payload::Payload::Roots(ca);
+                let payload = payload::Payload::Roots(tenants);
                 bundle::Publisher::run(client, watch, &t2, &name, payload, m, l).await;
             }));
-            if let Some((rx, name)) = &self.crl {
-                let (client, watch, t2, rx, name, m, l) = (
+            if let Some((feeds, name)) = &self.crl {
+                let (client, watch, t2, tenants, feeds, name, m, l) = (
                     self.client.clone(),
                     self.watch_client.clone(),
                     t.clone(),
-                    rx.clone(),
+                    Arc::clone(&self.tenants),
+                    feeds.clone(),
                     name.clone(),
                     self.metrics.clone(),
                     leadership.clone(),
                 );
                 tasks.push(tokio::spawn(async move {
-                    let payload = payload::Payload::Crl(rx);
+                    let payload = payload::Payload::Crl(tenants, feeds);
                     bundle::Publisher::run(client, watch, &t2, &name, payload, m, l).await;
                 }));
             }

@@ -1,6 +1,9 @@
-//! What a published ConfigMap holds, in every namespace the trust bundle
-//! goes to: the root bundle (Istio's `istio-ca-root-cert`) or the CRL
-//! (`istio-ca-crl`). Contents are compared as sets of PEM blocks.
+//! What a published ConfigMap holds in each namespace the trust bundle
+//! goes to: the root bundle (Istio's `istio-ca-root-cert`) or the CRLs
+//! (`istio-ca-crl`) — with several issuers, those of the issuer bound to
+//! the namespace and of the issuers it trusts (plus, for the roots, the
+//! main issuer's, which chain castellan's and istiod's certificates).
+//! Contents are compared as sets of PEM blocks.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -8,27 +11,37 @@ use prometheus::IntCounterVec;
 use rustls_pki_types::pem::PemObject;
 use tokio::sync::watch;
 
-use crate::{ca::CaHandle, metrics::Metrics};
+use crate::{metrics::Metrics, tenancy::Tenants};
+
+/// Each issuer's CRL set as its keeper publishes it (PEM, `None` until a
+/// whole set exists), in the order of [`Tenants::all`].
+pub(crate) type CrlFeeds = Vec<watch::Receiver<Option<String>>>;
 
 pub(crate) enum Payload {
-    /// The root bundle of the CA in use.
-    Roots(Arc<CaHandle>),
-    /// The CRL in use, once one is signed.
-    Crl(watch::Receiver<Option<String>>),
+    /// The roots of the issuers a namespace's workloads trust.
+    Roots(Arc<Tenants>),
+    /// The CRLs of those issuers, once each has signed one.
+    Crl(Arc<Tenants>, CrlFeeds),
 }
 
 /// Waits for what may have changed the payload.
 pub(crate) enum Changes {
-    Ca(watch::Receiver<u64>),
-    Crl(watch::Receiver<Option<String>>),
+    Cas(Vec<watch::Receiver<u64>>),
+    Crls(CrlFeeds),
 }
 
 impl Changes {
-    /// False once the source is gone.
+    /// False once a source is gone.
     pub(crate) async fn changed(&mut self) -> bool {
         match self {
-            Self::Ca(rx) => rx.changed().await.is_ok(),
-            Self::Crl(rx) => rx.changed().await.is_ok(),
+            Self::Cas(rxs) => {
+                let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+                futures_util::future::select_all(waits).await.0.is_ok()
+            }
+            Self::Crls(rxs) => {
+                let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
+                futures_util::future::select_all(waits).await.0.is_ok()
+            }
         }
     }
 }
@@ -38,22 +51,50 @@ impl Payload {
     pub(crate) fn key(&self) -> &'static str {
         match self {
             Self::Roots(_) => "root-cert.pem",
-            Self::Crl(_) => "ca-crl.pem",
+            Self::Crl(..) => "ca-crl.pem",
         }
     }
 
-    /// What to publish now; `None`: nothing yet.
-    pub(crate) fn current(&self) -> Option<String> {
+    /// What to publish in `namespace` now; `None`: nothing yet (a CRL set
+    /// is published only once every issuer it needs has signed its own).
+    pub(crate) fn current(&self, namespace: &str) -> Option<String> {
         match self {
-            Self::Roots(ca) => Some(ca.current().roots_pem().to_owned()),
-            Self::Crl(rx) => rx.borrow().clone(),
+            Self::Roots(tenants) => tenants.bundle_for(namespace),
+            Self::Crl(tenants, feeds) => {
+                let mut all = String::new();
+                for i in tenants.reach(namespace) {
+                    all.push_str(feeds.get(i)?.borrow().as_deref()?);
+                }
+                Some(all)
+            }
+        }
+    }
+
+    /// Everything published anywhere, to tell a change from a wake-up.
+    pub(crate) fn everything(&self) -> Vec<Option<BTreeSet<Vec<u8>>>> {
+        match self {
+            Self::Roots(tenants) => tenants
+                .all()
+                .iter()
+                .map(|t| Some(self.canon(t.issuer().ca().current().roots_pem())))
+                .collect(),
+            Self::Crl(_, feeds) => feeds
+                .iter()
+                .map(|rx| rx.borrow().as_deref().map(|p| self.canon(p)))
+                .collect(),
         }
     }
 
     pub(crate) fn changes(&self) -> Changes {
         match self {
-            Self::Roots(ca) => Changes::Ca(ca.subscribe()),
-            Self::Crl(rx) => Changes::Crl(rx.clone()),
+            Self::Roots(tenants) => Changes::Cas(
+                tenants
+                    .all()
+                    .iter()
+                    .map(|t| t.issuer().ca().subscribe())
+                    .collect(),
+            ),
+            Self::Crl(_, feeds) => Changes::Crls(feeds.clone()),
         }
     }
 
@@ -63,7 +104,7 @@ impl Payload {
     pub(crate) fn canon(&self, pem: &str) -> BTreeSet<Vec<u8>> {
         match self {
             Self::Roots(_) => crate::pem::certificate_set(pem),
-            Self::Crl(_) => crls(pem),
+            Self::Crl(..) => crls(pem),
         }
     }
 
@@ -71,7 +112,7 @@ impl Payload {
     pub(crate) fn describe(&self) -> &'static str {
         match self {
             Self::Roots(_) => "the trust bundle",
-            Self::Crl(_) => "the CRL",
+            Self::Crl(..) => "the CRL",
         }
     }
 
@@ -79,7 +120,7 @@ impl Payload {
     pub(crate) fn writes<'m>(&self, metrics: &'m Metrics) -> &'m IntCounterVec {
         match self {
             Self::Roots(_) => &metrics.mesh.trust_bundle_writes,
-            Self::Crl(_) => &metrics.mesh.crl_writes,
+            Self::Crl(..) => &metrics.mesh.crl_writes,
         }
     }
 

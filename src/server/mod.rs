@@ -187,7 +187,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let metrics_addr =
         operational(config, authority, &metrics, &shutdown_rx, &mut background).await?;
-    let releasing = mesh_writers(config, &issuer, &metrics, authority, &shutdown_rx).await?;
+    let releasing = mesh_writers(config, &issuer, &issuers, &metrics, &shutdown_rx).await?;
     let nodes = NodeAuthorizer::start(&config.impersonation, &authn, &config.trust_domain);
     let pipeline = Pipeline::new(
         authn,
@@ -271,18 +271,28 @@ async fn operational(
 async fn mesh_writers(
     config: &Config,
     issuer: &Issuer,
+    issuers: &issuers::Issuers,
     metrics: &Metrics,
-    authority: &Authority,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, Error> {
     let Some(k) = &config.kubernetes else {
         return Ok(Vec::new());
     };
-    let crl = authority.crl().cloned();
+    // Every issuer keeps a CRL when the main one does (a configuration
+    // rule); published under the main one's ConfigMap name.
+    let crl = issuers.main()?.crl().map(|(_, name)| {
+        let feeds = issuers
+            .authorities
+            .iter()
+            .filter_map(|a| a.crl().map(|(rx, _)| rx.clone()))
+            .collect();
+        (feeds, name.clone())
+    });
     Ok(crate::mesh::start(
         k,
         &config.trust_domain,
         issuer,
+        Arc::clone(&issuers.tenants),
         metrics,
         crl,
         shutdown.clone(),

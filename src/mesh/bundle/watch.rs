@@ -188,7 +188,7 @@ impl Publisher {
     /// A new payload is written everywhere.
     pub(super) async fn follow(self: Arc<Self>) {
         let mut changes = self.payload.changes();
-        let current = || self.payload.current().map(|p| self.payload.canon(&p));
+        let current = || self.payload.everything();
         let mut last = current();
         while changes.changed().await {
             let now = current();

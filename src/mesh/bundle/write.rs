@@ -15,7 +15,10 @@ impl Publisher {
     /// Whether `cm` holds the payload in use and the label (or there is
     /// nothing to publish yet).
     pub(super) fn holds_current(&self, cm: &ConfigMap) -> bool {
-        let Some(want) = self.payload.current().map(|p| self.payload.canon(&p)) else {
+        let Some(ns) = cm.metadata.namespace.as_deref() else {
+            return false;
+        };
+        let Some(want) = self.payload.current(ns).map(|p| self.payload.canon(&p)) else {
             return true;
         };
         let data = cm.data.as_ref().and_then(|d| d.get(self.payload.key()));
@@ -34,7 +37,7 @@ impl Publisher {
         if !self.leadership.is_leader() || self.lock().namespaces.get(ns) != Some(&true) {
             return Ok(());
         }
-        let Some(bundle) = self.payload.current() else {
+        let Some(bundle) = self.payload.current(ns) else {
             return Ok(());
         };
         let want = self.payload.canon(&bundle);
