@@ -4,10 +4,12 @@
 use std::{sync::Arc, time::Duration};
 
 use rustls_pki_types::CertificateDer;
+use tokio::task::JoinHandle;
 
 use super::Error;
 use crate::{
     authority::Authority,
+    ca::CaHandle,
     clock::Clock,
     config::{Config, MAIN_ISSUER},
     issuer::Issuer,
@@ -112,4 +114,29 @@ fn distinct_keys(issuers: &Issuers) -> Result<(), Error> {
         seen.push((key, t.name()));
     }
     Ok(())
+}
+
+/// Keeps client-certificate verification on the roots of every issuer's CA
+/// in use, when `ca` changes.
+pub(super) fn follow_roots(
+    ca: Arc<CaHandle>,
+    all: Vec<Arc<CaHandle>>,
+    client_roots: Arc<super::tls::ClientRoots>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut changes = ca.subscribe();
+        while changes.changed().await.is_ok() {
+            let mut roots = Vec::new();
+            for c in &all {
+                for r in c.current().roots() {
+                    if !roots.contains(r) {
+                        roots.push(r.clone());
+                    }
+                }
+            }
+            if let Err(e) = client_roots.update(&roots) {
+                tracing::error!(error = %e, "new roots unusable for client certificates; keeping the previous ones");
+            }
+        }
+    })
 }

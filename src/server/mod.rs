@@ -230,7 +230,7 @@ async fn listener_tls(
         .map(|a| Arc::clone(a.ca()))
         .collect();
     for ca in &cas {
-        background.push(follow_roots(
+        background.push(issuers::follow_roots(
             Arc::clone(ca),
             cas.clone(),
             Arc::clone(&client_roots),
@@ -344,31 +344,6 @@ async fn terminated() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-/// Keeps client-certificate verification on the roots of every issuer's CA
-/// in use, when `ca` changes.
-fn follow_roots(
-    ca: Arc<CaHandle>,
-    all: Vec<Arc<CaHandle>>,
-    client_roots: Arc<tls::ClientRoots>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut changes = ca.subscribe();
-        while changes.changed().await.is_ok() {
-            let mut roots = Vec::new();
-            for c in &all {
-                for r in c.current().roots() {
-                    if !roots.contains(r) {
-                        roots.push(r.clone());
-                    }
-                }
-            }
-            if let Err(e) = client_roots.update(&roots) {
-                tracing::error!(error = %e, "new roots unusable for client certificates; keeping the previous ones");
-            }
-        }
-    })
 }
 
 /// Connections a listener lets wait in the kernel's accept queue (capped
