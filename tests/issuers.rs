@@ -369,4 +369,58 @@ async fn each_namespace_holds_the_roots_and_crls_its_workloads_need() {
     verify::envoy(&pay, &gw_roots, &crl("istio-ingress")).unwrap();
     // And a tenant's file does not vouch for another tenant's chain.
     assert!(verify::envoy(&shop, &main_root, &crl("payments")).is_err());
+
+    // Revocation goes to the issuer's own record: a serial needs --issuer
+    // when there are several; an identity finds its issuer by namespace.
+    let config = ca.dir.path().join("castellan.toml");
+    let revoke = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+            .args(["revoke", "--config"])
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let serial = crate::support::serial_of(&pay);
+    let out = revoke(&["--serial", &serial]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("say whose leaf it is with --issuer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = revoke(&["--serial", &serial, "--issuer", "payments"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("payments-state.json"));
+    assert!(
+        eventually(Duration::from_secs(15), async || verify::envoy(
+            &pay,
+            &payments.pem,
+            &crl("payments")
+        )
+        .is_err_and(|e| e.contains("revoked")))
+        .await,
+        "the payments leaf revoked in payments' CRL"
+    );
+    verify::envoy(&shop, &main_root, &crl("shop")).unwrap();
+    let out = revoke(&["--identity", &id("payments", "app")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, csr) = csr::istio_agent(&id("payments", "app"));
+    assert!(
+        eventually(Duration::from_secs(15), async || ca
+            .send(&csr, "payments", "app", 3600)
+            .await
+            .is_err_and(|s| s.code() == Code::PermissionDenied))
+        .await,
+        "the payments identity refused by its issuer"
+    );
+    issue("shop").await;
 }

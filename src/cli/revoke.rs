@@ -39,6 +39,11 @@ pub(super) struct Args {
     /// castellan issued before its serials carried them (castellan 0.1).
     #[arg(long, requires = "serial")]
     force: bool,
+    /// The issuer whose record to write, with `[[issuers]]` (`default` is
+    /// the main one). Unset: the issuer bound to --identity's namespace;
+    /// required for --serial when there are several.
+    #[arg(long)]
+    issuer: Option<String>,
 }
 
 pub(super) async fn run(args: Args) -> ExitCode {
@@ -55,7 +60,7 @@ pub(super) async fn run(args: Args) -> ExitCode {
 }
 
 async fn revoke(args: &Args) -> Result<String, String> {
-    let config = Config::load(&args.config).map_err(|e| e.to_string())?;
+    let config = issuer_config(Config::load(&args.config).map_err(|e| e.to_string())?, args)?;
     let clock = Clock::system();
     let Some((store, rules)) = trust::open(&config, clock.clone())
         .await
@@ -102,6 +107,50 @@ async fn revoke(args: &Args) -> Result<String, String> {
         }
         (None, None) => Err("give --serial or --identity".into()),
     }
+}
+
+/// The configuration of the issuer whose record the revocation goes to.
+fn issuer_config(config: Config, args: &Args) -> Result<Config, String> {
+    let units = config.units();
+    let names = || {
+        units
+            .iter()
+            .map(|u| format!("`{}`", u.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let chosen = match (&args.issuer, &args.identity) {
+        (Some(name), _) => units
+            .iter()
+            .find(|u| &u.name == name)
+            .ok_or_else(|| format!("--issuer {name}: no such issuer (there are {})", names()))?,
+        (None, _) if units.len() == 1 => &units[0],
+        (None, Some(identity)) => {
+            let namespace = spiffe::SpiffeId::new(identity)
+                .ok()
+                .and_then(|id| crate::tenancy::namespace_of(&id).map(str::to_owned))
+                .ok_or_else(|| format!("--identity {identity}: not a workload identity"))?;
+            units
+                .iter()
+                .find(|u| {
+                    u.binding
+                        .as_ref()
+                        .is_some_and(|b| b.namespaces.contains(&namespace))
+                })
+                .or_else(|| units.first().filter(|u| u.binding.is_none()))
+                .ok_or_else(|| {
+                    format!("--identity {identity}: namespace `{namespace}` is bound to no issuer")
+                })?
+        }
+        (None, None) => {
+            return Err(format!(
+                "--serial with several issuers: say whose leaf it is with --issuer (one of {}; \
+                 castellan logs issuer= with each leaf's serial)",
+                names()
+            ));
+        }
+    };
+    Ok(chosen.config.clone())
 }
 
 async fn by_serial(

@@ -12,7 +12,8 @@ use crate::{ca::CaHandle, metrics::Metrics, trust::Revocations};
 struct Ops {
     ca: Arc<CaHandle>,
     metrics: Metrics,
-    crl: Option<watch::Receiver<Option<String>>>,
+    /// Every issuer's CRL set (empty: no `[trust.crl]`).
+    crl: Vec<watch::Receiver<Option<String>>>,
     trust: Option<Arc<Revocations>>,
 }
 
@@ -22,7 +23,7 @@ pub(super) fn spawn(
     listener: TcpListener,
     ca: Arc<CaHandle>,
     metrics: Metrics,
-    crl: Option<watch::Receiver<Option<String>>>,
+    crl: Vec<watch::Receiver<Option<String>>>,
     trust: Option<Arc<Revocations>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
@@ -71,9 +72,18 @@ async fn metrics_text(State(ops): State<Ops>) -> String {
     ops.metrics.render()
 }
 
-/// The CRL in use, as Istio's `ca-crl.pem`; 404 without one.
+/// The CRLs in use, as Istio's `ca-crl.pem` (every issuer's set); 404
+/// until each issuer has a whole set.
 async fn crl_pem(State(ops): State<Ops>) -> (StatusCode, String) {
-    match ops.crl.as_ref().and_then(|rx| rx.borrow().clone()) {
+    let all: Option<String> = (!ops.crl.is_empty())
+        .then(|| {
+            ops.crl
+                .iter()
+                .map(|rx| rx.borrow().clone())
+                .collect::<Option<String>>()
+        })
+        .flatten();
+    match all {
         Some(pem) => (StatusCode::OK, pem),
         None => (StatusCode::NOT_FOUND, "no CRL\n".to_owned()),
     }

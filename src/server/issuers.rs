@@ -45,6 +45,15 @@ impl Issuers {
         roots
     }
 
+    /// Every issuer's CRL set, in the order of the routing table (empty
+    /// without `[trust.crl]`; every issuer keeps one when the main does).
+    pub(super) fn crl_feeds(&self) -> crate::mesh::CrlFeeds {
+        self.authorities
+            .iter()
+            .filter_map(|a| a.crl().map(|(rx, _)| rx.clone()))
+            .collect()
+    }
+
     /// Stops every unit's tasks.
     pub(super) fn stop(&self) {
         for a in &self.authorities {

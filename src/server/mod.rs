@@ -23,8 +23,7 @@ pub use service::CaService;
 pub use tls::provider as tls_provider;
 
 use crate::{
-    authn,
-    authority::{self, Authority},
+    authn, authority,
     ca::CaHandle,
     clock::Clock,
     config::Config,
@@ -186,7 +185,7 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
     let addr = local_addr(&listener)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let metrics_addr =
-        operational(config, authority, &metrics, &shutdown_rx, &mut background).await?;
+        operational(config, &issuers, &metrics, &shutdown_rx, &mut background).await?;
     let releasing = mesh_writers(config, &issuer, &issuers, &metrics, &shutdown_rx).await?;
     let nodes = NodeAuthorizer::start(&config.impersonation, &authn, &config.trust_domain);
     let pipeline = Pipeline::new(
@@ -245,7 +244,7 @@ async fn listener_tls(
 /// `/ca-crl.pem`), when `server.metrics_listen` is set: its address.
 async fn operational(
     config: &Config,
-    authority: &Authority,
+    issuers: &issuers::Issuers,
     metrics: &Metrics,
     shutdown: &watch::Receiver<bool>,
     background: &mut Vec<JoinHandle<()>>,
@@ -255,11 +254,12 @@ async fn operational(
     };
     let listener = bind(listen, "server.metrics_listen").await?;
     let addr = local_addr(&listener)?;
+    let authority = issuers.main()?;
     background.push(health::spawn(
         listener,
         Arc::clone(authority.ca()),
         metrics.clone(),
-        authority.crl().map(|(rx, _)| rx.clone()),
+        issuers.crl_feeds(),
         authority.revocations().cloned(),
         stopped(shutdown.clone()),
     ));
@@ -280,14 +280,10 @@ async fn mesh_writers(
     };
     // Every issuer keeps a CRL when the main one does (a configuration
     // rule); published under the main one's ConfigMap name.
-    let crl = issuers.main()?.crl().map(|(_, name)| {
-        let feeds = issuers
-            .authorities
-            .iter()
-            .filter_map(|a| a.crl().map(|(rx, _)| rx.clone()))
-            .collect();
-        (feeds, name.clone())
-    });
+    let crl = issuers
+        .main()?
+        .crl()
+        .map(|(_, name)| (issuers.crl_feeds(), name.clone()));
     Ok(crate::mesh::start(
         k,
         &config.trust_domain,
