@@ -424,3 +424,81 @@ async fn each_namespace_holds_the_roots_and_crls_its_workloads_need() {
     );
     issue("shop").await;
 }
+
+/// `[signer]` TOML rewritten as the last `[[issuers]]` entry's.
+fn as_issuer_signer(signer: &str) -> String {
+    signer.replace("[signer", "[issuers.signer")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_an_hsm_and_a_vault_minted_issuer_serve_their_own_tenants() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);
+    let _hsm = crate::support::hsm::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // payments: a P-256 key in a SoftHSM token, certified by its own root.
+    let label = format!("issuers-{}", std::process::id());
+    crate::support::hsm::token_with_key(&label, "EC:prime256v1");
+    let payments = Ca::root("Payments HSM Root", KeyAlg::EcP256);
+    let hsm = crate::support::hsm::signer_files(&dir.path().join("hsm"), &label, &payments, "");
+
+    // retail: intermediates minted by castellan, certified by OpenBao's
+    // enterprise issuing CA under the retail root.
+    let retail = Ca::root("Retail Root", KeyAlg::EcP256);
+    let bao = crate::support::bao::Bao::start().await;
+    bao.policy().await;
+    bao.enterprise_issuer(&retail).await;
+    let token = bao.token_file(dir.path(), "1h").await;
+    let retail_roots = dir.path().join("retail-roots.pem");
+    std::fs::write(&retail_roots, &retail.pem).unwrap();
+    let mint = format!(
+        "[signer]\ntype = \"vault\"\naddress = \"{}\"\ntimeout_secs = 3\n[signer.auth]\nmethod = \"token\"\ntoken_file = \"{}\"\n[signer.mint]\nmount = \"pki_ent\"\nttl_secs = 7200\n",
+        bao.addr(),
+        token.display()
+    );
+    let extra = format!(
+        "[[issuers]]\nname = \"payments\"\nnamespaces = [\"payments\"]\n{}\
+         [[issuers]]\nname = \"retail\"\nnamespaces = [\"retail\"]\n{}[issuers.ca]\nroots_file = \"{}\"\n",
+        as_issuer_signer(&hsm),
+        as_issuer_signer(&mint),
+        retail_roots.display()
+    );
+    let ca = TestCa::start_with(crate::support::Setup {
+        issuance: "max_ttl_secs = 3600\ndefault_ttl_secs = 3600\n".into(),
+        extra,
+        ..Default::default()
+    })
+    .await;
+    let issue = async |ns: &str| {
+        let (_, csr) = csr::istio_agent(&id(ns, "app"));
+        ca.send(&csr, ns, "app", 3600).await.unwrap().cert_chain
+    };
+    let cases = [
+        ("shop", &ca.root, "CN=Test Intermediate"),
+        (
+            "payments",
+            &payments,
+            &*format!("CN=HSM Intermediate {label}"),
+        ),
+        ("retail", &retail, "castellan"),
+    ];
+    for (ns, root, issuer) in cases {
+        let chain = issue(ns).await;
+        verify::assert_good(&chain, &root.der, ns);
+        assert_eq!(roots_in(&chain), pki_certs(&root.pem), "{ns}");
+        assert!(
+            issuer_of(&chain).contains(issuer),
+            "{ns}: {}",
+            issuer_of(&chain)
+        );
+        for (other, other_root, _) in cases {
+            if other != ns {
+                assert!(
+                    verify::webpki(&chain, &other_root.der).is_err(),
+                    "a {ns} leaf verifies under {other}'s root"
+                );
+            }
+        }
+    }
+}

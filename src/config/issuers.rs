@@ -88,6 +88,7 @@ impl Config {
             }
             config.issuers = Vec::new();
             config.binding = None;
+            config.workloads_only = true;
             units.push(Unit {
                 name: section.name.clone(),
                 binding: Some(Binding {

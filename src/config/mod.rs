@@ -112,6 +112,10 @@ pub struct Config {
     /// More issuers, each bound to its own namespaces.
     #[serde(default)]
     pub issuers: Vec<IssuerSection>,
+    /// Set on an `[[issuers]]` entry's own configuration: it signs
+    /// workload certificates only (never castellan's or istiod's).
+    #[serde(skip)]
+    pub workloads_only: bool,
 }
 
 /// Practices the operator deliberately does not follow.
@@ -300,7 +304,7 @@ impl Config {
     /// issues those.
     pub fn longest_leaf_secs(&self) -> u64 {
         let mut longest = self.issuance.max_ttl_secs;
-        if self.server.tls.cert_file.is_none() {
+        if self.server.tls.cert_file.is_none() && !self.workloads_only {
             longest = longest.max(self.server.tls.ttl_secs);
         }
         if let Some(istiod) = self

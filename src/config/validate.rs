@@ -214,7 +214,7 @@ impl Config {
     /// certificates and for every leaf issued before the next rotation.
     fn validate_minted(&self, ttl_secs: u64) -> Result<(), Error> {
         let (i, tls) = (&self.issuance, &self.server.tls);
-        let own_tls = tls.cert_file.is_none()
+        let own_tls = !self.workloads_only && tls.cert_file.is_none()
             || self
                 .kubernetes
                 .as_ref()
