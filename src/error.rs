@@ -89,8 +89,13 @@ impl From<&Error> for Status {
             Error::Tenancy(
                 e @ (tenancy::Error::CertSigner { .. }
                 | tenancy::Error::Unbound { .. }
+                | tenancy::Error::Ambiguous { .. }
                 | tenancy::Error::NoNamespace(_)),
             ) => Self::permission_denied(e.to_string()),
+            // Retried by the client: the namespace watch is starting.
+            Error::Tenancy(tenancy::Error::LabelsUnknown(_)) => {
+                Self::unavailable("issuer bindings not known yet")
+            }
             Error::Overloaded(_) => Self::resource_exhausted("too many requests in flight; retry"),
             Error::Timeout(_) => Self::deadline_exceeded("request deadline exceeded"),
             Error::Revoked(_) => Self::permission_denied("identity revoked"),

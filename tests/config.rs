@@ -356,6 +356,10 @@ fn issuer_mistakes_are_refused_with_the_keys_named() {
             "unknown field `binding`",
         ),
         (
+            issuer("a", "/a", "namespace_labels = { tenant = \"a\" }"),
+            "issuer \"a\": binding by label needs a [kubernetes] section",
+        ),
+        (
             "[binding]\ntrusts = [\"x\"]\n".to_owned(),
             "`binding.trusts` names other issuers, and no [[issuers]] is configured",
         ),

@@ -502,3 +502,175 @@ async fn a_file_an_hsm_and_a_vault_minted_issuer_serve_their_own_tenants() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_trust_init_cover_every_issuer_and_a_copied_key_is_refused() {
+    let files = crate::support::Files::write(crate::support::Setup {
+        init_trust: false,
+        ..Default::default()
+    });
+    let dir = files.dir.path();
+    let payments = Ca::root("Payments Root", KeyAlg::EcP256);
+    let mut text = std::fs::read_to_string(&files.config).unwrap();
+    text.push_str(&format!(
+        "[trust]\nstate_file = \"{}\"\n{}[issuers.trust]\nstate_file = \"{}\"\n",
+        dir.join("state.json").display(),
+        file_issuer(dir, "payments", &payments, "namespaces = [\"payments\"]"),
+        dir.join("payments-state.json").display(),
+    ));
+    std::fs::write(&files.config, &text).unwrap();
+    let castellan = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+            .args(args)
+            .arg("--config")
+            .arg(&files.config)
+            .output()
+            .unwrap()
+    };
+    let out = castellan(&["trust", "init"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("state.json") && said.contains("payments-state.json"),
+        "{said}"
+    );
+    assert!(dir.join("payments-state.json").exists());
+
+    let out = castellan(&["check"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("ISSUER default  serves every namespace no other issuer is bound to"),
+        "{said}"
+    );
+    assert!(
+        said.contains("ISSUER payments  namespaces payments"),
+        "{said}"
+    );
+    assert!(said.contains("CA    CN=payments Intermediate 1"), "{said}");
+    assert_eq!(said.matches("ROOTS ").count(), 2, "{said}");
+
+    // The same key under another name (a copy of the main issuer's files):
+    // the configuration cannot tell, the keys can.
+    let copy = dir.join("copy");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in std::fs::read_dir(dir.join("ca")).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), copy.join(f.file_name())).unwrap();
+    }
+    text.push_str(&format!(
+        "[[issuers]]\nname = \"twin\"\nnamespaces = [\"twin\"]\n[issuers.signer]\ntype = \"file\"\ndir = \"{}\"\n",
+        copy.display()
+    ));
+    std::fs::write(&files.config, &text).unwrap();
+    let config = castellan::config::Config::load(&files.config).unwrap();
+    let e = castellan::server::start(&config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("issuers \"default\" and \"twin\" sign with the same key"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_bound_by_label_follow_their_labels() {
+    let kube = FakeKube::start().await;
+    kube.create_namespace("istio-system", &[]);
+    kube.create_namespace("shop", &[]);
+    kube.create_namespace("pay-eu", &[("tenant", "payments")]);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig(dir.path(), "castellan-0");
+    let payments = Ca::root("Payments Root", KeyAlg::EcP256);
+    let pci = Ca::root("PCI Root", KeyAlg::EcP256);
+    let extra = format!(
+        "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\nidentity = \"castellan-0\"\n\
+         [kubernetes.trust_bundle]\n{}{}",
+        kubeconfig.display(),
+        file_issuer(
+            dir.path(),
+            "payments",
+            &payments,
+            "namespace_labels = { tenant = \"payments\" }"
+        ),
+        file_issuer(
+            dir.path(),
+            "pci",
+            &pci,
+            "namespace_labels = { zone = \"pci\" }"
+        ),
+    );
+    let ca = TestCa::start_with(crate::support::Setup {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    let issue = async |ns: &str| {
+        let (_, csr) = csr::istio_agent(&id(ns, "app"));
+        ca.send(&csr, ns, "app", 3600).await.map(|r| r.cert_chain)
+    };
+    let roots_of = async |ns: &str| issue(ns).await.map(|c| roots_in(&c));
+    assert!(
+        eventually(Duration::from_secs(10), async || roots_of("pay-eu")
+            .await
+            .is_ok_and(|r| r == pki_certs(&payments.pem)))
+        .await,
+        "a namespace labelled tenant=payments is signed by payments"
+    );
+    assert_eq!(roots_of("shop").await.unwrap(), pki_certs(&ca.root.pem));
+    let bundle = |ns: &str| {
+        configmap(&kube, ns, "istio-ca-root-cert", "root-cert.pem").map(|b| pki_certs(&b))
+    };
+    let with_main = |pem: &str| -> std::collections::BTreeSet<_> {
+        pki_certs(pem)
+            .into_iter()
+            .chain(pki_certs(&ca.root.pem))
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || bundle("pay-eu")
+            == Some(with_main(&payments.pem)))
+        .await
+    );
+
+    // Relabelled: its requests and its bundle follow.
+    kube.label_namespace("shop", "zone", Some("pci"));
+    assert!(
+        eventually(Duration::from_secs(10), async || roots_of("shop")
+            .await
+            .is_ok_and(|r| r == pki_certs(&pci.pem)))
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), async || bundle("shop")
+            == Some(with_main(&pci.pem)))
+        .await,
+        "the relabelled namespace's bundle"
+    );
+    // Claimed by two label bindings: refused, naming both, not guessed.
+    kube.label_namespace("shop", "tenant", Some("payments"));
+    assert!(
+        eventually(Duration::from_secs(10), async || issue("shop")
+            .await
+            .is_err_and(|s| s.code() == Code::PermissionDenied
+                && s.message().contains("`payments` and `pci`")))
+        .await
+    );
+    kube.label_namespace("shop", "zone", None);
+    kube.label_namespace("shop", "tenant", None);
+    assert!(
+        eventually(Duration::from_secs(10), async || roots_of("shop")
+            .await
+            .is_ok_and(|r| r == pki_certs(&ca.root.pem)))
+        .await
+    );
+}

@@ -167,40 +167,7 @@ pub(crate) fn describe(e: &kube::Error) -> String {
     crate::kube::describe(e)
 }
 
-/// How a watch that failed is retried: from half a second, doubling to four
-/// seconds — a permission granted, or an API server back, is seen within
-/// seconds (kube's default waits up to thirty).
-#[derive(Debug, Clone)]
-pub(crate) struct WatchBackoff {
-    next: Duration,
-}
-
-const WATCH_RETRY_FIRST: Duration = Duration::from_millis(500);
-const WATCH_RETRY_MAX: Duration = Duration::from_secs(4);
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        Self {
-            next: WATCH_RETRY_FIRST,
-        }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let now = self.next;
-        self.next = (now * 2).min(WATCH_RETRY_MAX);
-        Some(now)
-    }
-}
-
-impl kube::runtime::utils::Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = WATCH_RETRY_FIRST;
-    }
-}
+pub(crate) use crate::kube::WatchBackoff;
 
 /// A writer that writes one object more often than a sane rate is fighting
 /// something (another writer undoing each write, a renewal scheduled in the
@@ -295,7 +262,7 @@ mod tests {
         let waits: Vec<u128> = (0..6).map(|_| b.next().unwrap().as_millis()).collect();
         assert_eq!(waits, [500, 1000, 2000, 4000, 4000, 4000]);
         kube::runtime::utils::Backoff::reset(&mut b);
-        assert_eq!(b.next(), Some(WATCH_RETRY_FIRST));
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
     }
 
     #[test]

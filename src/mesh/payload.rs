@@ -27,7 +27,7 @@ pub(crate) enum Payload {
 /// Waits for what may have changed the payload.
 pub(crate) enum Changes {
     Cas(Vec<watch::Receiver<u64>>),
-    Crls(CrlFeeds),
+    Crls(CrlFeeds, Option<watch::Receiver<u64>>),
 }
 
 impl Changes {
@@ -38,9 +38,16 @@ impl Changes {
                 let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
                 futures_util::future::select_all(waits).await.0.is_ok()
             }
-            Self::Crls(rxs) => {
+            Self::Crls(rxs, labels) => {
                 let waits = rxs.iter_mut().map(|rx| Box::pin(rx.changed()));
-                futures_util::future::select_all(waits).await.0.is_ok()
+                let crls = futures_util::future::select_all(waits);
+                match labels {
+                    Some(l) => tokio::select! {
+                        (r, ..) = crls => r.is_ok(),
+                        r = l.changed() => r.is_ok(),
+                    },
+                    None => crls.await.0.is_ok(),
+                }
             }
         }
     }
@@ -62,7 +69,7 @@ impl Payload {
             Self::Roots(tenants) => tenants.bundle_for(namespace),
             Self::Crl(tenants, feeds) => {
                 let mut all = String::new();
-                for i in tenants.reach(namespace) {
+                for i in tenants.reach(namespace).ok()? {
                     all.push_str(feeds.get(i)?.borrow().as_deref()?);
                 }
                 Some(all)
@@ -71,17 +78,25 @@ impl Payload {
     }
 
     /// Everything published anywhere, to tell a change from a wake-up.
-    pub(crate) fn everything(&self) -> Vec<Option<BTreeSet<Vec<u8>>>> {
+    /// A relabelled namespace may be bound elsewhere: the labels' change
+    /// count is part of it.
+    pub(crate) fn everything(&self) -> (u64, Vec<Option<BTreeSet<Vec<u8>>>>) {
         match self {
-            Self::Roots(tenants) => tenants
-                .all()
-                .iter()
-                .map(|t| Some(self.canon(t.issuer().ca().current().roots_pem())))
-                .collect(),
-            Self::Crl(_, feeds) => feeds
-                .iter()
-                .map(|rx| rx.borrow().as_deref().map(|p| self.canon(p)))
-                .collect(),
+            Self::Roots(tenants) => (
+                tenants.labels_version(),
+                tenants
+                    .all()
+                    .iter()
+                    .map(|t| Some(self.canon(t.issuer().ca().current().roots_pem())))
+                    .collect(),
+            ),
+            Self::Crl(tenants, feeds) => (
+                tenants.labels_version(),
+                feeds
+                    .iter()
+                    .map(|rx| rx.borrow().as_deref().map(|p| self.canon(p)))
+                    .collect(),
+            ),
         }
     }
 
@@ -92,9 +107,10 @@ impl Payload {
                     .all()
                     .iter()
                     .map(|t| t.issuer().ca().subscribe())
+                    .chain(tenants.labels_changes())
                     .collect(),
             ),
-            Self::Crl(_, feeds) => Changes::Crls(feeds.clone()),
+            Self::Crl(tenants, feeds) => Changes::Crls(feeds.clone(), tenants.labels_changes()),
         }
     }
 

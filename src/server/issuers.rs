@@ -14,7 +14,7 @@ use crate::{
     config::{Config, MAIN_ISSUER},
     issuer::Issuer,
     metrics::Metrics,
-    tenancy::{Started, Tenants},
+    tenancy::{NamespaceLabels, Started, Tenants},
 };
 
 /// The started issuers (the main one first) and the routing table.
@@ -22,6 +22,8 @@ use crate::{
 pub(super) struct Issuers {
     pub(super) authorities: Vec<Authority>,
     pub(super) tenants: Arc<Tenants>,
+    /// The namespace watch, when a binding selects by label.
+    watch: Option<JoinHandle<()>>,
 }
 
 impl Issuers {
@@ -56,6 +58,9 @@ impl Issuers {
 
     /// Stops every unit's tasks.
     pub(super) fn stop(&self) {
+        if let Some(w) = &self.watch {
+            w.abort();
+        }
         for a in &self.authorities {
             a.stop();
         }
@@ -96,15 +101,39 @@ pub(super) async fn start(
         });
         authorities.push(authority);
     }
+    let (labels, watch) = namespace_labels(config).await?;
     let issuers = Issuers {
         authorities,
-        tenants: Arc::new(Tenants::new(started)),
+        tenants: Arc::new(Tenants::new(started, labels)),
+        watch,
     };
     if let Err(e) = distinct_keys(&issuers) {
         issuers.stop();
         return Err(e);
     }
     Ok(issuers)
+}
+
+/// The namespace labels and their watch, when a binding selects by label.
+async fn namespace_labels(
+    config: &Config,
+) -> Result<(Option<Arc<NamespaceLabels>>, Option<JoinHandle<()>>), Error> {
+    let by_label = config.units().iter().any(|u| {
+        u.binding
+            .as_ref()
+            .is_some_and(|b| !b.namespace_labels.is_empty())
+    });
+    let Some(k) = config.kubernetes.as_ref().filter(|_| by_label) else {
+        return Ok((None, None));
+    };
+    let kube = crate::kube::config(k.kubeconfig.as_deref(), k.context.as_deref())
+        .await
+        .map_err(crate::mesh::Error::from)?;
+    let client = crate::kube::watch_client(&kube, Duration::from_secs(k.timeout_secs))
+        .map_err(crate::mesh::Error::from)?;
+    let labels = NamespaceLabels::new();
+    let watch = labels.watch(client);
+    Ok((Some(labels), Some(watch)))
 }
 
 /// No two issuers sign with the same key, whatever their sections say.

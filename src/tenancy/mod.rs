@@ -3,7 +3,14 @@
 //! what the request says. `CertSigner` is the pod author's word: it is
 //! checked against the binding, and refused when it names anything else.
 
-use std::{collections::HashMap, sync::Arc};
+mod labels;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+pub use labels::NamespaceLabels;
 
 use spiffe::SpiffeId;
 
@@ -34,6 +41,17 @@ pub enum Error {
     },
     #[error("`{0}` is not a workload identity (spiffe://<domain>/ns/<namespace>/sa/<name>)")]
     NoNamespace(String),
+    #[error(
+        "namespace `{namespace}` carries the labels of two issuers' bindings, `{first}` and \
+         `{second}`: bind it by name, or change its labels"
+    )]
+    Ambiguous {
+        namespace: String,
+        first: String,
+        second: String,
+    },
+    #[error("the labels of namespace `{0}` are not known yet (the namespace watch has not synced)")]
+    LabelsUnknown(String),
 }
 
 /// One started issuer and what it signs for.
@@ -46,6 +64,8 @@ pub struct Tenant {
     accepts: Vec<String>,
     /// Indexes of the issuers whose roots this one's workloads also get.
     trusts: Vec<usize>,
+    /// Namespaces carrying all these labels are bound to it.
+    selector: BTreeMap<String, String>,
 }
 
 /// Every issuer castellan runs, the main one first.
@@ -55,6 +75,8 @@ pub struct Tenants {
     by_namespace: HashMap<String, usize>,
     /// Serves every namespace bound to no other issuer.
     default: Option<usize>,
+    /// Namespace labels, when a binding selects by them.
+    labels: Option<Arc<NamespaceLabels>>,
 }
 
 /// An issuer as [`Tenants::new`] takes it.
@@ -87,7 +109,7 @@ impl Tenant {
 impl Tenants {
     /// The issuers as the configuration bound them (the rules were checked
     /// when it was read: one issuer per namespace, `trusts` naming issuers).
-    pub fn new(started: Vec<Started>) -> Self {
+    pub fn new(started: Vec<Started>, labels: Option<Arc<NamespaceLabels>>) -> Self {
         let index: HashMap<String, usize> = started
             .iter()
             .enumerate()
@@ -100,7 +122,10 @@ impl Tenants {
             .enumerate()
             .map(|(i, s)| {
                 let binding = s.binding.unwrap_or_default();
-                if s.name == MAIN_ISSUER && binding.namespaces.is_empty() {
+                if s.name == MAIN_ISSUER
+                    && binding.namespaces.is_empty()
+                    && binding.namespace_labels.is_empty()
+                {
                     default = Some(i);
                 }
                 for ns in &binding.namespaces {
@@ -124,6 +149,7 @@ impl Tenants {
                         .iter()
                         .filter_map(|t| index.get(t).copied())
                         .collect(),
+                    selector: binding.namespace_labels,
                 }
             })
             .collect();
@@ -131,17 +157,21 @@ impl Tenants {
             tenants,
             by_namespace,
             default,
+            labels,
         }
     }
 
     /// One issuer serving everyone: a single-issuer castellan.
     pub fn single(issuer: Issuer, revocations: Option<Arc<Revocations>>) -> Self {
-        Self::new(vec![Started {
-            name: MAIN_ISSUER.to_owned(),
-            binding: None,
-            issuer,
-            revocations,
-        }])
+        Self::new(
+            vec![Started {
+                name: MAIN_ISSUER.to_owned(),
+                binding: None,
+                issuer,
+                revocations,
+            }],
+            None,
+        )
     }
 
     /// The main issuer: castellan's own and istiod's certificates.
@@ -158,27 +188,70 @@ impl Tenants {
         self.tenants.len() > 1
     }
 
-    /// The issuer bound to `namespace`, if any.
-    pub fn for_namespace(&self, namespace: &str) -> Option<&Tenant> {
-        self.by_namespace
-            .get(namespace)
-            .or(self.default.as_ref())
-            .and_then(|&i| self.tenants.get(i))
+    /// The issuer bound to `namespace`, if any: by name, else by label,
+    /// else the default issuer.
+    ///
+    /// # Errors
+    /// Two label bindings match, or the labels are not known yet.
+    pub fn for_namespace(&self, namespace: &str) -> Result<Option<&Tenant>, Error> {
+        Ok(self.index_of(namespace)?.and_then(|i| self.tenants.get(i)))
+    }
+
+    fn index_of(&self, namespace: &str) -> Result<Option<usize>, Error> {
+        if let Some(&i) = self.by_namespace.get(namespace) {
+            return Ok(Some(i));
+        }
+        if let Some(labels) = &self.labels {
+            let mut found: Option<usize> = None;
+            for (i, t) in self.tenants.iter().enumerate() {
+                if t.selector.is_empty() {
+                    continue;
+                }
+                let matched = labels
+                    .matches(namespace, &t.selector)
+                    .map_err(|_| Error::LabelsUnknown(namespace.to_owned()))?;
+                if !matched {
+                    continue;
+                }
+                if let Some(first) = found.and_then(|f| self.tenants.get(f)) {
+                    return Err(Error::Ambiguous {
+                        namespace: namespace.to_owned(),
+                        first: first.name.clone(),
+                        second: t.name.clone(),
+                    });
+                }
+                found = Some(i);
+            }
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(self.default)
+    }
+
+    /// The change count of the namespace labels bindings select by (0
+    /// without any).
+    pub fn labels_version(&self) -> u64 {
+        self.labels.as_ref().map_or(0, |l| l.version())
+    }
+
+    /// Changes of the namespace labels, when a binding selects by them.
+    pub fn labels_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.labels.as_ref().map(|l| l.changes())
     }
 
     /// Indexes (in [`Tenants::all`]) of the issuers whose certificates
     /// `namespace`'s workloads trust: the bound one and those it trusts
     /// (the main issuer for a namespace no issuer serves).
-    pub fn reach(&self, namespace: &str) -> Vec<usize> {
-        let bound = self
-            .by_namespace
-            .get(namespace)
-            .or(self.default.as_ref())
-            .copied();
-        match bound.and_then(|i| Some((i, self.tenants.get(i)?))) {
+    ///
+    /// # Errors
+    /// As [`Tenants::for_namespace`].
+    pub fn reach(&self, namespace: &str) -> Result<Vec<usize>, Error> {
+        let bound = self.index_of(namespace)?;
+        Ok(match bound.and_then(|i| Some((i, self.tenants.get(i)?))) {
             Some((i, t)) => std::iter::once(i).chain(t.trusts.iter().copied()).collect(),
             None => vec![0],
-        }
+        })
     }
 
     /// The issuer that signs for `identity`, checked against `cert_signer`.
@@ -190,7 +263,7 @@ impl Tenants {
         let namespace =
             namespace_of(identity).ok_or_else(|| Error::NoNamespace(identity.to_string()))?;
         let tenant = self
-            .for_namespace(namespace)
+            .for_namespace(namespace)?
             .ok_or_else(|| Error::Unbound {
                 namespace: namespace.to_owned(),
             })?;
@@ -241,9 +314,14 @@ impl Tenants {
     /// What namespace `namespace`'s `istio-ca-root-cert` holds: the roots
     /// its workloads receive, and the main issuer's, which the agent needs
     /// to verify castellan's serving certificate and istiod's.
+    /// `None` while the namespace's issuer cannot be told (its labels not
+    /// known yet, or claimed by two bindings).
     pub fn bundle_for(&self, namespace: &str) -> Option<String> {
         let main = self.main()?;
-        let own = self.for_namespace(namespace).map(|t| self.roots_of(t));
+        let own = self
+            .for_namespace(namespace)
+            .ok()?
+            .map(|t| self.roots_of(t));
         let main_roots = main.issuer.ca().current().roots_pem().to_owned();
         Some(merge(&[own.unwrap_or_default(), main_roots]))
     }
