@@ -360,6 +360,10 @@ fn issuer_mistakes_are_refused_with_the_keys_named() {
             "issuer \"a\": binding by label needs a [kubernetes] section",
         ),
         (
+            issuer("a", "/a", "namespaces = [\"x\"]\nbundle_name = \"a-roots\""),
+            "issuer \"a\": a bundle name of its own needs [kubernetes.trust_bundle]",
+        ),
+        (
             "[binding]\ntrusts = [\"x\"]\n".to_owned(),
             "`binding.trusts` names other issuers, and no [[issuers]] is configured",
         ),

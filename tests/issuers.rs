@@ -674,3 +674,56 @@ async fn namespaces_bound_by_label_follow_their_labels() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_with_a_bundle_name_of_its_own_publishes_only_there() {
+    use castellan_testkit::kube::Kind;
+    let kube = FakeKube::start().await;
+    for ns in ["istio-system", "shop", "tenant-a"] {
+        kube.create_namespace(ns, &[]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube.kubeconfig(dir.path(), "castellan-0");
+    let a = Ca::root("Tenant A Root", KeyAlg::EcP256);
+    let extra = format!(
+        "[kubernetes]\nkubeconfig = \"{}\"\nnamespace = \"istio-system\"\nidentity = \"castellan-0\"\n\
+         [kubernetes.trust_bundle]\ncluster_trust_bundle = true\n{}",
+        kubeconfig.display(),
+        file_issuer(
+            dir.path(),
+            "tenant-a",
+            &a,
+            "namespaces = [\"tenant-a\"]\nbundle_name = \"istio-ca-root-cert-a\""
+        ),
+    );
+    let ca = TestCa::start_with(crate::support::Setup {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    let main = pki_certs(&ca.root.pem);
+    let a_and_main: std::collections::BTreeSet<_> =
+        pki_certs(&a.pem).into_iter().chain(main.clone()).collect();
+    let held =
+        |ns: &str, name: &str| configmap(&kube, ns, name, "root-cert.pem").map(|b| pki_certs(&b));
+    let ctb = |name: &str| {
+        kube.object(
+            Kind::ClusterTrustBundle,
+            "",
+            &format!("istio.io:istiod-ca:{name}"),
+        )
+        .map(|c| pki_certs(c["spec"]["trustBundle"].as_str().unwrap_or_default()))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            held("tenant-a", "istio-ca-root-cert-a") == Some(a_and_main.clone())
+                && held("shop", "istio-ca-root-cert") == Some(main.clone())
+                && ctb("istio-ca-root-cert-a") == Some(a_and_main.clone())
+                && ctb("istio-ca-root-cert") == Some(main.clone())
+        })
+        .await,
+        "each bundle name in its own namespaces and ClusterTrustBundle"
+    );
+    assert_eq!(held("tenant-a", "istio-ca-root-cert"), None);
+    assert_eq!(held("shop", "istio-ca-root-cert-a"), None);
+}

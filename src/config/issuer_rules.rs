@@ -241,6 +241,46 @@ pub(super) fn shared_records(units: &[Unit]) -> Result<(), Error> {
     Ok(())
 }
 
+/// A bundle name of its own is a ConfigMap name the trust-bundle writers
+/// publish under.
+pub(super) fn bundle_names(
+    units: &[Unit],
+    kubernetes: Option<&crate::config::Kubernetes>,
+) -> Result<(), Error> {
+    for u in units {
+        let Some(name) = &u.bundle_name else { continue };
+        if kubernetes.and_then(|k| k.trust_bundle.as_ref()).is_none() {
+            issuer_rule(
+                "issuers.bundle_name",
+                format!(
+                    "issuer \"{}\": a bundle name of its own needs [kubernetes.trust_bundle], \
+                     the writers that publish it",
+                    u.name
+                ),
+            )?;
+        }
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+            && !name.starts_with(['-', '.'])
+            && !name.ends_with(['-', '.']);
+        if !valid {
+            issuer_rule(
+                "issuers.bundle_name",
+                format!(
+                    "issuer \"{}\": \"{}\" is not a ConfigMap name (lower-case letters, \
+                     digits, '-' and '.')",
+                    u.name,
+                    name.escape_default()
+                ),
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Where a signer's key is, as comparable text (a minted intermediate's
 /// key is new each time: nothing to share).
 fn key_places(signer: &Signer) -> Vec<String> {

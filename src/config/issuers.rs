@@ -58,6 +58,11 @@ pub struct IssuerSection {
     /// As [`Binding::trusts`].
     #[serde(default)]
     pub trusts: Vec<String>,
+    /// The trust-bundle ConfigMap (and ClusterTrustBundle) name its
+    /// namespaces read, for a control plane of its own (Istio's
+    /// `values.global.trustBundleName`). Unset:
+    /// `kubernetes.trust_bundle.configmap_name`.
+    pub bundle_name: Option<String>,
     pub signer: Signer,
     #[serde(default)]
     pub ca: Ca,
@@ -71,6 +76,8 @@ pub struct IssuerSection {
 pub struct Unit {
     pub name: String,
     pub binding: Option<Binding>,
+    /// Its own trust-bundle name, if not the main one's.
+    pub bundle_name: Option<String>,
     pub config: Config,
 }
 
@@ -82,6 +89,7 @@ impl Config {
         let mut units = vec![Unit {
             name: MAIN_ISSUER.to_owned(),
             binding: self.binding.clone(),
+            bundle_name: None,
             config: self.clone(),
         }];
         for section in &self.issuers {
@@ -104,6 +112,7 @@ impl Config {
                     cert_signers: section.cert_signers.clone(),
                     trusts: section.trusts.clone(),
                 }),
+                bundle_name: section.bundle_name.clone(),
                 config,
             });
         }
@@ -129,6 +138,7 @@ impl Config {
         rules::trusts(&units, &names)?;
         rules::shared_keys(&units)?;
         rules::shared_records(&units)?;
+        rules::bundle_names(&units, self.kubernetes.as_ref())?;
         for (unit, section) in units.iter().skip(1).zip(&self.issuers) {
             unit.config
                 .validate_unit()

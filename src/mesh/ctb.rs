@@ -14,8 +14,9 @@ use kube::{
 };
 use tokio::sync::Notify;
 
+use super::payload::Roots;
 use super::{api::Trouble, bundle::unix_now, lease::Leadership};
-use crate::{ca::CaHandle, metrics::Metrics};
+use crate::metrics::Metrics;
 
 /// The signer Istio's ClusterTrustBundle carries.
 pub(crate) const SIGNER: &str = "istio.io/istiod-ca";
@@ -25,12 +26,12 @@ pub(crate) const SIGNER: &str = "istio.io/istiod-ca";
 pub(crate) async fn run(
     client: Client,
     watch_client: Client,
-    bundle_name: &str,
-    ca: Arc<CaHandle>,
+    roots: Roots,
     metrics: Metrics,
     leadership: Leadership,
 ) {
-    let name = format!("istio.io:istiod-ca:{bundle_name}");
+    let name = format!("istio.io:istiod-ca:{}", roots.name);
+    let roots = Arc::new(roots);
     let api: Api<ClusterTrustBundle> = Api::all(client);
     let poke = Arc::new(Notify::new());
     // The object as the watch last saw it, to confirm it holds the bundle
@@ -69,11 +70,11 @@ pub(crate) async fn run(
             }
         })
     };
-    let roots = {
-        let (poke, ca) = (Arc::clone(&poke), Arc::clone(&ca));
+    let following = {
+        let (poke, roots) = (Arc::clone(&poke), Arc::clone(&roots));
         tokio::spawn(async move {
-            let mut changes = ca.subscribe();
-            while changes.changed().await.is_ok() {
+            let mut changes = roots.changes();
+            while changes.changed().await {
                 poke.notify_one();
             }
         })
@@ -81,9 +82,9 @@ pub(crate) async fn run(
     // The publish timestamp means "held as of": confirmed from the watch
     // while nothing changes.
     let confirming = {
-        let (seen, ca, metrics, leadership) = (
+        let (seen, roots, metrics, leadership) = (
             Arc::clone(&seen),
-            Arc::clone(&ca),
+            Arc::clone(&roots),
             metrics.clone(),
             leadership.clone(),
         );
@@ -95,7 +96,7 @@ pub(crate) async fn run(
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .as_ref()
-                    .is_some_and(|o| holds(o, ca.current().roots_pem()));
+                    .is_some_and(|o| roots.cluster_bundle().is_some_and(|b| holds(o, &b)));
                 if held && leadership.is_leader() {
                     metrics
                         .mesh
@@ -106,13 +107,16 @@ pub(crate) async fn run(
             }
         })
     };
-    let _stop = super::AbortOnDrop(vec![watching, roots, confirming]);
+    let _stop = super::AbortOnDrop(vec![watching, following, confirming]);
     loop {
         poke.notified().await;
         if !leadership.is_leader() {
             continue;
         }
-        if let Err(t) = reconcile(&api, &name, &ca).await {
+        let Some(bundle) = roots.cluster_bundle() else {
+            continue;
+        };
+        if let Err(t) = reconcile(&api, &name, &bundle).await {
             t.report(&metrics, "clustertrustbundles", "write", &name);
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             poke.notify_one();
@@ -126,12 +130,8 @@ pub(crate) async fn run(
     }
 }
 
-async fn reconcile(
-    api: &Api<ClusterTrustBundle>,
-    name: &str,
-    ca: &CaHandle,
-) -> Result<(), Trouble> {
-    let bundle = ca.current().roots_pem().to_owned();
+async fn reconcile(api: &Api<ClusterTrustBundle>, name: &str, bundle: &str) -> Result<(), Trouble> {
+    let bundle = bundle.to_owned();
     for _ in 0..3 {
         match api.get_opt(name).await? {
             None => {

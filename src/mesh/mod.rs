@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{ca::CaHandle, config, issuer::Issuer, metrics::Metrics, tenancy::Tenants};
+use crate::{config, issuer::Issuer, metrics::Metrics, tenancy::Tenants};
 
 pub(crate) use payload::CrlFeeds;
 
@@ -66,7 +66,6 @@ pub async fn start(
         config: config.clone(),
         trust_domain: trust_domain.clone(),
         issuer: issuer.clone(),
-        ca: Arc::clone(issuer.ca()),
         tenants,
         metrics: metrics.clone(),
         crl,
@@ -82,7 +81,6 @@ struct Writers {
     config: config::Kubernetes,
     trust_domain: spiffe::TrustDomain,
     issuer: Issuer,
-    ca: Arc<CaHandle>,
     /// Every issuer: what each namespace's ConfigMaps hold.
     tenants: Arc<Tenants>,
     metrics: Metrics,
@@ -112,19 +110,27 @@ impl Writers {
     fn spawn(&self, leadership: &lease::Leadership) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Some(t) = &self.config.trust_bundle {
-            let (client, watch, t2, tenants, m, l) = (
-                self.client.clone(),
-                self.watch_client.clone(),
-                t.clone(),
-                Arc::clone(&self.tenants),
-                self.metrics.clone(),
-                leadership.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                let name = t2.configmap_name.clone();
-                let payload = payload::Payload::Roots(tenants);
-                bundle::Publisher::run(client, watch, &t2, &name, payload, m, l).await;
-            }));
+            // One publisher per bundle name: the main one's, and each name
+            // an issuer has of its own, each writing only where it is read.
+            for name in self.tenants.bundle_names(&t.configmap_name) {
+                let (client, watch, t2, m, l) = (
+                    self.client.clone(),
+                    self.watch_client.clone(),
+                    t.clone(),
+                    self.metrics.clone(),
+                    leadership.clone(),
+                );
+                let roots = payload::Roots {
+                    tenants: Arc::clone(&self.tenants),
+                    name,
+                    main: t.configmap_name.clone(),
+                };
+                tasks.push(tokio::spawn(async move {
+                    let name = roots.name.clone();
+                    let payload = payload::Payload::Roots(roots);
+                    bundle::Publisher::run(client, watch, &t2, &name, payload, m, l).await;
+                }));
+            }
             if let Some((feeds, name)) = &self.crl {
                 let (client, watch, t2, tenants, feeds, name, m, l) = (
                     self.client.clone(),
@@ -142,17 +148,22 @@ impl Writers {
                 }));
             }
             if t.cluster_trust_bundle {
-                let (client, watch, name, ca, m, l) = (
-                    self.client.clone(),
-                    self.watch_client.clone(),
-                    t.configmap_name.clone(),
-                    Arc::clone(&self.ca),
-                    self.metrics.clone(),
-                    leadership.clone(),
-                );
-                tasks.push(tokio::spawn(async move {
-                    ctb::run(client, watch, &name, ca, m, l).await;
-                }));
+                for name in self.tenants.bundle_names(&t.configmap_name) {
+                    let (client, watch, m, l) = (
+                        self.client.clone(),
+                        self.watch_client.clone(),
+                        self.metrics.clone(),
+                        leadership.clone(),
+                    );
+                    let roots = payload::Roots {
+                        tenants: Arc::clone(&self.tenants),
+                        name,
+                        main: t.configmap_name.clone(),
+                    };
+                    tasks.push(tokio::spawn(async move {
+                        ctb::run(client, watch, roots, m, l).await;
+                    }));
+                }
             }
         }
         if let Some(c) = &self.config.istiod_cert {

@@ -18,10 +18,39 @@ use crate::{metrics::Metrics, tenancy::Tenants};
 pub(crate) type CrlFeeds = Vec<watch::Receiver<Option<String>>>;
 
 pub(crate) enum Payload {
-    /// The roots of the issuers a namespace's workloads trust.
-    Roots(Arc<Tenants>),
+    /// The roots of the issuers a namespace's workloads trust, in the
+    /// namespaces that read this bundle name.
+    Roots(Roots),
     /// The CRLs of those issuers, once each has signed one.
     Crl(Arc<Tenants>, CrlFeeds),
+}
+
+/// A trust-bundle name and who publishes under it.
+pub(crate) struct Roots {
+    pub(crate) tenants: Arc<Tenants>,
+    /// The name published.
+    pub(crate) name: String,
+    /// The main issuer's name (`kubernetes.trust_bundle.configmap_name`).
+    pub(crate) main: String,
+}
+
+impl Roots {
+    /// What the ClusterTrustBundle of this name holds.
+    pub(crate) fn cluster_bundle(&self) -> Option<String> {
+        self.tenants.cluster_bundle(&self.name, &self.main)
+    }
+
+    /// Any issuer's roots changing, or a namespace's labels.
+    pub(crate) fn changes(&self) -> Changes {
+        Changes::Cas(
+            self.tenants
+                .all()
+                .iter()
+                .map(|t| t.issuer().ca().subscribe())
+                .chain(self.tenants.labels_changes())
+                .collect(),
+        )
+    }
 }
 
 /// Waits for what may have changed the payload.
@@ -66,7 +95,10 @@ impl Payload {
     /// is published only once every issuer it needs has signed its own).
     pub(crate) fn current(&self, namespace: &str) -> Option<String> {
         match self {
-            Self::Roots(tenants) => tenants.bundle_for(namespace),
+            // Another name's namespace: nothing to publish under this one.
+            Self::Roots(r) => (r.tenants.bundle_name_of(namespace, &r.main)? == r.name)
+                .then(|| r.tenants.bundle_for(namespace))
+                .flatten(),
             Self::Crl(tenants, feeds) => {
                 let mut all = String::new();
                 for i in tenants.reach(namespace).ok()? {
@@ -82,7 +114,7 @@ impl Payload {
     /// count is part of it.
     pub(crate) fn everything(&self) -> (u64, Vec<Option<BTreeSet<Vec<u8>>>>) {
         match self {
-            Self::Roots(tenants) => (
+            Self::Roots(Roots { tenants, .. }) => (
                 tenants.labels_version(),
                 tenants
                     .all()
@@ -102,14 +134,7 @@ impl Payload {
 
     pub(crate) fn changes(&self) -> Changes {
         match self {
-            Self::Roots(tenants) => Changes::Cas(
-                tenants
-                    .all()
-                    .iter()
-                    .map(|t| t.issuer().ca().subscribe())
-                    .chain(tenants.labels_changes())
-                    .collect(),
-            ),
+            Self::Roots(r) => r.changes(),
             Self::Crl(tenants, feeds) => Changes::Crls(feeds.clone(), tenants.labels_changes()),
         }
     }
@@ -140,9 +165,10 @@ impl Payload {
         }
     }
 
-    /// Whether the trust-bundle gauges follow this publisher.
+    /// Whether the trust-bundle gauges follow this publisher (the main
+    /// bundle name's; an issuer's own name is not in them).
     pub(crate) fn is_trust_bundle(&self) -> bool {
-        matches!(self, Self::Roots(_))
+        matches!(self, Self::Roots(r) if r.name == r.main)
     }
 }
 

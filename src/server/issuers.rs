@@ -96,6 +96,7 @@ pub(super) async fn start(
         started.push(Started {
             name: unit.name,
             binding: unit.binding,
+            bundle_name: unit.bundle_name,
             issuer: Issuer::new(Arc::clone(authority.ca()), skew, min),
             revocations: authority.revocations().cloned(),
         });

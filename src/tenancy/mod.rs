@@ -66,6 +66,8 @@ pub struct Tenant {
     trusts: Vec<usize>,
     /// Namespaces carrying all these labels are bound to it.
     selector: BTreeMap<String, String>,
+    /// The trust-bundle name its namespaces read, if not the main one's.
+    bundle: Option<String>,
 }
 
 /// Every issuer castellan runs, the main one first.
@@ -84,6 +86,7 @@ pub struct Tenants {
 pub struct Started {
     pub name: String,
     pub binding: Option<Binding>,
+    pub bundle_name: Option<String>,
     pub issuer: Issuer,
     pub revocations: Option<Arc<Revocations>>,
 }
@@ -150,6 +153,7 @@ impl Tenants {
                         .filter_map(|t| index.get(t).copied())
                         .collect(),
                     selector: binding.namespace_labels,
+                    bundle: s.bundle_name,
                 }
             })
             .collect();
@@ -167,6 +171,7 @@ impl Tenants {
             vec![Started {
                 name: MAIN_ISSUER.to_owned(),
                 binding: None,
+                bundle_name: None,
                 issuer,
                 revocations,
             }],
@@ -314,6 +319,41 @@ impl Tenants {
     /// What namespace `namespace`'s `istio-ca-root-cert` holds: the roots
     /// its workloads receive, and the main issuer's, which the agent needs
     /// to verify castellan's serving certificate and istiod's.
+    /// Every trust-bundle name published, `main` (the main issuer's) first.
+    pub fn bundle_names(&self, main: &str) -> Vec<String> {
+        let mut names = vec![main.to_owned()];
+        for t in &self.tenants {
+            if let Some(b) = &t.bundle
+                && !names.contains(b)
+            {
+                names.push(b.clone());
+            }
+        }
+        names
+    }
+
+    /// The trust-bundle name `namespace` reads (`main` unless its issuer
+    /// has its own); `None` while its issuer cannot be told.
+    pub fn bundle_name_of<'a>(&'a self, namespace: &str, main: &'a str) -> Option<&'a str> {
+        let tenant = self.for_namespace(namespace).ok()?;
+        Some(tenant.and_then(|t| t.bundle.as_deref()).unwrap_or(main))
+    }
+
+    /// What the ClusterTrustBundle named after `name` holds: the roots of
+    /// every issuer whose namespaces read that name (and of those they
+    /// trust), and the main issuer's.
+    pub fn cluster_bundle(&self, name: &str, main: &str) -> Option<String> {
+        let main_roots = self.main()?.issuer.ca().current().roots_pem().to_owned();
+        let mut bundles: Vec<String> = self
+            .tenants
+            .iter()
+            .filter(|t| t.bundle.as_deref().unwrap_or(main) == name)
+            .map(|t| self.roots_of(t))
+            .collect();
+        bundles.push(main_roots);
+        Some(merge(&bundles))
+    }
+
     /// `None` while the namespace's issuer cannot be told (its labels not
     /// known yet, or claimed by two bindings).
     pub fn bundle_for(&self, namespace: &str) -> Option<String> {
