@@ -261,3 +261,49 @@ async fn a_closed_log_pipe_does_not_stop_serving() {
         "castellan still runs"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_issuers_each_line_names_its_issuer_and_never_a_forged_cert_signer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = crate::support::Ca::root("Payments Root", crate::support::KeyAlg::EcP256);
+    let int = root.intermediate(
+        "Payments Intermediate",
+        crate::support::KeyAlg::EcP256,
+        |_| {},
+    );
+    crate::support::pki::write_cacerts(&dir.path().join("pay"), &int, &[&int, &root], &root.pem);
+    let p = Process::start(Setup {
+        extra: format!(
+            "[[issuers]]\nname = \"payments\"\nnamespaces = [\"payments\"]\n[issuers.signer]\ntype = \"file\"\ndir = \"{}\"\n",
+            dir.path().join("pay").display()
+        ),
+        ..Setup::default()
+    })
+    .await;
+    let (_, csr) = csr::istio_agent(&id("payments", "api"));
+    let token = p
+        .files
+        .tokens
+        .mint("payments", "api", "istio-ca", 3600)
+        .unwrap();
+    p.send(&csr, &token, "Kubernetes", None).await.unwrap();
+    let forged = "eyJzZWNyZXQiOiJmb3JnZWQtc2lnbmVyIn0";
+    assert_eq!(
+        p.send(&csr, &token, "Kubernetes", Some(("CertSigner", forged)))
+            .await,
+        Err(Code::PermissionDenied)
+    );
+    let log = p.log().await.join("\n");
+    assert!(!log.contains(forged), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("outcome=\"issued\"") && l.contains("issuer=\"payments\"")),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains("PermissionDenied")
+            && l.contains("issuer=\"-\"")
+            && l.contains("accepts `payments`")),
+        "{log}"
+    );
+}
