@@ -46,6 +46,7 @@ impl Error {
 }
 
 impl From<&Error> for Status {
+    // Long: one match over every refusal, the one place each gets its status.
     fn from(e: &Error) -> Self {
         match e {
             // Opaque on purpose: the reason is logged, never told (istiod's rule).
@@ -92,6 +93,10 @@ impl From<&Error> for Status {
                 | tenancy::Error::Ambiguous { .. }
                 | tenancy::Error::NoNamespace(_)),
             ) => Self::permission_denied(e.to_string()),
+            // As any failed authentication: opaque, the reason logged.
+            Error::Tenancy(tenancy::Error::ForeignClientCert { .. }) => {
+                Self::unauthenticated("authentication failed")
+            }
             // Retried by the client: the namespace watch is starting.
             Error::Tenancy(tenancy::Error::LabelsUnknown(_)) => {
                 Self::unavailable("issuer bindings not known yet")

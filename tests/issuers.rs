@@ -727,3 +727,89 @@ async fn an_issuer_with_a_bundle_name_of_its_own_publishes_only_there() {
     assert_eq!(held("tenant-a", "istio-ca-root-cert"), None);
     assert_eq!(held("shop", "istio-ca-root-cert-a"), None);
 }
+
+/// A client over TLS presenting `chain` (leaf first) and `key` as its
+/// client certificate.
+async fn client_with(
+    ca: &TestCa,
+    chain: &str,
+    key: &str,
+) -> castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient<
+    tonic::transport::Channel,
+> {
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.root.pem))
+        .domain_name("localhost")
+        .identity(tonic::transport::Identity::from_pem(chain, key));
+    let channel = tonic::transport::Endpoint::from_shared(ca.addr())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_speaks_for_a_namespace_only_under_its_issuers_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let payments = Ca::root("Payments Root", KeyAlg::EcP256);
+    let ca = TestCa::start_with(crate::support::Setup {
+        authn: "\n[[authn]]\ntype = \"client_cert\"\n".into(),
+        extra: file_issuer(
+            dir.path(),
+            "payments",
+            &payments,
+            "namespaces = [\"payments\"]",
+        ),
+        ..Default::default()
+    })
+    .await;
+    let renew = async |chain: &str, key: &str, ns: &str| {
+        let (_, csr) = csr::istio_agent(&id(ns, "api"));
+        let mut req = request::request_for(&csr, 3600, "x", "Kubernetes").unwrap();
+        req.metadata_mut().remove("authorization");
+        client_with(&ca, chain, key)
+            .await
+            .create_certificate(req)
+            .await
+            .map(|r| r.into_inner().cert_chain)
+    };
+    // Renewals with certificates each issuer issued: granted, by each.
+    for (ns, root) in [("payments", &payments), ("shop", &ca.root)] {
+        let (key, csr) = csr::istio_agent(&id(ns, "api"));
+        let first = ca.send(&csr, ns, "api", 3600).await.unwrap().cert_chain;
+        let renewed = renew(
+            &format!("{}{}", first[0], first[1]),
+            &key.serialize_pem(),
+            ns,
+        )
+        .await
+        .unwrap();
+        assert_eq!(roots_in(&renewed), pki_certs(&root.pem), "{ns}");
+    }
+    // A certificate naming a payments identity, made under the main
+    // issuer's intermediate: TLS lets it through (every issuer's roots),
+    // the binding does not.
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![rcgen::SanType::URI(
+        rcgen::string::Ia5String::try_from(id("payments", "api")).unwrap(),
+    )];
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let forged = ca.intermediate.sign(params, pki::key(KeyAlg::EcP256));
+    let s = renew(
+        &format!("{}{}", forged.pem, ca.intermediate.pem),
+        &forged.key.serialize_pem(),
+        "payments",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(s.code(), Code::Unauthenticated, "{s:?}");
+    assert_eq!(
+        ca.metric("citadel_server_authentication_failure_count")
+            .await,
+        1.0
+    );
+}

@@ -15,7 +15,8 @@ use x509_cert::{
 use super::Error;
 use crate::identity::{Caller, ServiceAccount};
 
-const NAME: &str = "client_cert";
+/// The authenticator's name in [`crate::identity::Caller::authenticator`].
+pub const NAME: &str = "client_cert";
 
 /// Identifies callers by their verified client certificate.
 #[derive(Debug, Clone)]

@@ -13,7 +13,7 @@ mod jwt;
 pub use jwt::fuzz as fuzz_jwt;
 mod tokenreview;
 
-pub use client_cert::ClientCertAuthenticator;
+pub use client_cert::{ClientCertAuthenticator, NAME as CLIENT_CERT};
 pub use jwks::Jwks;
 pub use jwt::JwtAuthenticator;
 pub use tokenreview::TokenReviewAuthenticator;

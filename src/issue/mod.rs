@@ -126,6 +126,11 @@ impl Pipeline {
     pub async fn issue(&self, ask: Ask<'_>, trace: &mut Trace) -> Result<Issued, Error> {
         let caller = self.authn.authenticate(ask.credentials).await?;
         trace.caller = Some(caller.identity.to_string());
+        if caller.authenticator == authn::CLIENT_CERT
+            && let Some(chain) = ask.credentials.peer_certs
+        {
+            self.tenants.vouches(&caller.identity, chain)?;
+        }
         let csr = csr::verify(ask.csr)?;
         let identity = match ask.on_behalf_of {
             None => caller.identity.clone(),

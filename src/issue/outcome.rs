@@ -1,6 +1,6 @@
 //! What a refused request counts towards in `/metrics`, by its cause.
 
-use crate::{authn, ca, error::Error, impersonation, issuer, metrics::Metrics};
+use crate::{authn, ca, error::Error, impersonation, issuer, metrics::Metrics, tenancy};
 
 /// Counts a refused request where its cause is counted (failed
 /// authentications, unparseable CSRs, signing errors by label, overload,
@@ -23,6 +23,9 @@ pub fn count(m: &Metrics, e: &Error) {
         }
         Error::Overloaded(_) => m.requests.overloaded.inc(),
         Error::Revoked(_) => m.requests.revoked_refusals.inc(),
+        Error::Tenancy(tenancy::Error::ForeignClientCert { .. }) => {
+            m.requests.authentication_failures.inc();
+        }
         Error::Tenancy(_) => m.requests.issuer_refusals.inc(),
         // Answered at the door, before the handler.
         Error::TooLarge(_) => {}

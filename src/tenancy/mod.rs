@@ -3,6 +3,7 @@
 //! what the request says. `CertSigner` is the pod author's word: it is
 //! checked against the binding, and refused when it names anything else.
 
+mod bundles;
 mod labels;
 
 use std::{
@@ -52,6 +53,17 @@ pub enum Error {
     },
     #[error("the labels of namespace `{0}` are not known yet (the namespace watch has not synced)")]
     LabelsUnknown(String),
+    /// A client certificate speaks for a namespace only under the roots of
+    /// the issuer bound to it: another tenant's CA cannot vouch for it.
+    #[error(
+        "the client certificate for namespace `{namespace}` does not chain to the roots of \
+         its issuer `{issuer}`: {reason}"
+    )]
+    ForeignClientCert {
+        namespace: String,
+        issuer: String,
+        reason: String,
+    },
 }
 
 /// One started issuer and what it signs for.
@@ -287,17 +299,45 @@ impl Tenants {
         }
     }
 
-    /// The roots `tenant`'s workloads receive: its own, then those of the
-    /// issuers it trusts, each certificate once.
-    pub fn roots_of(&self, tenant: &Tenant) -> String {
-        let own = tenant.issuer.ca().current();
-        let mut bundles = vec![own.roots_pem().to_owned()];
-        for &i in &tenant.trusts {
-            if let Some(t) = self.tenants.get(i) {
-                bundles.push(t.issuer.ca().current().roots_pem().to_owned());
-            }
+    /// With several issuers, a caller authenticated by its client
+    /// certificate is one only if that certificate chains to the roots of
+    /// the issuer bound to its namespace (every issuer's roots let it
+    /// through TLS; a tenant's CA must not speak for another's namespaces).
+    ///
+    /// # Errors
+    /// [`Error::ForeignClientCert`], or as [`Tenants::select`].
+    pub fn vouches(
+        &self,
+        identity: &SpiffeId,
+        chain: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Result<(), Error> {
+        if !self.several() {
+            return Ok(());
         }
-        merge(&bundles)
+        let namespace =
+            namespace_of(identity).ok_or_else(|| Error::NoNamespace(identity.to_string()))?;
+        let foreign = |issuer: &str, reason: String| Error::ForeignClientCert {
+            namespace: namespace.to_owned(),
+            issuer: issuer.to_owned(),
+            reason,
+        };
+        let tenant = self
+            .for_namespace(namespace)?
+            .ok_or_else(|| Error::Unbound {
+                namespace: namespace.to_owned(),
+            })?;
+        let ca = tenant.issuer.ca().current();
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| foreign(&tenant.name, "no certificate".into()))?;
+        crate::verify::chain(
+            leaf,
+            intermediates,
+            ca.roots(),
+            crate::verify::Usage::Client,
+            ca.clock().now(),
+        )
+        .map_err(|e| foreign(&tenant.name, format!("{e:?}")))
     }
 
     /// A workload certificate's chain with the root element its issuer's
@@ -310,56 +350,6 @@ impl Tenants {
         }
         issued
     }
-
-    /// What namespace `namespace`'s `istio-ca-root-cert` holds: the roots
-    /// its workloads receive, and the main issuer's, which the agent needs
-    /// to verify castellan's serving certificate and istiod's.
-    /// Every trust-bundle name published, `main` (the main issuer's) first.
-    pub fn bundle_names(&self, main: &str) -> Vec<String> {
-        let mut names = vec![main.to_owned()];
-        for t in &self.tenants {
-            if let Some(b) = &t.bundle
-                && !names.contains(b)
-            {
-                names.push(b.clone());
-            }
-        }
-        names
-    }
-
-    /// The trust-bundle name `namespace` reads (`main` unless its issuer
-    /// has its own); `None` while its issuer cannot be told.
-    pub fn bundle_name_of<'a>(&'a self, namespace: &str, main: &'a str) -> Option<&'a str> {
-        let tenant = self.for_namespace(namespace).ok()?;
-        Some(tenant.and_then(|t| t.bundle.as_deref()).unwrap_or(main))
-    }
-
-    /// What the ClusterTrustBundle named after `name` holds: the roots of
-    /// every issuer whose namespaces read that name (and of those they
-    /// trust), and the main issuer's.
-    pub fn cluster_bundle(&self, name: &str, main: &str) -> Option<String> {
-        let main_roots = self.main()?.issuer.ca().current().roots_pem().to_owned();
-        let mut bundles: Vec<String> = self
-            .tenants
-            .iter()
-            .filter(|t| t.bundle.as_deref().unwrap_or(main) == name)
-            .map(|t| self.roots_of(t))
-            .collect();
-        bundles.push(main_roots);
-        Some(merge(&bundles))
-    }
-
-    /// `None` while the namespace's issuer cannot be told (its labels not
-    /// known yet, or claimed by two bindings).
-    pub fn bundle_for(&self, namespace: &str) -> Option<String> {
-        let main = self.main()?;
-        let own = self
-            .for_namespace(namespace)
-            .ok()?
-            .map(|t| self.roots_of(t));
-        let main_roots = main.issuer.ca().current().roots_pem().to_owned();
-        Some(merge(&[own.unwrap_or_default(), main_roots]))
-    }
 }
 
 /// The namespace of `spiffe://<domain>/ns/<namespace>/sa/<name>`.
@@ -369,23 +359,6 @@ pub fn namespace_of(id: &SpiffeId) -> Option<&str> {
         (Some("ns"), Some(ns), Some("sa"), Some(_)) if !ns.is_empty() => Some(ns),
         _ => None,
     }
-}
-
-/// PEM bundles joined, each certificate once, in first-seen order.
-fn merge(bundles: &[String]) -> String {
-    use rustls_pki_types::{CertificateDer, pem::PemObject};
-    let mut seen = std::collections::HashSet::new();
-    let mut out = String::new();
-    for bundle in bundles {
-        for der in CertificateDer::pem_slice_iter(bundle.as_bytes()).filter_map(Result::ok) {
-            if seen.insert(der.to_vec())
-                && let Ok(pem) = crate::pem::certificate(&der)
-            {
-                out.push_str(&pem);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
