@@ -91,6 +91,10 @@ async fn judge(path: &Path) -> Result<Judged, ExitCode> {
             self_rotating: judged.2,
         });
     }
+    let keys = issuers.iter().map(|i| (i.name.as_str(), i.ca.public_key()));
+    if let Some((first, second)) = crate::tenancy::shared_key(keys) {
+        return Err(unusable(&server::Error::SharedKey { first, second }));
+    }
     // What else `serve` builds before serving: the authenticators (JWKS
     // files, kubeconfigs) and the listeners.
     let metrics = match Metrics::new() {

@@ -139,20 +139,15 @@ async fn namespace_labels(
 
 /// No two issuers sign with the same key, whatever their sections say.
 fn distinct_keys(issuers: &Issuers) -> Result<(), Error> {
-    let mut seen: Vec<(Vec<u8>, &str)> = Vec::new();
-    for t in issuers.tenants.all() {
-        let Some(key) = t.issuer().ca().current().public_key() else {
-            continue;
-        };
-        if let Some((_, other)) = seen.iter().find(|(k, _)| *k == key) {
-            return Err(Error::SharedKey {
-                first: (*other).to_owned(),
-                second: t.name().to_owned(),
-            });
-        }
-        seen.push((key, t.name()));
+    let keys = issuers
+        .tenants
+        .all()
+        .iter()
+        .map(|t| (t.name(), t.issuer().ca().current().public_key()));
+    match crate::tenancy::shared_key(keys) {
+        Some((first, second)) => Err(Error::SharedKey { first, second }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Keeps client-certificate verification on the roots of every issuer's CA

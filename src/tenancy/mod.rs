@@ -352,6 +352,23 @@ impl Tenants {
     }
 }
 
+/// The first two issuers whose signing certificates carry the same public
+/// key (DER SubjectPublicKeyInfo), if any: they would be one CA under two
+/// names. `serve` and `check` both refuse them.
+pub fn shared_key<'a>(
+    keys: impl IntoIterator<Item = (&'a str, Option<Vec<u8>>)>,
+) -> Option<(String, String)> {
+    let mut seen: Vec<(Vec<u8>, &str)> = Vec::new();
+    for (name, key) in keys {
+        let Some(key) = key else { continue };
+        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            return Some(((*first).to_owned(), name.to_owned()));
+        }
+        seen.push((key, name));
+    }
+    None
+}
+
 /// The namespace of `spiffe://<domain>/ns/<namespace>/sa/<name>`.
 pub fn namespace_of(id: &SpiffeId) -> Option<&str> {
     let mut parts = id.path().strip_prefix('/')?.split('/');
