@@ -813,3 +813,51 @@ async fn a_client_certificate_speaks_for_a_namespace_only_under_its_issuers_root
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn castellan_request_names_the_issuer_as_istio_agent_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let payments = Ca::root("Payments Root", KeyAlg::EcP256);
+    let ca = TestCa::start_with(crate::support::Setup {
+        extra: file_issuer(
+            dir.path(),
+            "payments",
+            &payments,
+            "namespaces = [\"payments\"]\ncert_signers = [\"clusterissuers.istio.io/payments\"]",
+        ),
+        ..Default::default()
+    })
+    .await;
+    // What a payments namespace's istio-ca-root-cert holds: its issuer's
+    // roots, and the main one's, which chain castellan's own certificate.
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, format!("{}{}", payments.pem, ca.root.pem)).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, ca.token("payments", "api")).unwrap();
+    let request = |signer: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_castellan"))
+            .args(["request", "--addr", &ca.addr(), "--root"])
+            .arg(&bundle)
+            .arg("--token")
+            .arg(&token)
+            .args(["--cert-signer", signer, "--out"])
+            .arg(dir.path().join("out"))
+            .output()
+            .unwrap()
+    };
+    let out = request("payments");
+    assert!(out.status.success(), "{out:?}");
+    let root = std::fs::read_to_string(dir.path().join("out/root-cert.pem")).unwrap();
+    assert_eq!(pki_certs(&root), pki_certs(&payments.pem));
+    assert!(request("clusterissuers.istio.io/payments").status.success());
+    let refused = request("default");
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("permission")
+            && said.contains(
+                "accepts `payments`, `clusterissuers.istio.io/payments` (or no CertSigner)"
+            ),
+        "{said}"
+    );
+}

@@ -148,10 +148,12 @@ impl Tenants {
                 }
                 let mut accepts = vec![s.name.clone()];
                 for value in &binding.cert_signers {
-                    accepts.push(value.clone());
                     // istio-agent sends the bare name of an RA-form value.
-                    if let Some((_, bare)) = value.split_once('/') {
-                        accepts.push(bare.to_owned());
+                    let bare = value.split_once('/').map(|(_, bare)| bare.to_owned());
+                    for v in std::iter::once(value.clone()).chain(bare) {
+                        if !accepts.contains(&v) {
+                            accepts.push(v);
+                        }
                     }
                 }
                 Tenant {

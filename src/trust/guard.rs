@@ -97,21 +97,22 @@ fn switch(
     }
     let soak = rules.soak.as_secs();
     let record = state.roots.get(first);
-    match record.and_then(super::RootRecord::stretch) {
-        Some(t) if now >= t.saturating_add(soak) => Ok(format!(
+    let soaked_at = record.and_then(|r| r.soaked_at(soak));
+    match record.and_then(super::RootRecord::stretch).zip(soaked_at) {
+        Some((t, at_)) if now >= at_ => Ok(format!(
             "switching to {}: served to workloads without a break since {}, more than \
              trust.soak_secs ({soak} s)",
             subject(first),
             date(at(t))
         )),
-        Some(t) => Err(format!(
+        Some((t, at_)) => Err(format!(
             "the signing chain ends at {}, served to workloads without a break only since {}: \
              workloads that have not renewed since would not trust certificates under it. Keep \
              the previous signing material until {} (trust.soak_secs = {soak}), or set \
              trust.force = true",
             subject(first),
             date(at(t)),
-            date(at(t.saturating_add(soak)))
+            date(at(at_))
         )),
         None => match record.and_then(|r| r.withdrawn) {
             Some(w) => Err(format!(

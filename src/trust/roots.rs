@@ -36,6 +36,15 @@ impl RootRecord {
         self.withdrawn.is_none_or(|w| since > w).then_some(since)
     }
 
+    /// When the stretch it is served in now has lasted `soak` seconds: a
+    /// second past the sum, because the record is in whole seconds rounded
+    /// down (a root first served at 10.9 s is recorded at 10, and must not
+    /// count as soaked before 10.9 + soak). `None` while not served.
+    pub fn soaked_at(&self, soak: u64) -> Option<u64> {
+        self.stretch()
+            .map(|t| t.saturating_add(soak).saturating_add(1))
+    }
+
     /// Whether castellan has signed under it during the stretch it is
     /// served in now: signing under it again is a continuation, not a
     /// switch.
@@ -117,6 +126,18 @@ fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_soak_ends_a_second_past_the_sum_of_whole_seconds() {
+        // First served at 10.9 s, recorded as 10: at 14 (14.0 real) only
+        // 3.1 s have passed of a 4 s soak; at 15, at least 4.
+        let r = RootRecord {
+            served_since: Some(10),
+            ..RootRecord::default()
+        };
+        assert_eq!(r.soaked_at(4), Some(15));
+        assert_eq!(RootRecord::default().soaked_at(4), None);
+    }
 
     #[test]
     fn a_root_withdrawn_and_served_again_starts_a_new_stretch() {

@@ -111,11 +111,9 @@ fn bundle_line(
             date(at(last))
         );
     }
-    let next = match stretch {
-        Some(t) if now >= t.saturating_add(soak) => {
-            "soaked: safe to switch the signing material to it".into()
-        }
-        Some(t) => format!("switch to it after {}", date(at(t.saturating_add(soak)))),
+    let next = match r.and_then(|r| r.soaked_at(soak)) {
+        Some(t) if now >= t => "soaked: safe to switch the signing material to it".into(),
+        Some(t) => format!("switch to it after {}", date(at(t))),
         None => "switch to it one soak after castellan first serves it".into(),
     };
     format!(

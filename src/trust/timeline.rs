@@ -123,8 +123,10 @@ fn a_root_rolled_back_after_thirty_days_is_soaked_again() {
     w.serve_until(36 * DAY + 20 * HOUR, &["r1", "r2"], "r2");
     let why = w.judge(&["r1", "r2"], "r1").0.unwrap_err();
     assert!(why.contains("without a break only since"), "{why}");
-    // A full soak after its return: the rollback may go ahead.
-    w.serve_until(37 * DAY + HOUR, &["r1", "r2"], "r2");
+    // A full soak after its return (first recorded at the next hourly
+    // record, and a soak ends a second past the sum): the rollback may go
+    // ahead.
+    w.serve_until(37 * DAY + 2 * HOUR, &["r1", "r2"], "r2");
     let ok = w.judge(&["r1", "r2"], "r1").0.unwrap();
     assert!(ok.contains("switching to"), "{ok}");
 }
@@ -142,7 +144,7 @@ fn a_rotation_called_off_and_resumed_three_weeks_later_is_soaked_again() {
     assert!(why.contains("left the root bundle"), "{why}");
     w.serve_until(23 * DAY + 12 * HOUR, &["r1", "r2"], "r1");
     assert!(w.judge(&["r1", "r2"], "r2").0.is_err(), "half a soak");
-    w.serve_until(24 * DAY + HOUR, &["r1", "r2"], "r1");
+    w.serve_until(24 * DAY + 2 * HOUR, &["r1", "r2"], "r1");
     assert!(
         w.judge(&["r1", "r2"], "r2").0.is_ok(),
         "a soak after the return"
