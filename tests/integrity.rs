@@ -194,7 +194,10 @@ async fn hsm_key_replaced_in_place_is_never_used_and_its_return_is_noticed() {
         "{ok} issued, {unavailable} refused"
     );
     assert_eq!(readyz(&ca).await, 503);
-    ca.running.shutdown();
+    let Ok(ca) = Arc::try_unwrap(ca) else {
+        panic!("the traffic has returned its handle")
+    };
+    ca.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

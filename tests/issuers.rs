@@ -501,6 +501,7 @@ async fn a_file_an_hsm_and_a_vault_minted_issuer_serve_their_own_tenants() {
             }
         }
     }
+    ca.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -628,4 +628,5 @@ async fn keys_minted_in_the_hsm_sign_rotate_and_are_destroyed() {
         "the token holds {:?}",
         minted_keys(token).iter().map(|k| &k.0).collect::<Vec<_>>()
     );
+    ca.close().await;
 }

@@ -89,7 +89,7 @@ async fn issues_with_p256_p384_and_rsa_keys_in_the_hsm() {
             .await
             .unwrap_or_else(|s| panic!("{key_type} {extra}: {s:?}"));
         verify(&chain.cert_chain, &ca.root);
-        ca.running.shutdown();
+        ca.close().await;
     }
 }
 
@@ -130,6 +130,10 @@ async fn concurrent_load_is_spread_over_the_session_pool() {
         m.contains("citadel_server_success_cert_issuance_count 300"),
         "{m}"
     );
+    let Ok(ca) = Arc::try_unwrap(ca) else {
+        panic!("every request has returned its handle")
+    };
+    ca.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,6 +173,7 @@ async fn lost_login_and_closed_sessions_are_repaired_in_place() {
         http_get(&format!("{}/readyz", ca.metrics_url())).await.0,
         200
     );
+    ca.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,6 +222,7 @@ async fn a_token_that_disappears_is_unavailable_then_recovers_without_restart() 
         m.contains("citadel_server_csr_sign_err_count{error=\"signer_unavailable\"}"),
         "{m}"
     );
+    ca.close().await;
 }
 
 async fn start_error(signer: String, root: Ca) -> String {
@@ -498,4 +504,8 @@ async fn a_busy_session_pool_serves_every_request_its_deadline_allows() {
         turned_away <= busy as f64,
         "every request turned away in line was told the signer is busy: {turned_away} > {busy}"
     );
+    let Ok(ca) = Arc::try_unwrap(ca) else {
+        panic!("every request has returned its handle")
+    };
+    ca.close().await;
 }

@@ -356,6 +356,7 @@ async fn the_crl_is_signed_through_an_hsm_and_vault_transit() {
         let (ok, text) = openssl_crl(&crl(&ca).await.unwrap(), &issuer, &["-text"]);
         assert!(ok, "HSM: {text}");
         the_set_judges_a_good_and_a_revoked_leaf(&ca, "HSM").await;
+        ca.close().await;
     }
     // Vault Transit (OpenBao).
     castellan_testkit::require!(castellan_testkit::tools::Tool::OpenBao);

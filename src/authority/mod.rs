@@ -160,6 +160,15 @@ impl Authority {
         }
     }
 
+    /// Stops every task and returns once each has ended (what it held is
+    /// dropped).
+    pub async fn close(self) {
+        self.stop();
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
     /// The record's writer and, with `[trust.crl]`, the CRL keeper.
     fn keep_record(
         &mut self,

@@ -56,6 +56,17 @@ impl Issuers {
             .collect()
     }
 
+    /// Stops every unit's tasks and returns once each has ended.
+    pub(super) async fn close(self) {
+        self.stop();
+        if let Some(w) = self.watch {
+            let _ = w.await;
+        }
+        for a in self.authorities {
+            a.close().await;
+        }
+    }
+
     /// Stops every unit's tasks.
     pub(super) fn stop(&self) {
         if let Some(w) = &self.watch {

@@ -120,6 +120,20 @@ impl Running {
         }
     }
 
+    /// Stops everything at once, as [`Running::kill`] does, and returns once
+    /// every task and serving thread has ended and what they held (the
+    /// signing back ends, their HSM sessions) is released: for whoever must
+    /// know castellan is gone (tests that reset a PKCS#11 module
+    /// in-process).
+    pub async fn close(self) {
+        self.server.close().await;
+        for task in self.background.into_iter().chain(self.releasing) {
+            task.abort();
+            let _ = task.await;
+        }
+        self.issuers.close().await;
+    }
+
     /// Waits for the server to stop (after [`Running::shutdown`]), at most `grace`.
     ///
     /// # Errors

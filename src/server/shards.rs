@@ -159,4 +159,11 @@ impl Serving {
         self.kill.send_replace(true);
         self.joined.abort();
     }
+
+    /// Stops every worker at once and returns when each worker's thread
+    /// has dropped its runtime (and what its connections held).
+    pub(super) async fn close(self) {
+        self.kill.send_replace(true);
+        let _ = self.joined.await;
+    }
 }

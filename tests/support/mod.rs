@@ -119,6 +119,14 @@ impl TestCa {
         format!("https://localhost:{}", self.running.addr.port())
     }
 
+    /// Stops castellan and returns once it is gone, its HSM sessions
+    /// included. A test holding `hsm::exclusive()` ends with it: the next
+    /// one's token set-up resets the module in this process (C_Finalize),
+    /// which must not happen under a castellan still signing.
+    pub async fn close(self) {
+        self.running.close().await;
+    }
+
     pub async fn client(&self) -> IstioCertificateServiceClient<Channel> {
         request::connect(&self.addr(), None, self.root.pem.as_bytes())
             .await
