@@ -729,29 +729,6 @@ async fn an_issuer_with_a_bundle_name_of_its_own_publishes_only_there() {
     assert_eq!(held("shop", "istio-ca-root-cert-a"), None);
 }
 
-/// A client over TLS presenting `chain` (leaf first) and `key` as its
-/// client certificate.
-async fn client_with(
-    ca: &TestCa,
-    chain: &str,
-    key: &str,
-) -> castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient<
-    tonic::transport::Channel,
-> {
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.root.pem))
-        .domain_name("localhost")
-        .identity(tonic::transport::Identity::from_pem(chain, key));
-    let channel = tonic::transport::Endpoint::from_shared(ca.addr())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient::new(channel)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_speaks_for_a_namespace_only_under_its_issuers_roots() {
     let dir = tempfile::tempdir().unwrap();
@@ -771,7 +748,7 @@ async fn a_client_certificate_speaks_for_a_namespace_only_under_its_issuers_root
         let (_, csr) = csr::istio_agent(&id(ns, "api"));
         let mut req = request::request_for(&csr, 3600, "x", "Kubernetes").unwrap();
         req.metadata_mut().remove("authorization");
-        client_with(&ca, chain, key)
+        ca.client_with_certificate(chain, key)
             .await
             .create_certificate(req)
             .await

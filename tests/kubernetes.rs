@@ -395,25 +395,9 @@ async fn vm_renews_with_its_client_certificate() {
     let chain = send_with(&ca, &csr, &t, None).await.unwrap();
 
     // Renewal: no token, the issued certificate as the TLS client certificate.
-    let identity = tonic::transport::Identity::from_pem(
-        format!("{}{}", chain[0], chain[1]),
-        key.serialize_pem(),
-    );
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.root.pem))
-        .domain_name("localhost")
-        .identity(identity);
-    let channel = tonic::transport::Endpoint::from_shared(ca.addr())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client =
-        castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient::new(
-            channel,
-        );
+    let mut client = ca
+        .client_with_certificate(&format!("{}{}", chain[0], chain[1]), &key.serialize_pem())
+        .await;
     let (_, renewal_csr) = csr::ztunnel(&id("vms", "billing"));
     let mut req = request::request_for(&renewal_csr, 600, "x", "Kubernetes").unwrap();
     req.metadata_mut().remove("authorization");
@@ -443,25 +427,9 @@ async fn client_certificates_are_ignored_unless_configured() {
     let t = token(&ca, &kube, "vms", "billing", None);
     let (key, csr) = csr::ztunnel(&id("vms", "billing"));
     let chain = send_with(&ca, &csr, &t, None).await.unwrap();
-    let identity = tonic::transport::Identity::from_pem(
-        format!("{}{}", chain[0], chain[1]),
-        key.serialize_pem(),
-    );
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.root.pem))
-        .domain_name("localhost")
-        .identity(identity);
-    let channel = tonic::transport::Endpoint::from_shared(ca.addr())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client =
-        castellan::proto::istio_certificate_service_client::IstioCertificateServiceClient::new(
-            channel,
-        );
+    let mut client = ca
+        .client_with_certificate(&format!("{}{}", chain[0], chain[1]), &key.serialize_pem())
+        .await;
     let mut req = request::request_for(&csr, 600, "x", "Kubernetes").unwrap();
     req.metadata_mut().remove("authorization");
     let s = client.create_certificate(req).await.unwrap_err();

@@ -106,13 +106,27 @@ impl Writers {
         }
     }
 
+    /// Each bundle name published (the main one's, then each an issuer has
+    /// of its own) with who publishes under it.
+    fn bundle_names(&self, t: &config::TrustBundle) -> Vec<payload::Roots> {
+        self.tenants
+            .bundle_names(&t.configmap_name)
+            .into_iter()
+            .map(|name| payload::Roots {
+                tenants: Arc::clone(&self.tenants),
+                name,
+                main: t.configmap_name.clone(),
+            })
+            .collect()
+    }
+
     // Long: each configured writer's task started under the leadership, one block per writer.
     fn spawn(&self, leadership: &lease::Leadership) -> Vec<JoinHandle<()>> {
         let mut tasks = Vec::new();
         if let Some(t) = &self.config.trust_bundle {
             // One publisher per bundle name: the main one's, and each name
             // an issuer has of its own, each writing only where it is read.
-            for name in self.tenants.bundle_names(&t.configmap_name) {
+            for roots in self.bundle_names(t) {
                 let (client, watch, t2, m, l) = (
                     self.client.clone(),
                     self.watch_client.clone(),
@@ -120,11 +134,6 @@ impl Writers {
                     self.metrics.clone(),
                     leadership.clone(),
                 );
-                let roots = payload::Roots {
-                    tenants: Arc::clone(&self.tenants),
-                    name,
-                    main: t.configmap_name.clone(),
-                };
                 tasks.push(tokio::spawn(async move {
                     let name = roots.name.clone();
                     let payload = payload::Payload::Roots(roots);
@@ -148,18 +157,13 @@ impl Writers {
                 }));
             }
             if t.cluster_trust_bundle {
-                for name in self.tenants.bundle_names(&t.configmap_name) {
+                for roots in self.bundle_names(t) {
                     let (client, watch, m, l) = (
                         self.client.clone(),
                         self.watch_client.clone(),
                         self.metrics.clone(),
                         leadership.clone(),
                     );
-                    let roots = payload::Roots {
-                        tenants: Arc::clone(&self.tenants),
-                        name,
-                        main: t.configmap_name.clone(),
-                    };
                     tasks.push(tokio::spawn(async move {
                         ctb::run(client, watch, roots, m, l).await;
                     }));

@@ -137,6 +137,27 @@ impl TestCa {
         self.tokens.mint(ns, sa, "istio-ca", 3600).unwrap()
     }
 
+    /// A client presenting `chain` (PEM, leaf first) and `key` as its TLS
+    /// client certificate, as a VM renewing does.
+    pub async fn client_with_certificate(
+        &self,
+        chain: &str,
+        key: &str,
+    ) -> IstioCertificateServiceClient<Channel> {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.root.pem))
+            .domain_name("localhost")
+            .identity(tonic::transport::Identity::from_pem(chain, key));
+        let channel = tonic::transport::Endpoint::from_shared(self.addr())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        IstioCertificateServiceClient::new(channel)
+    }
+
     /// Sends `csr` as `ns/sa` with istio-agent's headers.
     pub async fn send(
         &self,
