@@ -36,15 +36,7 @@ impl Issuers {
     /// Every issuer's roots, each certificate once: client certificates
     /// are verified against them (the identity still picks the issuer).
     pub(super) fn all_roots(&self) -> Vec<CertificateDer<'static>> {
-        let mut roots: Vec<CertificateDer<'static>> = Vec::new();
-        for a in &self.authorities {
-            for r in a.ca().current().roots() {
-                if !roots.contains(r) {
-                    roots.push(r.clone());
-                }
-            }
-        }
-        roots
+        union_of_roots(self.authorities.iter().map(Authority::ca))
     }
 
     /// Every issuer's CRL set, in the order of the routing table (empty
@@ -171,17 +163,24 @@ pub(super) fn follow_roots(
     tokio::spawn(async move {
         let mut changes = ca.subscribe();
         while changes.changed().await.is_ok() {
-            let mut roots = Vec::new();
-            for c in &all {
-                for r in c.current().roots() {
-                    if !roots.contains(r) {
-                        roots.push(r.clone());
-                    }
-                }
-            }
-            if let Err(e) = client_roots.update(&roots) {
+            if let Err(e) = client_roots.update(&union_of_roots(&all)) {
                 tracing::error!(error = %e, "new roots unusable for client certificates; keeping the previous ones");
             }
         }
     })
+}
+
+/// The roots of every CA in use, each certificate once.
+fn union_of_roots<'a>(
+    cas: impl IntoIterator<Item = &'a Arc<CaHandle>>,
+) -> Vec<CertificateDer<'static>> {
+    let mut roots: Vec<CertificateDer<'static>> = Vec::new();
+    for ca in cas {
+        for r in ca.current().roots() {
+            if !roots.contains(r) {
+                roots.push(r.clone());
+            }
+        }
+    }
+    roots
 }

@@ -189,11 +189,14 @@ pub async fn start_with_clock(config: &Config, clock: Clock) -> Result<Running, 
         &clock,
     )
     .await?;
-    let issuer = Issuer::new(
-        Arc::clone(&ca),
-        Duration::from_secs(config.issuance.not_before_skew_secs),
-        Duration::from_secs(config.issuance.min_ttl_secs),
-    );
+    // The main issuer, as the routing table made it: castellan's own and
+    // istiod's certificates.
+    let issuer = issuers
+        .tenants
+        .main()
+        .ok_or(Error::NoIssuer)?
+        .issuer()
+        .clone();
     let tls = listener_tls(config, &issuer, &issuers, &mut background).await?;
     let listener = bind(config.server.listen, "server.listen").await?;
     let addr = local_addr(&listener)?;

@@ -273,12 +273,8 @@ impl Tenants {
         })
     }
 
-    /// The issuer that signs for `identity`, checked against `cert_signer`.
-    ///
-    /// # Errors
-    /// [`Error`]: the namespace is bound to no issuer, or `CertSigner`
-    /// names another.
-    pub fn select(&self, identity: &SpiffeId, cert_signer: Option<&str>) -> Result<&Tenant, Error> {
+    /// The namespace of `identity` and the issuer bound to it.
+    fn bound<'i>(&self, identity: &'i SpiffeId) -> Result<(&'i str, &Tenant), Error> {
         let namespace =
             namespace_of(identity).ok_or_else(|| Error::NoNamespace(identity.to_string()))?;
         let tenant = self
@@ -286,6 +282,16 @@ impl Tenants {
             .ok_or_else(|| Error::Unbound {
                 namespace: namespace.to_owned(),
             })?;
+        Ok((namespace, tenant))
+    }
+
+    /// The issuer that signs for `identity`, checked against `cert_signer`.
+    ///
+    /// # Errors
+    /// [`Error`]: the namespace is bound to no issuer, or `CertSigner`
+    /// names another.
+    pub fn select(&self, identity: &SpiffeId, cert_signer: Option<&str>) -> Result<&Tenant, Error> {
+        let (namespace, tenant) = self.bound(identity)?;
         match cert_signer {
             Some(sent) if !tenant.accepts.iter().any(|a| a == sent) => Err(Error::CertSigner {
                 namespace: namespace.to_owned(),
@@ -316,18 +322,12 @@ impl Tenants {
         if !self.several() {
             return Ok(());
         }
-        let namespace =
-            namespace_of(identity).ok_or_else(|| Error::NoNamespace(identity.to_string()))?;
+        let (namespace, tenant) = self.bound(identity)?;
         let foreign = |issuer: &str, reason: String| Error::ForeignClientCert {
             namespace: namespace.to_owned(),
             issuer: issuer.to_owned(),
             reason,
         };
-        let tenant = self
-            .for_namespace(namespace)?
-            .ok_or_else(|| Error::Unbound {
-                namespace: namespace.to_owned(),
-            })?;
         let ca = tenant.issuer.ca().current();
         let (leaf, intermediates) = chain
             .split_first()
