@@ -29,6 +29,13 @@ if ! command -v kubernetes-validate >/dev/null; then
     echo "==> installing kubernetes-validate"
     pip install -q kubernetes-validate
 fi
+# Helm 4 as a library (no helm binary exists for this machine): the chart in
+# deploy/helm/castellan is linted, rendered and packaged through it
+# (scripts/helm.py, tests/deploy/chart.rs).
+if ! python3 -c 'import helm_python, yaml' 2>/dev/null; then
+    echo "==> installing helm-python-sdk"
+    pip install -q helm-python-sdk==0.2.2 pyyaml
+fi
 command -v kubectl >/dev/null || {
     echo "kubectl is needed to render deploy/kubernetes (kubectl kustomize)" >&2
     exit 1
@@ -57,6 +64,9 @@ cargo test --workspace --locked
 echo "==> cargo build --release --locked --bin castellan"
 cargo build --release --locked --bin castellan
 ./target/release/castellan --version
+# The Helm chart, packaged as a user installs it (helm package).
+echo "==> helm package deploy/helm/castellan"
+python3 scripts/helm.py package "$work/chart"
 
 # Fuzzing smoke: each target a few seconds on its seed corpus (copied, so
 # the checked-in seeds stay as they are). The long runs are documented in

@@ -9,6 +9,7 @@
 //! documented keys that agree with castellan's config; the runbooks'
 //! castellan commands exist.
 
+mod chart;
 mod cluster;
 mod docs;
 mod istio;
@@ -54,6 +55,12 @@ fn renderings() -> Vec<(String, String)> {
         "overlays/file + components/crl".into(),
         compose("crl", &["overlays/file"], &["components/crl"]),
     ));
+    for case in deploy::chart_cases() {
+        all.push((
+            format!("chart ci/{case}-values.yaml"),
+            deploy::render_chart_text(&case),
+        ));
+    }
     all
 }
 

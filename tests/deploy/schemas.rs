@@ -8,6 +8,7 @@ use super::*;
 fn every_rendering_validates_against_the_kubernetes_schemas_and_parses() {
     castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
     castellan_testkit::require!(castellan_testkit::tools::Tool::KubernetesValidate);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Helm);
     let work = tempfile::tempdir().unwrap();
     for (name, text) in renderings() {
         let file = work.path().join("rendered.yaml");

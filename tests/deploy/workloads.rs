@@ -7,9 +7,8 @@ use super::*;
 #[test]
 fn deployment_service_probes_and_mounts_agree_with_castellan_toml() {
     castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
-    for overlay in deploy::overlays() {
-        let what = format!("overlays/{overlay}");
-        let objects = deploy::render(&what);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Helm);
+    for (what, objects) in deploy::installs() {
         let config = config_of(&objects);
         let deployment = deploy::find(&objects, "Deployment", "castellan");
         let pod = &deployment["spec"]["template"]["spec"];
@@ -227,13 +226,13 @@ fn deployment_service_probes_and_mounts_agree_with_castellan_toml() {
 #[test]
 fn every_shipped_castellan_toml_passes_castellans_validation() {
     castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Helm);
     let dir = tempfile::tempdir().unwrap();
-    for overlay in deploy::overlays() {
-        let objects = deploy::render(&format!("overlays/{overlay}"));
-        let path = dir.path().join(format!("{overlay}.toml"));
+    for (i, (what, objects)) in deploy::installs().into_iter().enumerate() {
+        let path = dir.path().join(format!("{i}.toml"));
         std::fs::write(&path, deploy::castellan_toml(&objects)).unwrap();
         if let Err(e) = Config::load(&path) {
-            panic!("overlays/{overlay}/castellan.toml: {e}");
+            panic!("{what}: castellan.toml: {e}");
         }
     }
 }
@@ -241,13 +240,16 @@ fn every_shipped_castellan_toml_passes_castellans_validation() {
 // === RBAC sufficiency, against the in-process API server ===
 
 /// A record in a ConfigMap exists only once `castellan trust init` made it:
-/// the castellan-trust-init Job runs it on castellan's own configuration,
-/// as castellan's service account.
+/// the castellan-trust-init Job runs it on castellan's own configuration.
+/// The overlays run it as castellan's service account; the chart runs it as
+/// a pre-install hook, before castellan's account exists, so as an account
+/// of its own allowed exactly what castellan's record rule allows, reading
+/// a copy of the same castellan.toml.
 #[test]
 fn the_trust_init_job_creates_the_record_from_the_same_configuration() {
     castellan_testkit::require!(castellan_testkit::tools::Tool::Kubectl);
-    for overlay in deploy::overlays() {
-        let objects = deploy::render(&format!("overlays/{overlay}"));
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Helm);
+    for (what, objects) in deploy::installs() {
         let config = config_of(&objects);
         if get(&config, "trust.state_configmap").is_none() {
             continue;
@@ -255,7 +257,33 @@ fn the_trust_init_job_creates_the_record_from_the_same_configuration() {
         let job = deploy::find(&objects, "Job", "castellan-trust-init");
         let deployment = deploy::find(&objects, "Deployment", "castellan");
         let spec = &job["spec"]["template"]["spec"];
-        assert_eq!(spec["serviceAccountName"], "castellan", "{overlay}");
+        let account = spec["serviceAccountName"].as_str().unwrap();
+        if deploy::is_hook(job) {
+            assert_eq!(account, "castellan-trust-init", "{what}");
+            let rules =
+                |kind: &str, name: &str| deploy::find(&objects, kind, name)["rules"].clone();
+            assert_eq!(
+                rules("Role", "castellan-trust-init"),
+                rules("Role", "castellan-trust-state"),
+                "{what}: the hook's account may do what castellan's record rule allows, no more"
+            );
+            let binding = deploy::find(&objects, "RoleBinding", "castellan-trust-init");
+            assert_eq!(binding["roleRef"]["name"], "castellan-trust-init", "{what}");
+            assert_eq!(
+                binding["subjects"][0]["name"], "castellan-trust-init",
+                "{what}"
+            );
+            for name in ["castellan-trust-init"] {
+                for kind in ["ServiceAccount", "Role", "RoleBinding", "ConfigMap"] {
+                    assert!(
+                        deploy::is_hook(deploy::find(&objects, kind, name)),
+                        "{what}: {kind} {name} is not a hook"
+                    );
+                }
+            }
+        } else {
+            assert_eq!(account, "castellan", "{what}");
+        }
         assert_eq!(
             strings(&spec["containers"][0]["args"]),
             [
@@ -264,25 +292,27 @@ fn the_trust_init_job_creates_the_record_from_the_same_configuration() {
                 "--config",
                 "/etc/castellan/config/castellan.toml"
             ],
-            "{overlay}"
+            "{what}"
         );
-        let config_map = |pod: &Value| {
-            pod["volumes"]
+        let config_text = |pod: &Value| {
+            let name = pod["volumes"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .find(|v| v["name"] == "config")
-                .map(|v| v["configMap"]["name"].clone())
+                .and_then(|v| v["configMap"]["name"].as_str())
+                .unwrap();
+            deploy::find(&objects, "ConfigMap", name)["data"]["castellan.toml"].clone()
         };
         assert_eq!(
-            config_map(spec),
-            config_map(&deployment["spec"]["template"]["spec"]),
-            "{overlay}: the Job reads the Deployment's castellan.toml"
+            config_text(spec),
+            config_text(&deployment["spec"]["template"]["spec"]),
+            "{what}: the Job reads the Deployment's castellan.toml"
         );
         assert_eq!(
             spec["containers"][0]["image"],
             deployment["spec"]["template"]["spec"]["containers"][0]["image"],
-            "{overlay}"
+            "{what}"
         );
     }
 }

@@ -93,3 +93,70 @@ pub fn container(objects: &[Value]) -> &Value {
         .find(|c| c["name"] == "castellan")
         .expect("a container named castellan")
 }
+
+/// The Helm chart, `deploy/helm/castellan`.
+pub fn chart() -> PathBuf {
+    root().join("helm/castellan")
+}
+
+/// Every values file under the chart's `ci/` (chart-testing's place for
+/// them), by name without `-values.yaml`.
+pub fn chart_cases() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(chart().join("ci"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            name.strip_suffix("-values.yaml").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// `scripts/helm.py <args>` (Helm 4 as a library): its stdout, or its
+/// stderr when it fails.
+pub fn helm(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/helm.py"))
+        .args(args)
+        .output()
+        .expect("python3 runs scripts/helm.py");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The chart rendered with `ci/<case>-values.yaml`, as `helm template
+/// castellan deploy/helm/castellan -n istio-system -f …` renders it.
+pub fn render_chart_text(case: &str) -> String {
+    let values = chart().join(format!("ci/{case}-values.yaml"));
+    helm(&["render", "-f", values.to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("helm template with ci/{case}-values.yaml: {e}"))
+}
+
+/// Every installation of castellan itself a user can apply, rendered: each
+/// overlay, and the chart with each of its `ci/` values files (but the
+/// remote cluster's, which has no castellan).
+pub fn installs() -> Vec<(String, Vec<Value>)> {
+    let mut all: Vec<(String, Vec<Value>)> = overlays()
+        .into_iter()
+        .map(|o| {
+            let objects = render(&format!("overlays/{o}"));
+            (format!("overlays/{o}"), objects)
+        })
+        .collect();
+    for case in chart_cases() {
+        if case != "remote" {
+            let objects = yaml_documents(&render_chart_text(&case));
+            all.push((format!("chart ci/{case}-values.yaml"), objects));
+        }
+    }
+    all
+}
+
+/// Whether the object is a Helm hook (run around an install, not kept).
+pub fn is_hook(object: &Value) -> bool {
+    object["metadata"]["annotations"]["helm.sh/hook"].is_string()
+}

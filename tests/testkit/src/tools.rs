@@ -19,6 +19,8 @@ pub enum Tool {
     KubernetesValidate,
     /// `openssl`, the independent verifier.
     OpenSsl,
+    /// Helm 4 as a library (PyPI `helm-python-sdk`, driven by `scripts/helm.py`).
+    Helm,
 }
 
 impl Tool {
@@ -29,6 +31,7 @@ impl Tool {
             Self::Kubectl => "kubectl",
             Self::KubernetesValidate => "kubernetes-validate",
             Self::OpenSsl => "openssl",
+            Self::Helm => "Helm (helm-python-sdk)",
         }
     }
 
@@ -42,6 +45,7 @@ impl Tool {
             Self::Kubectl => "install kubectl (scripts/test.sh does)",
             Self::KubernetesValidate => "pip install kubernetes-validate",
             Self::OpenSsl => "apt-get install openssl",
+            Self::Helm => "pip install helm-python-sdk pyyaml (scripts/test.sh does)",
         }
     }
 
@@ -63,6 +67,7 @@ impl Tool {
             Self::Kubectl => runs("kubectl", &["version", "--client"]),
             Self::KubernetesValidate => runs("kubernetes-validate", &["--version"]),
             Self::OpenSsl => runs("openssl", &["version"]),
+            Self::Helm => runs("python3", &["-c", "import helm_python, yaml"]),
         }
     }
 }
@@ -85,7 +90,7 @@ pub fn under_ci() -> bool {
 pub fn require(tool: Tool) -> bool {
     // Asked by every test that needs the tool: look once per process (a
     // `bao version` or `kubectl version` is a process spawn each time).
-    static SEEN: [OnceLock<bool>; 5] = [const { OnceLock::new() }; 5];
+    static SEEN: [OnceLock<bool>; 6] = [const { OnceLock::new() }; 6];
     if *SEEN[tool as usize].get_or_init(|| tool.present()) {
         return true;
     }
