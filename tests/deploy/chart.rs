@@ -412,6 +412,21 @@ fn values_the_chart_does_not_know_are_refused_naming_the_key() {
             .expect_err(&format!("--set-json {set} rendered"));
         assert!(err.contains(named), "--set-json {set}: {err}");
     }
+    // A user's values file, as `helm install -f` reads it.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("my-values.yaml");
+    std::fs::write(
+        &file,
+        "signer:\n  type: pkcs11\n  pkcs11:\n    poolSize: \"4\"\n    tokenLable: x\n",
+    )
+    .unwrap();
+    let err = deploy::helm(&["render", "-f", file.to_str().unwrap()]).unwrap_err();
+    assert!(err.contains("at '/signer/pkcs11'"), "{err}");
+    assert!(err.contains("'tokenLable' not allowed"), "{err}");
+    assert!(
+        err.contains("at '/signer/pkcs11/poolSize': got string, want integer"),
+        "{err}"
+    );
     let err = deploy::helm(&[
         "render",
         "--set-json",
