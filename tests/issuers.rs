@@ -839,3 +839,116 @@ async fn castellan_request_names_the_issuer_as_istio_agent_does() {
         "{said}"
     );
 }
+
+/// Two issuers with keys on one PKCS#11 module share its process-wide
+/// state. While the token directory is gone both keys keep recovering (the
+/// module finalised and initialised again), under load on both: no call of
+/// one may be inside the module while the other finalises it (SoftHSM
+/// crashes), and once the tokens are back both serve again, without
+/// breaking each other's fresh sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hsm_issuers_on_one_module_recover_together_under_load() {
+    const TASKS: usize = 4;
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
+    let _hsm = crate::support::hsm::exclusive().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut extra = String::new();
+    for name in ["north", "south"] {
+        let label = format!("{name}-{}", std::process::id());
+        crate::support::hsm::token_with_key(&label, "EC:prime256v1");
+        let root = Ca::root(&format!("{name} root"), KeyAlg::EcP256);
+        let signer = crate::support::hsm::signer_files(&dir.path().join(name), &label, &root, "");
+        extra.push_str(&format!(
+            "[[issuers]]\nname = \"{name}\"\nnamespaces = [\"{name}\"]\n{}",
+            as_issuer_signer(&signer)
+        ));
+    }
+    let ca = std::sync::Arc::new(
+        TestCa::start_with(crate::support::Setup {
+            issuance: "max_ttl_secs = 3600\ndefault_ttl_secs = 3600\n".into(),
+            extra,
+            ..Default::default()
+        })
+        .await,
+    );
+    let served = std::sync::Arc::new([(); 2].map(|()| std::sync::atomic::AtomicUsize::new(0)));
+    let refused = std::sync::Arc::new([(); 2].map(|()| std::sync::atomic::AtomicUsize::new(0)));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, ns) in ["north", "south"].into_iter().enumerate() {
+        for _ in 0..TASKS {
+            let (ca, stop, served, refused) =
+                (ca.clone(), stop.clone(), served.clone(), refused.clone());
+            tasks.push(tokio::spawn(async move {
+                let (_, csr) = csr::istio_agent(&id(ns, "app"));
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    match ca.send(&csr, ns, "app", 3600).await {
+                        Ok(_) => served[i].fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                        Err(_) => refused[i].fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    };
+                }
+            }));
+        }
+    }
+    let count = |of: &[std::sync::atomic::AtomicUsize; 2]| {
+        of.each_ref()
+            .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+    };
+    assert!(
+        eventually(Duration::from_secs(20), async || count(&served)
+            .iter()
+            .all(|&n| n >= 50))
+        .await,
+        "both issuers serve under load"
+    );
+
+    let tokens = crate::support::hsm::token_dir();
+    let away = tokens.with_extension("away");
+    std::fs::rename(&tokens, &away).unwrap();
+    struct Restore(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::fs::rename(&self.0, &self.1);
+        }
+    }
+    let restore = Restore(away.clone(), tokens.clone());
+    // The tokens stay away for a few of each key's recoveries (at most one a
+    // second), every one of them under the other issuer's load.
+    let gone = count(&refused);
+    assert!(
+        eventually(Duration::from_secs(20), async || count(&refused)
+            .iter()
+            .zip(gone)
+            .all(|(&n, before)| n > before))
+        .await,
+        "both issuers notice the tokens are gone"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    std::fs::rename(&away, &tokens).unwrap();
+    std::mem::forget(restore);
+    let back = count(&served);
+    assert!(
+        eventually(Duration::from_secs(20), async || count(&served)
+            .iter()
+            .zip(back)
+            .all(|(&n, before)| n >= before + 50))
+        .await,
+        "both issuers serve again: served {:?}, refused {:?}",
+        count(&served),
+        count(&refused)
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // And nothing fails any more, one issuer after the other.
+    for round in 0..20 {
+        for ns in ["north", "south"] {
+            let (_, csr) = csr::istio_agent(&id(ns, "app"));
+            if let Err(s) = ca.send(&csr, ns, "app", 3600).await {
+                panic!("{ns}, round {round}, after both recovered: {s:?}");
+            }
+        }
+    }
+    std::sync::Arc::into_inner(ca).unwrap().close().await;
+}

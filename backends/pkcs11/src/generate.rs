@@ -6,7 +6,7 @@
 //! key can no longer be in anyone's use.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -17,7 +17,9 @@ use cryptoki::{
 };
 use der::Encode;
 
-use crate::{Config, Error, Pkcs11Key, Workers, encoding, pool, source::Pkcs11Signer, token};
+use crate::{
+    Config, Error, Pkcs11Key, Workers, encoding, module, pool, source::Pkcs11Signer, token,
+};
 
 /// Where minted keys are made: a token and how to log in to it.
 #[derive(Clone, Debug, serde::Deserialize, PartialEq, Eq)]
@@ -148,7 +150,9 @@ impl KeyStore {
         let config = self.config(&label);
         {
             let pin = token::read_pin(&config)?;
-            let (ctx, slot) = token::connect(&config)?;
+            let calls = module::calls(&config.module)?;
+            let _calls = calls.read().unwrap_or_else(PoisonError::into_inner);
+            let (ctx, slot, _) = token::connect(&config)?;
             let session = pool::open_rw(&ctx, slot, &pin)?;
             self.destroy_stale(&session, now, stale_after);
             let params = curve
@@ -286,7 +290,9 @@ impl KeySigner for Minted {
 fn destroy(config: &Config, label: &str) {
     let outcome = (|| -> Result<usize, Error> {
         let pin = token::read_pin(config)?;
-        let (ctx, slot) = token::connect(config)?;
+        let calls = module::calls(&config.module)?;
+        let _calls = calls.read().unwrap_or_else(PoisonError::into_inner);
+        let (ctx, slot, _) = token::connect(config)?;
         let session = pool::open_rw(&ctx, slot, &pin)?;
         let mut n = 0;
         for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {

@@ -7,6 +7,7 @@ mod encoding;
 mod generate;
 mod key;
 mod mechanism;
+mod module;
 mod pool;
 mod source;
 mod token;

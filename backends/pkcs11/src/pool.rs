@@ -54,12 +54,15 @@ impl Pool {
     ) -> Result<Session, Error> {
         let mut slots = self.lock();
         loop {
-            // Sessions of an older connection are dead weight: drop them.
+            // Sessions of an older connection are dead weight. A newer
+            // connection means the module was initialised again since (every
+            // recovery goes through module::reinitialize): their handles may
+            // name other keys' new sessions, so they are forgotten, not closed.
             while let Some((g, s)) = slots.idle.pop() {
                 if g == generation {
                     return Ok(s);
                 }
-                drop(s);
+                crate::module::forget(s);
                 slots.open -= 1;
             }
             if slots.open < self.max {
@@ -97,11 +100,15 @@ impl Pool {
         self.freed.notify_one();
     }
 
-    /// Forgets every idle session (the connection they belong to is gone).
+    /// Forgets every idle session (the connection they belong to is gone,
+    /// and with it the module's state they were opened in: not closed, see
+    /// module::close).
     pub(crate) fn clear(&self) {
         let mut slots = self.lock();
         let n = slots.idle.len();
-        slots.idle.clear();
+        for (_, s) in slots.idle.drain(..) {
+            crate::module::forget(s);
+        }
         slots.open = slots.open.saturating_sub(n);
         drop(slots);
         self.freed.notify_all();

@@ -3,7 +3,7 @@
 //! public half, a certificate object.
 
 use cryptoki::{
-    context::{CInitializeArgs, CInitializeFlags, Pkcs11},
+    context::Pkcs11,
     error::{Error as CkError, RvError},
     object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle},
     session::{Session, UserType},
@@ -13,19 +13,16 @@ use cryptoki::{
 
 use crate::{Config, Error, encoding};
 
-/// Loads and initialises the module (tolerating a library another part of
-/// the process already initialised) and finds the configured token's slot.
-pub(crate) fn connect(config: &Config) -> Result<(Pkcs11, Slot), Error> {
-    let ctx = Pkcs11::new(&config.module).map_err(|e| {
-        Error::Config(format!(
-            "cannot load module {}: {e}",
-            config.module.display()
-        ))
-    })?;
-    match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-        Err(e) => return Err(Error::Unavailable(format!("C_Initialize: {e}"))),
-    }
+/// The process's context for the configured module (`module.rs`), the
+/// configured token's slot in it, and the module's epoch.
+pub(crate) fn connect(config: &Config) -> Result<(Pkcs11, Slot, u64), Error> {
+    let (ctx, epoch) = crate::module::context(&config.module)?;
+    let slot = find_slot(&ctx, config)?;
+    Ok((ctx, slot, epoch))
+}
+
+/// The slot holding the configured token.
+pub(crate) fn find_slot(ctx: &Pkcs11, config: &Config) -> Result<Slot, Error> {
     let slots = ctx
         .get_slots_with_token()
         .map_err(|e| Error::Unavailable(format!("C_GetSlotList: {e}")))?;
@@ -38,7 +35,7 @@ pub(crate) fn connect(config: &Config) -> Result<(Pkcs11, Slot), Error> {
         let label_ok = config.token_label.as_deref().is_none_or(|l| l == label);
         let serial_ok = config.token_serial.as_deref().is_none_or(|s| s == serial);
         if label_ok && serial_ok {
-            return Ok((ctx, slot));
+            return Ok(slot);
         }
         seen.push(format!("\"{label}\" (serial {serial})"));
     }

@@ -23,7 +23,7 @@ use cryptoki::{
 use crate::{
     Config, Error, KeyAlgorithm, RsaPadding, encoding,
     mechanism::{Signing, required_mechanism},
-    pool, token,
+    module, pool, token,
 };
 
 /// A private key in an HSM.
@@ -38,8 +38,11 @@ pub struct Pkcs11Key {
     last_recovery: Mutex<Option<Instant>>,
     /// Held shared by every call into the module and exclusively by
     /// recovery: `C_Finalize` must not run while another thread is inside
-    /// the library (PKCS#11 §5.4).
-    calls: RwLock<()>,
+    /// the library (PKCS#11 §5.4). The module's, so shared with every key
+    /// on it — another issuer's, the mint key store's (`module.rs`).
+    calls: Arc<RwLock<()>>,
+    /// The module's epoch at this key's last recovery attempt (`module.rs`).
+    attempted: AtomicU64,
     /// How many times the key has been looked up; each lookup may have
     /// found another object, so castellan proves each one.
     resolutions: AtomicU64,
@@ -51,6 +54,8 @@ struct Live {
     slot: Slot,
     key: Mutex<Resolved>,
     generation: u64,
+    /// The module's epoch this connection was made at (`module.rs`).
+    epoch: u64,
 }
 
 /// A key handle and which lookup found it.
@@ -77,7 +82,11 @@ impl Pkcs11Key {
     /// A message naming what to fix: module, token, PIN, key, key type.
     pub fn open(config: &Config) -> Result<Self, Error> {
         let pin = token::read_pin(config)?;
-        let (ctx, slot) = token::connect(config)?;
+        let calls = module::calls(&config.module)?;
+        let _shared = calls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (ctx, slot, epoch) = token::connect(config)?;
         let session = pool::open(&ctx, slot, &pin)?;
         let key = token::find_key(&session, config)?;
         let kind = token::describe_key(&session, key, config)?;
@@ -126,11 +135,13 @@ impl Pkcs11Key {
                     resolution: 1,
                 }),
                 generation: 0,
+                epoch,
             })),
             pool,
             healthy: AtomicBool::new(true),
             last_recovery: Mutex::new(None),
-            calls: RwLock::new(()),
+            calls: Arc::clone(&calls),
+            attempted: AtomicU64::new(epoch),
             resolutions: AtomicU64::new(1),
         })
     }
@@ -227,12 +238,12 @@ impl Pkcs11Key {
                                 "HSM session or key handle gone; replacing the session and \
                                  looking the key up again (castellan proves it is the same key)"
                             );
-                            drop(session);
+                            module::close(&self.config.module, live.epoch, session);
                             self.pool.discard();
                             self.refind_key(&live)?;
                         }
                         Failure::Device => {
-                            drop(session);
+                            module::close(&self.config.module, live.epoch, session);
                             self.pool.discard();
                             self.mark_unhealthy(&last);
                             return Err(Error::Unavailable(last));

@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::{Live, Pkcs11Key, Resolved};
-use crate::{Error, pool, token};
+use crate::{Error, module, pool, token};
 
 /// Recovery is attempted at most this often.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
@@ -37,11 +37,16 @@ impl Pkcs11Key {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = self.current();
         let generation = old.generation + 1;
-        // Only a fresh C_Initialize makes the module look for tokens again
-        // (SoftHSM does not rescan), and the old sessions are dead anyway.
-        let _ = old.ctx.clone().finalize();
+        // The module is initialised again once for every key on it
+        // (another issuer's key may have done it already).
         self.pool.clear();
-        let (ctx, slot) = token::connect(&self.config)?;
+        // Seen from this key's last attempt, not its last success: a module
+        // initialised while the token was still gone must be initialised
+        // again (SoftHSM does not rescan) once nobody else has since.
+        let seen = self.attempted.load(Ordering::SeqCst).max(old.epoch);
+        let (ctx, epoch) = module::reinitialize(&self.config.module, seen)?;
+        self.attempted.store(epoch, Ordering::SeqCst);
+        let slot = token::find_slot(&ctx, &self.config)?;
         let session = pool::open(&ctx, slot, &self.pin)?;
         let key = token::find_key(&session, &self.config)?;
         if let (
@@ -72,6 +77,7 @@ impl Pkcs11Key {
                 resolution: self.next_resolution(),
             }),
             generation,
+            epoch,
         });
         self.healthy.store(true, Ordering::SeqCst);
         tracing::info!("HSM connection recovered");
