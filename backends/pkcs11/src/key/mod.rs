@@ -93,23 +93,7 @@ impl Pkcs11Key {
         // Asked one by one: listing them all makes cryptoki log every
         // vendor mechanism it does not know as an error.
         let offers = |m: MechanismType| ctx.get_mechanism_info(slot, m).is_ok();
-        let (algorithm, spki) = match kind {
-            token::KeyKind::Ec { curve, spki } if curve == encoding::SECP256R1 => {
-                (KeyAlgorithm::EcdsaP256Sha256, spki)
-            }
-            token::KeyKind::Ec { curve, spki } if curve == encoding::SECP384R1 => {
-                (KeyAlgorithm::EcdsaP384Sha384, spki)
-            }
-            token::KeyKind::Ec { curve, .. } => {
-                return Err(Error::Config(format!(
-                    "EC curve {curve} is not supported; use P-256 or P-384"
-                )));
-            }
-            token::KeyKind::Rsa { spki } => match config.rsa_padding {
-                RsaPadding::Pkcs1 => (KeyAlgorithm::RsaPkcs1Sha256, Some(spki)),
-                RsaPadding::Pss => (KeyAlgorithm::RsaPssSha256, Some(spki)),
-            },
-        };
+        let (algorithm, spki) = algorithm_of(kind, config.rsa_padding)?;
         let needed = required_mechanism(algorithm);
         if !offers(needed) {
             return Err(Error::Config(format!(
@@ -317,6 +301,30 @@ impl std::fmt::Debug for Pkcs11Key {
             .field("healthy", &self.healthy())
             .finish()
     }
+}
+
+/// The signature algorithm a key on the token makes, and its public key.
+fn algorithm_of(
+    kind: token::KeyKind,
+    padding: RsaPadding,
+) -> Result<(KeyAlgorithm, Option<Vec<u8>>), Error> {
+    Ok(match kind {
+        token::KeyKind::Ec { curve, spki } if curve == encoding::SECP256R1 => {
+            (KeyAlgorithm::EcdsaP256Sha256, spki)
+        }
+        token::KeyKind::Ec { curve, spki } if curve == encoding::SECP384R1 => {
+            (KeyAlgorithm::EcdsaP384Sha384, spki)
+        }
+        token::KeyKind::Ec { curve, .. } => {
+            return Err(Error::Config(format!(
+                "EC curve {curve} is not supported; use P-256 or P-384"
+            )));
+        }
+        token::KeyKind::Rsa { spki } => match padding {
+            RsaPadding::Pkcs1 => (KeyAlgorithm::RsaPkcs1Sha256, Some(spki)),
+            RsaPadding::Pss => (KeyAlgorithm::RsaPssSha256, Some(spki)),
+        },
+    })
 }
 
 fn classify(e: &CkError) -> Failure {

@@ -21,15 +21,8 @@ impl Pkcs11Key {
     /// # Errors
     /// [`Error::Unavailable`] while the token is still gone.
     pub fn recover(&self) -> Result<(), Error> {
-        {
-            let mut last = self
-                .last_recovery
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|t| t.elapsed() < RECOVERY_INTERVAL) {
-                return Err(Error::Unavailable("the HSM is recovering".into()));
-            }
-            *last = Some(Instant::now());
+        if !self.recovery_due() {
+            return Err(Error::Unavailable("the HSM is recovering".into()));
         }
         let _exclusive = self
             .calls
@@ -82,6 +75,20 @@ impl Pkcs11Key {
         self.healthy.store(true, Ordering::SeqCst);
         tracing::info!("HSM connection recovered");
         Ok(())
+    }
+
+    /// Whether a recovery may start now (at most one per interval); if so,
+    /// it counts as started.
+    fn recovery_due(&self) -> bool {
+        let mut last = self
+            .last_recovery
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < RECOVERY_INTERVAL) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     /// Looks the key up again in a working session (castellan found a
