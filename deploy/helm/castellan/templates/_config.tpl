@@ -115,11 +115,13 @@ max_staleness_secs = {{ int $v.ambient.maxStalenessSecs }}
 format = {{ $v.log.format | toJson }}
 
 [kubernetes]
+{{- if $v.trustBundle.enabled }}
 
 [kubernetes.trust_bundle]
 configmap_name = {{ $v.trustBundle.configMapName | toJson }}
 {{- if $v.trustBundle.clusterTrustBundle }}
 cluster_trust_bundle = true
+{{- end }}
 {{- end }}
 {{- if include "castellan.istiodCert" . }}
 
@@ -136,5 +138,10 @@ state_configmap = {{ $v.trust.stateConfigMap | toJson }}
 validity_secs = {{ int $v.crl.validitySecs }}
 configmap_name = {{ $v.crl.configMapName | toJson }}
 upstream_files = [{{ range $i, $f := $v.crl.upstreamFiles }}{{ if $i }}, {{ end }}{{ printf "/etc/castellan/crls/%s" $f | toJson }}{{ end }}]
+{{- end }}
+{{- with $v.extraConfig }}
+
+# extraConfig
+{{ . }}
 {{- end }}
 {{- end -}}
