@@ -574,3 +574,29 @@ fn the_notes_say_what_to_check_next() {
         "{notes}"
     );
 }
+
+/// What extraConfig appends is castellan.toml like the rest: a section the
+/// values already render, given again, is refused when castellan loads it,
+/// naming the line.
+#[test]
+fn extra_config_giving_a_section_twice_is_refused_naming_it() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::Helm);
+    let text = deploy::helm(&[
+        "render",
+        "--set-json",
+        "extraConfig=\"[trust]\\nstate_configmap = \\\"x\\\"\\n\"",
+    ])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("castellan.toml");
+    std::fs::write(
+        &path,
+        deploy::castellan_toml(&deploy::yaml_documents(&text)),
+    )
+    .unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("duplicate key") && err.contains("[trust]"),
+        "{err}"
+    );
+}
