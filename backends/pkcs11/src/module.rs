@@ -74,6 +74,9 @@ pub(crate) fn reinitialize(path: &Path, seen: u64) -> Result<(Pkcs11, u64), Erro
         loaded.epoch = loaded.epoch.saturating_add(1);
         initialize(&loaded.ctx)?;
         tracing::info!(module = %path.display(), epoch = loaded.epoch, "PKCS#11 module initialised again");
+    } else if initialize(&loaded.ctx)? {
+        // Finalised by something else since the other key's turn.
+        loaded.epoch = loaded.epoch.saturating_add(1);
     }
     Ok((loaded.ctx.clone(), loaded.epoch))
 }
@@ -83,13 +86,8 @@ pub(crate) fn reinitialize(path: &Path, seen: u64) -> Result<(Pkcs11, u64), Erro
 /// session, so it is forgotten, not closed (a few bytes; the module closed
 /// it when it was finalised).
 pub(crate) fn close(path: &Path, epoch: u64, session: Session) {
-    let current = MODULES
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(path)
-        .map(Arc::clone);
-    match current {
-        Some(entry) => {
+    match entry(path) {
+        Ok(entry) => {
             let loaded = entry.loaded.lock().unwrap_or_else(PoisonError::into_inner);
             if loaded.epoch == epoch {
                 drop(session);
@@ -97,7 +95,7 @@ pub(crate) fn close(path: &Path, epoch: u64, session: Session) {
                 forget(session);
             }
         }
-        None => forget(session),
+        Err(_) => forget(session),
     }
 }
 
@@ -108,8 +106,10 @@ pub(crate) fn forget(session: Session) {
 }
 
 fn entry(path: &Path) -> Result<Arc<Module>, Error> {
+    // One library under two names (a symlink) is still one module.
+    let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mut modules = MODULES.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(entry) = modules.get(path) {
+    if let Some(entry) = modules.get(&key) {
         return Ok(Arc::clone(entry));
     }
     let ctx = Pkcs11::new(path)
@@ -119,7 +119,7 @@ fn entry(path: &Path) -> Result<Arc<Module>, Error> {
         loaded: Mutex::new(Loaded { ctx, epoch: 0 }),
         calls: Arc::new(RwLock::new(())),
     });
-    modules.insert(path.to_owned(), Arc::clone(&entry));
+    modules.insert(key, Arc::clone(&entry));
     Ok(entry)
 }
 
