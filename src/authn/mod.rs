@@ -242,7 +242,7 @@ impl Chain {
                 (Authenticator::Jwt(j), Some(token), _)
                     if j.serves(cluster) && j.recognises(token) =>
                 {
-                    let verify = async { j.authenticate(token).await };
+                    let verify = || j.authenticate(token);
                     return self
                         .cache
                         .get_or_verify(cluster, token, false, verify)
@@ -251,7 +251,7 @@ impl Chain {
                 (Authenticator::TokenReview(t), Some(token), _)
                     if cluster.is_some_and(|c| t.serves(c)) =>
                 {
-                    let verify = async { t.authenticate(token).await };
+                    let verify = || t.authenticate(token);
                     return self.cache.get_or_verify(cluster, token, true, verify).await;
                 }
                 _ => {}

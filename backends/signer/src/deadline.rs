@@ -11,9 +11,11 @@ tokio::task_local! {
     static DEADLINE: Instant;
 }
 
-/// Runs `work` with `deadline` as the current request's.
-pub async fn scope<F: Future>(deadline: Instant, work: F) -> F::Output {
-    DEADLINE.scope(deadline, work).await
+/// Runs `work` with `deadline` as the current request's. Not an `async
+/// fn`: that would keep `work` twice in its state (the argument and the
+/// scope holding it), doubling every request's future.
+pub fn scope<F: Future>(deadline: Instant, work: F) -> impl Future<Output = F::Output> {
+    DEADLINE.scope(deadline, work)
 }
 
 /// The current request's deadline, if one was set.
