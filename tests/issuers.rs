@@ -902,16 +902,7 @@ async fn two_hsm_issuers_on_one_module_recover_together_under_load() {
         "both issuers serve under load"
     );
 
-    let tokens = crate::support::hsm::token_dir();
-    let away = tokens.with_extension("away");
-    std::fs::rename(&tokens, &away).unwrap();
-    struct Restore(std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::fs::rename(&self.0, &self.1);
-        }
-    }
-    let restore = Restore(away.clone(), tokens.clone());
+    let away = crate::support::hsm::TokensAway::take();
     // The tokens stay away for a few of each key's recoveries (at most one a
     // second), every one of them under the other issuer's load.
     let gone = count(&refused);
@@ -924,8 +915,7 @@ async fn two_hsm_issuers_on_one_module_recover_together_under_load() {
         "both issuers notice the tokens are gone"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    std::fs::rename(&away, &tokens).unwrap();
-    std::mem::forget(restore);
+    away.restore();
     let back = count(&served);
     assert!(
         eventually(Duration::from_secs(20), async || count(&served)

@@ -184,17 +184,7 @@ async fn a_token_that_disappears_is_unavailable_then_recovers_without_restart() 
     let (_, csr) = csr::ztunnel(&id("ns", "sa"));
     ca.send(&csr, "ns", "sa", 600).await.unwrap();
 
-    let tokens = hsm::token_dir();
-    let away = tokens.with_extension("away");
-    std::fs::rename(&tokens, &away).unwrap();
-    // Put the tokens back even if an assertion fails, for the other tests.
-    struct Restore(std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            let _ = std::fs::rename(&self.0, &self.1);
-        }
-    }
-    let _restore = Restore(away.clone(), tokens.clone());
+    let away = hsm::TokensAway::take();
     let s = ca.send(&csr, "ns", "sa", 600).await.unwrap_err();
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
     let unready = eventually(Duration::from_secs(5), async || {
@@ -207,7 +197,7 @@ async fn a_token_that_disappears_is_unavailable_then_recovers_without_restart() 
         Code::Unavailable
     );
 
-    std::fs::rename(&away, &tokens).unwrap();
+    away.restore();
     let back = eventually(Duration::from_secs(10), async || {
         ca.send(&csr, "ns", "sa", 600).await.is_ok()
     })

@@ -55,6 +55,44 @@ pub fn token_dir() -> PathBuf {
     PathBuf::from(line.split_once('=').unwrap().1.trim())
 }
 
+/// Every token gone from SoftHSM's directory (moved aside) until
+/// [`TokensAway::restore`], or until dropped — an assertion failing while
+/// they are away must not take them from the other tests.
+#[derive(Debug)]
+pub struct TokensAway {
+    tokens: PathBuf,
+    away: PathBuf,
+    restored: bool,
+}
+
+impl TokensAway {
+    /// Moves the token directory aside.
+    pub fn take() -> Self {
+        let tokens = token_dir();
+        let away = tokens.with_extension("away");
+        std::fs::rename(&tokens, &away).unwrap();
+        Self {
+            tokens,
+            away,
+            restored: false,
+        }
+    }
+
+    /// Puts the tokens back.
+    pub fn restore(mut self) {
+        std::fs::rename(&self.away, &self.tokens).unwrap();
+        self.restored = true;
+    }
+}
+
+impl Drop for TokensAway {
+    fn drop(&mut self) {
+        if !self.restored {
+            let _ = std::fs::rename(&self.away, &self.tokens);
+        }
+    }
+}
+
 /// Makes the module in this process forget what it knew, so tokens created
 /// since are seen (SoftHSM scans its directory only at C_Initialize).
 pub fn rescan() {
