@@ -19,6 +19,7 @@ pub mod deadline;
 mod error;
 mod files;
 mod keymaker;
+pub mod mint;
 pub mod queue;
 
 pub use algorithm::{KeyAlgorithm, RsaPadding};

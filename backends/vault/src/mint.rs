@@ -9,17 +9,15 @@ use std::time::{Duration, SystemTime};
 
 use std::sync::Arc;
 
-use castellan_signer::{KeyAlgorithm, KeyMaker, KeySigner};
-use der::{
-    Decode, Encode,
-    asn1::{BitString, Ia5String},
+use castellan_signer::{
+    KeyAlgorithm, KeyMaker, KeySigner,
+    mint::{MintProfile, backdate, generation_name},
 };
+use der::{Decode, Encode, asn1::BitString};
 use reqwest::Method;
 use rustls_pki_types::{CertificateDer, pem::PemObject};
 use serde_json::{Value, json};
 use x509_cert::{
-    Certificate,
-    ext::pkix::{BasicConstraints, KeyUsage, KeyUsages, SubjectAltName, name::GeneralName},
     request::{CertReq, CertReqInfo, Version},
     spki::SubjectPublicKeyInfoOwned,
 };
@@ -31,25 +29,19 @@ use crate::{Error, MintConfig, MintKey, Vault};
 /// than this share of it is refused.
 const MIN_SHARE_OF_TTL: f64 = 0.9;
 
-/// Vault backdates notBefore (30 s by default); more than this is a clock
-/// or an answer castellan does not trust.
-const MAX_BACKDATE: Duration = Duration::from_secs(300);
-
 /// A mount (and optionally an issuer in it) that certifies castellan's
 /// intermediates, and the profile they must carry.
 #[derive(Debug, Clone)]
 pub struct Mint {
     path: String,
-    /// The least lifetime accepted.
-    min_life: Duration,
     mount: String,
     /// The issuer reference (`default` unless pinned).
     issuer: String,
-    ttl: Duration,
     key: KeyAlgorithm,
     common_name: String,
-    /// `spiffe://<trust domain>`: the intermediate's one URI SAN.
-    spiffe_id: String,
+    /// What every intermediate must be (castellan-signer's, the same for
+    /// every certifier).
+    profile: MintProfile,
     /// Where each intermediate's key is made (in memory, in an HSM).
     keys: Arc<dyn KeyMaker>,
 }
@@ -73,17 +65,16 @@ impl Mint {
             None => format!("{mount}/root/sign-intermediate"),
         };
         let ttl = Duration::from_secs(config.ttl_secs);
+        let min_life = config
+            .min_life_secs
+            .map_or_else(|| ttl.mul_f64(MIN_SHARE_OF_TTL), Duration::from_secs);
         Self {
             path,
-            min_life: config
-                .min_life_secs
-                .map_or_else(|| ttl.mul_f64(MIN_SHARE_OF_TTL), Duration::from_secs),
             mount: mount.to_owned(),
             issuer: config
                 .issuer
                 .clone()
                 .unwrap_or_else(|| "default".to_owned()),
-            ttl: Duration::from_secs(config.ttl_secs),
             key: match config.key_type {
                 MintKey::EcP256 => KeyAlgorithm::EcdsaP256Sha256,
                 MintKey::EcP384 => KeyAlgorithm::EcdsaP384Sha384,
@@ -92,7 +83,14 @@ impl Mint {
                 .common_name
                 .clone()
                 .unwrap_or_else(|| format!("castellan {trust_domain}")),
-            spiffe_id: format!("spiffe://{trust_domain}"),
+            profile: MintProfile::new(
+                trust_domain,
+                ttl,
+                min_life,
+                "Vault cut it (the mount's max_lease_ttl or the issuer's own expiry)",
+                "tune the mount or lower signer.mint.ttl_secs",
+                "Vault signed past its own expiry: leaf_not_after_behavior = permit",
+            ),
             keys,
         }
     }
@@ -129,21 +127,22 @@ impl Mint {
         let csr = self.csr(key.as_ref(), &spki).await?;
         let body = json!({
             "csr": csr,
-            "common_name": generation_name(&self.common_name, SystemTime::now())?,
-            "uri_sans": self.spiffe_id,
-            "ttl": format!("{}s", self.ttl.as_secs()),
+            "common_name": generation_name(&self.common_name, SystemTime::now())
+                .map_err(Error::Invalid)?,
+            "uri_sans": self.profile.spiffe_id(),
+            "ttl": format!("{}s", self.profile.ttl().as_secs()),
             "max_path_length": 0,
             "use_csr_values": false,
             // Vault backdates by 30 s unless told; with a lifetime of
             // seconds (tests) that would move the half-life point.
-            "not_before_duration": format!("{}s", backdate(self.ttl).as_secs()),
+            "not_before_duration": format!("{}s", backdate(self.profile.ttl()).as_secs()),
             "exclude_cn_from_sans": true,
             "format": "pem",
         });
         let answer = vault.call(Method::POST, &self.path, Some(&body)).await?;
         let (cert, chain) = minted_answer(&answer, &self.path)?;
-        self.check(&cert, &spki, SystemTime::now())
-            .and_then(|()| within_issuer(&cert, &chain))
+        self.profile
+            .judge(&cert, &spki, &chain, SystemTime::now())
             .map_err(|problem| {
                 Error::Invalid(format!(
                     "{}: refusing the intermediate Vault signed: {problem}",
@@ -157,7 +156,7 @@ impl Mint {
     /// intermediate's life (and an hour) can no longer be in any replica's
     /// use.
     async fn generate(&self) -> Result<Arc<dyn KeySigner>, Error> {
-        let stale = self.ttl.saturating_add(Duration::from_secs(3600));
+        let stale = self.profile.ttl().saturating_add(Duration::from_secs(3600));
         self.keys.make(self.key, stale).await.map_err(|e| {
             let place = self.keys.describe();
             match e {
@@ -197,125 +196,6 @@ impl Mint {
         der::pem::encode_string("CERTIFICATE REQUEST", der::pem::LineEnding::LF, &der)
             .map_err(|e| Error::Invalid(format!("building the CSR: {e}")))
     }
-
-    /// What castellan asked Vault for, checked on what Vault made: the key
-    /// castellan generated, CA with path length 0, certificate and CRL
-    /// signing, the trust domain as the one URI SAN, and the lifetime.
-    // Long: every property of the minted intermediate checked against what was asked, one refusal each.
-    fn check(&self, der: &[u8], spki: &[u8], now: SystemTime) -> Result<(), String> {
-        let cert = Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
-        let tbs = cert.tbs_certificate();
-        let key = tbs
-            .subject_public_key_info()
-            .to_der()
-            .map_err(|e| e.to_string())?;
-        if key != spki {
-            return Err("it certifies another key than the one castellan generated".into());
-        }
-        match tbs.get_extension::<BasicConstraints>() {
-            Ok(Some((_, bc))) if bc.ca && bc.path_len_constraint == Some(0) => {}
-            Ok(_) => return Err("it is not a CA with path length 0".into()),
-            Err(e) => return Err(format!("basicConstraints: {e}")),
-        }
-        match tbs.get_extension::<KeyUsage>() {
-            Ok(Some((_, ku)))
-                if ku.0.contains(KeyUsages::KeyCertSign) && ku.0.contains(KeyUsages::CRLSign) => {}
-            Ok(_) => return Err("its key usage lacks keyCertSign or cRLSign".into()),
-            Err(e) => return Err(format!("keyUsage: {e}")),
-        }
-        let uris: Vec<String> = match tbs.get_extension::<SubjectAltName>() {
-            Ok(Some((_, san))) => san
-                .0
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::UniformResourceIdentifier(u) => Some(Ia5String::to_string(u)),
-                    _ => None,
-                })
-                .collect(),
-            Ok(None) => Vec::new(),
-            Err(e) => return Err(format!("subjectAltName: {e}")),
-        };
-        if uris != [self.spiffe_id.as_str()] {
-            return Err(format!(
-                "its URI SANs are {uris:?}, not exactly [\"{}\"]",
-                self.spiffe_id
-            ));
-        }
-        let validity = tbs.validity();
-        let (not_before, not_after) = (
-            validity.not_before.to_system_time(),
-            validity.not_after.to_system_time(),
-        );
-        if not_before > now + MAX_BACKDATE || not_before + MAX_BACKDATE + self.ttl < now {
-            return Err("its notBefore is far from now (check the clocks)".into());
-        }
-        // Rotation comes at half of notBefore..notAfter: that span must
-        // hold two of the longest leaves.
-        let life = not_after.duration_since(not_before).unwrap_or_default();
-        if life < self.min_life {
-            return Err(format!(
-                "it lives {} s, not the {} s asked for: Vault cut it (the mount's max_lease_ttl \
-                 or the issuer's own expiry) below {} s, and a leaf issued before the next \
-                 rotation (at half its life) would be cut short; tune the mount or lower \
-                 signer.mint.ttl_secs",
-                life.as_secs(),
-                self.ttl.as_secs(),
-                self.min_life.as_secs()
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// A minted intermediate must end before the CA that certified it: Vault
-/// signs past its own expiry with `leaf_not_after_behavior = permit`, and a
-/// chain is valid only while every certificate in it is.
-fn within_issuer(der: &[u8], chain: &[CertificateDer<'static>]) -> Result<(), String> {
-    let cert = Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
-    let tbs = cert.tbs_certificate();
-    let not_after = tbs.validity().not_after.to_system_time();
-    for above in chain {
-        let Ok(above) = Certificate::from_der(above) else {
-            continue;
-        };
-        let a = above.tbs_certificate();
-        let ends = a.validity().not_after.to_system_time();
-        if a.subject() == tbs.issuer() && ends < not_after {
-            return Err(format!(
-                "it outlives its issuer `{}`, which ends at {} (Vault signed past its own \
-                 expiry: leaf_not_after_behavior = permit): leaves under it would outlive their \
-                 chain; renew the issuing CA",
-                a.subject(),
-                der::DateTime::from_system_time(ends)
-                    .map_or_else(|_| "?".into(), |d| d.to_string())
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Every intermediate's own subject: `common_name`, when it was minted and
-/// a random tag, at most 64 characters (X.520's bound). ztunnel picks the
-/// first CRL whose issuer *name* matches a certificate's issuer, so two
-/// generations alive under one name would fail the leaves of one of them.
-fn generation_name(common_name: &str, now: SystemTime) -> Result<String, Error> {
-    use aws_lc_rs::rand::SecureRandom;
-    let mut tag = [0u8; 3];
-    aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut tag)
-        .map_err(|_| Error::Invalid("no randomness for the intermediate's name".into()))?;
-    let minted = der::DateTime::from_system_time(now)
-        .map_err(|e| Error::Invalid(format!("the time now: {e}")))?;
-    let suffix = format!(" {minted} {:02x}{:02x}{:02x}", tag[0], tag[1], tag[2]);
-    let room = 64usize.saturating_sub(suffix.len());
-    let base: String = common_name.chars().take(room).collect();
-    Ok(format!("{}{suffix}", base.trim_end()))
-}
-
-/// How far before now the intermediate starts, for clocks a little behind:
-/// 30 s, or a tenth of a lifetime shorter than five minutes.
-fn backdate(ttl: Duration) -> Duration {
-    (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
 /// What `sign-intermediate` answered: the new certificate, and the
@@ -427,17 +307,6 @@ mod tests {
     }
 
     #[test]
-    fn every_generation_has_a_name_of_its_own_within_64_characters() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
-        let a = generation_name("castellan cluster.local", now).unwrap();
-        let b = generation_name("castellan cluster.local", now).unwrap();
-        assert_ne!(a, b, "same second, another name");
-        assert!(a.starts_with("castellan cluster.local 2026-"), "{a}");
-        let long = generation_name(&"x".repeat(100), now).unwrap();
-        assert_eq!(long.chars().count(), 64, "{long}");
-    }
-
-    #[test]
     fn the_path_follows_the_issuer() {
         assert_eq!(mint(60).path(), "pki/root/sign-intermediate");
         let pinned = Mint::new(
@@ -505,7 +374,11 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
         let now = SystemTime::now();
-        assert_eq!(m.check(&intermediate(&key, |_| {}), &spki, now), Ok(()));
+        assert_eq!(
+            m.profile
+                .judge(&intermediate(&key, |_| {}), &spki, &[], now),
+            Ok(())
+        );
         let uri = |u: &str| SanType::URI(rcgen::string::Ia5String::try_from(u).unwrap());
         let cases: Vec<(Box<Tweak>, &str)> = vec![
             (
@@ -543,15 +416,19 @@ mod tests {
             ),
         ];
         for (tweak, needle) in cases {
-            let err = m.check(&intermediate(&key, tweak), &spki, now).unwrap_err();
+            let err = m
+                .profile
+                .judge(&intermediate(&key, tweak), &spki, &[], now)
+                .unwrap_err();
             assert!(err.contains(needle), "{err} lacks {needle}");
         }
         let other = rcgen::KeyPair::generate().unwrap();
         let err = m
-            .check(&intermediate(&other, |_| {}), &spki, now)
+            .profile
+            .judge(&intermediate(&other, |_| {}), &spki, &[], now)
             .unwrap_err();
         assert!(err.contains("another key"), "{err}");
-        assert!(m.check(b"junk", &spki, now).is_err());
+        assert!(m.profile.judge(b"junk", &spki, &[], now).is_err());
     }
 
     #[test]
