@@ -6,6 +6,8 @@
 //! for certificate and CRL signing, the trust domain as its one URI SAN,
 //! the lifetime asked for, and never outliving the CA that certified it.
 
+mod build;
+
 use std::time::{Duration, SystemTime};
 
 use der::{Decode, Encode, asn1::Ia5String};
@@ -14,6 +16,8 @@ use x509_cert::{
     Certificate,
     ext::pkix::{BasicConstraints, KeyUsage, KeyUsages, SubjectAltName, name::GeneralName},
 };
+
+pub use build::{Request, assemble};
 
 /// A certifier may backdate notBefore (Vault: 30 s by default); more than
 /// this is a clock or an answer castellan does not trust.
