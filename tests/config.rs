@@ -74,6 +74,12 @@ fn mistakes_name_the_key() {
         (MINIMAL.replace("dns_names = [\"localhost\"]", "cert_file = \"/x\""), &["server.tls.cert_file", "key_file"]),
         (format!("{MINIMAL}\n[server]\nmax_in_flight = 0"), &["server.max_in_flight"]),
         (format!("{MINIMAL}\n[server]\nworkers = 0"), &["server.workers", "between 1 and 1024", "one per core"]),
+        // The token's key as the issuing CA: its certificate is a file, the
+        // lifetime within bounds and twice the longest leaf.
+        (MINIMAL.replace("[signer]\ntype = \"file\"\ndir = \"/ca\"", "[ca]\nroots_file = \"/r\"\n[signer]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nkey_label = \"k\"\npin_file = \"/p\"\ncert_label = \"c\"\n[signer.mint]\nttl_secs = 3600"), &["signer.pkcs11", "[signer.mint]", "cert_file"]),
+        (MINIMAL.replace("[signer]\ntype = \"file\"\ndir = \"/ca\"", "[ca]\nroots_file = \"/r\"\n[signer]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nkey_label = \"k\"\npin_file = \"/p\"\ncert_file = \"/c\"\n[signer.mint]\nttl_secs = 5"), &["mint.ttl_secs", "between 10 and 2592000"]),
+        (MINIMAL.replace("[signer]\ntype = \"file\"\ndir = \"/ca\"", "[ca]\nroots_file = \"/r\"\n[signer]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nkey_label = \"k\"\npin_file = \"/p\"\ncert_file = \"/c\"\n[signer.mint]\nttl_secs = 3600\nkey_type = \"rsa\""), &["key_type", "ec-p256"]),
+        (MINIMAL.replace("[signer]\ntype = \"file\"\ndir = \"/ca\"", "[ca]\nroots_file = \"/r\"\n[signer]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken_label = \"t\"\nkey_label = \"k\"\npin_file = \"/p\"\ncert_file = \"/c\"\n[signer.mint]\nttl_secs = 1300") + "\n[issuance]\nmax_ttl_secs = 3600\ndefault_ttl_secs = 3600", &["signer.mint.ttl_secs", "1300"]),
     ];
     for (text, needles) in cases {
         let err = parse(&text).expect_err(&text);

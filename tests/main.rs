@@ -10,6 +10,7 @@ mod support;
 
 mod ambient;
 mod authn;
+mod certify;
 mod config;
 mod crl_set;
 mod demo;

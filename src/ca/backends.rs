@@ -31,7 +31,21 @@ pub fn source_for(
 ) -> Arc<dyn Source> {
     match signer {
         config::Signer::File(c) => Arc::new(castellan_file::FileSource::new(c.clone())),
-        config::Signer::Pkcs11(c) => Arc::new(castellan_pkcs11::Pkcs11Source::new(c.clone())),
+        config::Signer::Pkcs11(c) => {
+            let mut c = c.clone();
+            match &mut c.mint {
+                // The token's key is the issuing CA's: castellan mints its
+                // intermediates (keys in memory) and the token certifies them.
+                Some(m) => {
+                    m.min_life_secs = Some(longest_leaf.saturating_mul(2));
+                    Arc::new(castellan_pkcs11::Pkcs11Source::new(c).minting(
+                        Arc::new(castellan_file::InMemoryKeys),
+                        trust_domain.as_str(),
+                    ))
+                }
+                None => Arc::new(castellan_pkcs11::Pkcs11Source::new(c)),
+            }
+        }
         config::Signer::Vault(c) => {
             let mut vault = c.vault.clone();
             if let Some(m) = &mut vault.mint {

@@ -109,11 +109,12 @@ impl KeyStore {
             pin_env: self.pin_env.clone(),
             pool_size: self.pool_size,
             rsa_padding: RsaPadding::Pkcs1,
-            // Unused for a minted key: Vault certifies it.
+            // Unused for a minted key: its certifier certifies it.
             cert_file: Some("minted".into()),
             cert_label: None,
             chain_file: None,
             root_file: None,
+            mint: None,
         }
     }
 

@@ -3,6 +3,7 @@
 //! signing on one dedicated thread per session, and recovery without a restart
 //! when sessions are closed, the login is lost or the token goes away.
 
+mod certify;
 mod encoding;
 mod generate;
 mod key;
@@ -16,6 +17,7 @@ mod workers;
 use std::path::PathBuf;
 
 pub use castellan_signer::{KeyAlgorithm, RsaPadding};
+pub use certify::{Certify, MintKeyType};
 pub use generate::KeyStore;
 pub use key::Pkcs11Key;
 pub use source::Pkcs11Source;
@@ -60,6 +62,11 @@ pub struct Config {
     pub chain_file: Option<PathBuf>,
     /// The root certificate(s) the chain ends at.
     pub root_file: Option<PathBuf>,
+    /// `[signer.mint]`: the token's key is the issuing CA's and certifies
+    /// intermediates castellan mints (`cert_file` is the CA's
+    /// certificate); unset, the token's key is the intermediate's.
+    #[serde(default)]
+    pub mint: Option<Box<Certify>>,
 }
 
 /// A `[signer]` section that cannot work, whatever the token holds.
@@ -77,6 +84,10 @@ pub enum ConfigError {
     FilesWithLabel,
     #[error("`label_prefix` must be 1 to 64 characters")]
     LabelPrefix,
+    #[error("with [signer.mint] the issuing CA's certificate is `cert_file` (not `cert_label`)")]
+    MintNeedsCertFile,
+    #[error("`mint.ttl_secs` must be between {0} and {1}")]
+    MintTtl(u64, u64),
 }
 /// What went wrong, and whether waiting can fix it.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +137,14 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the keys to change.
     /// castellan builds every certificate; the token's key signs it.
-    pub const fn capabilities(&self) -> castellan_signer::Capabilities {
-        castellan_signer::Capabilities::signs("[signer] type = \"pkcs11\"")
+    pub fn capabilities(&self) -> castellan_signer::Capabilities {
+        match &self.mint {
+            Some(m) => castellan_signer::Capabilities::signs(
+                "[signer.mint] certified by the PKCS#11 token's CA key",
+            )
+            .minted(m.ttl_secs),
+            None => castellan_signer::Capabilities::signs("[signer] type = \"pkcs11\""),
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -147,6 +164,12 @@ impl Config {
         }
         if let Some(id) = &self.key_id {
             token::hex(id)?;
+        }
+        if let Some(m) = &self.mint {
+            if self.cert_file.is_none() {
+                return Err(ConfigError::MintNeedsCertFile);
+            }
+            m.validate()?;
         }
         Ok(())
     }

@@ -5,8 +5,8 @@
 use std::sync::{Arc, Mutex};
 
 use castellan_signer::{
-    Backend, CertFiles, Fingerprint, KeyAlgorithm, KeyBinding, KeySigner, Loaded, Material,
-    Signature, Source, async_trait,
+    Backend, CertFiles, Fingerprint, KeyAlgorithm, KeyBinding, KeyMaker, KeySigner, Loaded,
+    Material, Signature, Source, async_trait,
 };
 use rustls_pki_types::CertificateDer;
 
@@ -17,6 +17,9 @@ use crate::{Config, Error, Pkcs11Key, Workers};
 pub struct Pkcs11Source {
     config: Config,
     opened: Arc<Mutex<Option<Arc<Pkcs11Signer>>>>,
+    /// With `[signer.mint]`: where the minted intermediates' keys are made,
+    /// and the trust domain they are for.
+    minting: Option<(Arc<dyn KeyMaker>, String)>,
 }
 
 /// The opened key and its signing threads.
@@ -39,7 +42,61 @@ impl Pkcs11Source {
         Self {
             config,
             opened: Arc::default(),
+            minting: None,
         }
+    }
+
+    /// With `[signer.mint]`: the minted intermediates' keys come from
+    /// `keys` and are certified for `trust_domain`.
+    #[must_use]
+    pub fn minting(mut self, keys: Arc<dyn KeyMaker>, trust_domain: &str) -> Self {
+        self.minting = Some((keys, trust_domain.to_owned()));
+        self
+    }
+
+    /// One intermediate minted and certified by the token's CA key.
+    async fn load_minted(
+        &self,
+        certify: &crate::Certify,
+    ) -> Result<Loaded, castellan_signer::Error> {
+        let (keys, trust_domain) = self.minting.as_ref().ok_or_else(|| {
+            castellan_signer::Error::config(
+                "[signer.mint]: no key maker given to the PKCS#11 source",
+            )
+        })?;
+        let (config, opened, files) = (
+            self.config.clone(),
+            Arc::clone(&self.opened),
+            self.cert_files(),
+        );
+        let (ca_key, certs) = tokio::task::spawn_blocking(move || {
+            let signer = open_once(&config, &opened)?;
+            let files = files.ok_or(Error::from(crate::ConfigError::MintNeedsCertFile))?;
+            let (certs, _) = files.read()?;
+            Ok::<_, castellan_signer::Error>((signer, certs))
+        })
+        .await
+        .map_err(castellan_signer::Error::failed)??;
+        let common_name = certify
+            .common_name
+            .clone()
+            .unwrap_or_else(|| format!("castellan {trust_domain}"));
+        let (key, mut material) = crate::certify::mint(
+            certify,
+            &certify.profile(trust_domain),
+            keys.as_ref(),
+            ca_key.as_ref(),
+            &certs.cert,
+            &certs.chain,
+            &common_name,
+        )
+        .await?;
+        material.roots = certs.roots;
+        material.cert_source = format!("the intermediate minted under {}", self.describe());
+        Ok(Loaded {
+            backend: Backend::Signs(key),
+            material,
+        })
     }
 
     fn cert_files(&self) -> Option<CertFiles> {
@@ -71,6 +128,9 @@ impl Source for Pkcs11Source {
     }
 
     async fn load(&self) -> Result<Loaded, castellan_signer::Error> {
+        if let Some(certify) = &self.config.mint {
+            return self.load_minted(certify).await;
+        }
         let (config, opened, files) = (
             self.config.clone(),
             Arc::clone(&self.opened),
@@ -112,7 +172,16 @@ impl Source for Pkcs11Source {
         .map_err(castellan_signer::Error::failed)?
     }
 
+    fn self_rotating(&self) -> bool {
+        self.config.mint.is_some()
+    }
+
     async fn fingerprint(&self) -> Result<Option<Fingerprint>, castellan_signer::Error> {
+        // A minted intermediate is replaced on castellan's schedule, not when
+        // the CA's file changes (read again at every mint).
+        if self.config.mint.is_some() {
+            return Ok(None);
+        }
         // A certificate object on the token is not polled.
         let Some(files) = self.cert_files() else {
             return Ok(None);

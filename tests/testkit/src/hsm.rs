@@ -247,6 +247,18 @@ pub fn public_key(label: &str) -> Vec<u8> {
 /// by `root`; the PIN file. Returns the `[signer]` TOML.
 pub fn signer_files(dir: &Path, label: &str, root: &Ca, extra: &str) -> String {
     let cert = root.certify_public_key(&format!("HSM Intermediate {label}"), public_key(label));
+    files(dir, label, root, &cert, extra)
+}
+
+/// Files for a PKCS#11 signer whose token key is an issuing CA (path
+/// length 1) under `root`, certifying the intermediates castellan mints
+/// (`extra` holds `[signer.mint]`). Returns the `[signer]` TOML.
+pub fn issuing_ca_files(dir: &Path, label: &str, root: &Ca, extra: &str) -> String {
+    let cert = root.certify_ca_key(&format!("HSM Issuing CA {label}"), public_key(label), 1);
+    files(dir, label, root, &cert, extra)
+}
+
+fn files(dir: &Path, label: &str, root: &Ca, cert: &str, extra: &str) -> String {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("int.pem"), cert).unwrap();
     std::fs::write(dir.join("root.pem"), &root.pem).unwrap();

@@ -154,7 +154,13 @@ impl Ca {
     /// An intermediate CA certificate (PEM) for a key held elsewhere,
     /// given by its DER SubjectPublicKeyInfo.
     pub fn certify_public_key(&self, cn: &str, spki: Vec<u8>) -> String {
-        let mut params = ca_params(cn, Some(0));
+        self.certify_ca_key(cn, spki, 0)
+    }
+
+    /// A CA certificate for a key held elsewhere, allowing `path_len` CAs
+    /// below it (1: an issuing CA certifying castellan's intermediates).
+    pub fn certify_ca_key(&self, cn: &str, spki: Vec<u8>, path_len: u8) -> String {
+        let mut params = ca_params(cn, Some(path_len));
         params.use_authority_key_identifier_extension = true;
         let issuer = Issuer::from_params(&self.params, &self.key);
         params
