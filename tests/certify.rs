@@ -158,3 +158,38 @@ async fn a_token_key_the_ca_certificate_is_not_for_is_refused() {
         "{err}"
     );
 }
+
+/// `castellan check` judges the certifier as serve does: it mints a probe
+/// intermediate through the token and reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_mints_through_the_token_and_reports_the_rotation() {
+    castellan_testkit::require!(castellan_testkit::tools::Tool::SoftHsm);
+    let _hsm = hsm::exclusive().await;
+    let root = Ca::root("Enterprise Root", KeyAlg::EcP256);
+    let label = format!("issuing-check-{}", std::process::id());
+    hsm::token_with_key(&label, "EC:prime256v1");
+    let dir = tempfile::tempdir().unwrap();
+    let signer = hsm::issuing_ca_files(
+        dir.path(),
+        &label,
+        &root,
+        "[signer.mint]\nttl_secs = 7200\n",
+    );
+    let files = crate::support::Files::write(Setup {
+        signer: Some(signer),
+        root: Some(root.duplicate()),
+        issuance: "max_ttl_secs = 3600\ndefault_ttl_secs = 3600\n".into(),
+        ca: roots_file(dir.path()),
+        ..Setup::default()
+    });
+    let out = crate::one_truth::run(&["check"], &files.config);
+    let text = crate::one_truth::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for needle in [
+        "CA    CN=castellan cluster.local",
+        "rotates by itself: the next intermediate is minted at",
+        "PASS  rooted in the configured enterprise root(s)",
+    ] {
+        assert!(text.contains(needle), "{needle} not in\n{text}");
+    }
+}
