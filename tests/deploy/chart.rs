@@ -47,6 +47,12 @@ const CASES: &[Case] = &[
         toml_also: "",
     },
     Case {
+        values: "pkcs11-mint",
+        overlay: "overlays/pkcs11-mint",
+        components: &[],
+        toml_also: "",
+    },
+    Case {
         values: "vault-mint",
         overlay: "overlays/vault-mint",
         components: &[],

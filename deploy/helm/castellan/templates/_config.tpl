@@ -45,8 +45,17 @@ token_label = {{ $p.tokenLabel | toJson }}
 key_label = {{ $p.keyLabel | toJson }}
 pin_file = "/etc/castellan/hsm/pin"
 pool_size = {{ int $p.poolSize }}
+{{- if $p.mint.enabled }}
+cert_file = "/etc/castellan/ca/issuing-ca.pem"
+chain_file = "/etc/castellan/ca/chain.pem"
+
+[signer.mint]
+ttl_secs = {{ int $p.mint.ttlSecs }}
+key_type = {{ $p.mint.keyType | toJson }}
+{{- else }}
 cert_file = "/etc/castellan/ca/intermediate.pem"
 chain_file = "/etc/castellan/ca/chain.pem"
+{{- end }}
 {{- else }}
 {{- $vault := $v.signer.vault }}
 type = "vault"
