@@ -241,18 +241,7 @@ async fn rotation_under_load_fails_no_request_and_every_leaf_verifies() {
         "workers ended on different intermediates"
     );
     assert_eq!(&last[0], intermediates.last().unwrap(), "not the newest");
-    let rotated = ca
-        .metric_with("castellan_ca_rotations_count", &[("result", "rotated")])
-        .await;
-    assert!(rotated >= 2.0, "rotated {rotated}");
-    for result in ["unavailable", "refused"] {
-        assert_eq!(
-            ca.metric_with("castellan_ca_rotations_count", &[("result", result)])
-                .await,
-            0.0,
-            "{result}"
-        );
-    }
+    ca.assert_rotated_cleanly(2.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,6 +205,23 @@ impl TestCa {
         metric_sum(&text, name, labels)
     }
 
+    /// The self-minted intermediate was replaced at least `times` times and
+    /// no rotation was unavailable or refused.
+    pub async fn assert_rotated_cleanly(&self, times: f64) {
+        let rotated = self
+            .metric_with("castellan_ca_rotations_count", &[("result", "rotated")])
+            .await;
+        assert!(rotated >= times, "rotated {rotated}");
+        for result in ["unavailable", "refused"] {
+            assert_eq!(
+                self.metric_with("castellan_ca_rotations_count", &[("result", result)])
+                    .await,
+                0.0,
+                "{result}"
+            );
+        }
+    }
+
     /// `/readyz`'s status code.
     pub async fn readyz(&self) -> u16 {
         http_get(&format!("{}/readyz", self.metrics_url())).await.0

@@ -15,7 +15,7 @@ use std::{
 
 use castellan_signer::{
     KeyAlgorithm, KeyMaker, KeySigner, Material,
-    mint::{MintProfile, Request, assemble, generation_name},
+    mint::{MintKey, MintProfile, Request, assemble, generation_name},
 };
 use der::{Decode, Encode};
 use rustls_pki_types::CertificateDer;
@@ -40,7 +40,7 @@ pub struct Certify {
     pub ttl_secs: u64,
     /// The minted keys' type.
     #[serde(default)]
-    pub key_type: MintKeyType,
+    pub key_type: MintKey,
     /// The intermediates' common name before the generation's time and tag;
     /// default `castellan <trust domain>`.
     pub common_name: Option<String>,
@@ -48,16 +48,6 @@ pub struct Certify {
     /// leaf), not read from the file.
     #[serde(skip)]
     pub min_life_secs: Option<u64>,
-}
-
-/// A minted intermediate's key type.
-#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
-pub enum MintKeyType {
-    #[default]
-    #[serde(rename = "ec-p256")]
-    EcP256,
-    #[serde(rename = "ec-p384")]
-    EcP384,
 }
 
 fn default_ttl() -> u64 {
@@ -70,13 +60,6 @@ impl Certify {
             return Err(ConfigError::MintTtl(MIN_TTL_SECS, MAX_TTL_SECS));
         }
         Ok(())
-    }
-
-    pub(crate) fn algorithm(&self) -> KeyAlgorithm {
-        match self.key_type {
-            MintKeyType::EcP256 => KeyAlgorithm::EcdsaP256Sha256,
-            MintKeyType::EcP384 => KeyAlgorithm::EcdsaP384Sha384,
-        }
     }
 
     /// What every intermediate must be, for `trust_domain`.
@@ -118,7 +101,7 @@ pub(crate) async fn mint(
         ))
     };
     let stale = profile.ttl().saturating_add(Duration::from_secs(3600));
-    let key = keys.make(certify.algorithm(), stale).await?;
+    let key = keys.make(certify.key_type.algorithm(), stale).await?;
     let spki = key
         .public_key_der()
         .ok_or_else(|| refused("the generated key has no public key".into()))?;

@@ -16,8 +16,9 @@ mod workers;
 
 use std::path::PathBuf;
 
+pub use castellan_signer::mint::MintKey;
 pub use castellan_signer::{KeyAlgorithm, RsaPadding};
-pub use certify::{Certify, MintKeyType};
+pub use certify::Certify;
 pub use generate::KeyStore;
 pub use key::Pkcs11Key;
 pub use source::Pkcs11Source;

@@ -136,15 +136,9 @@ pub struct MintConfig {
     pub min_life_secs: Option<u64>,
 }
 
-/// The key castellan generates for each intermediate.
-#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
-pub enum MintKey {
-    #[default]
-    #[serde(rename = "ec-p256")]
-    EcP256,
-    #[serde(rename = "ec-p384")]
-    EcP384,
-}
+/// The key castellan generates for each intermediate (the signer seam's,
+/// shared by every certifier).
+pub use castellan_signer::mint::MintKey;
 
 /// A `[signer]` section that cannot work, whatever Vault holds.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

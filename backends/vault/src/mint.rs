@@ -22,7 +22,7 @@ use x509_cert::{
     spki::SubjectPublicKeyInfoOwned,
 };
 
-use crate::{Error, MintConfig, MintKey, Vault};
+use crate::{Error, MintConfig, Vault};
 
 /// Vault may cut the lifetime asked for (the mount's `max_lease_ttl`, the
 /// issuer's own expiry); without a [`MintConfig::min_life_secs`], less
@@ -75,10 +75,7 @@ impl Mint {
                 .issuer
                 .clone()
                 .unwrap_or_else(|| "default".to_owned()),
-            key: match config.key_type {
-                MintKey::EcP256 => KeyAlgorithm::EcdsaP256Sha256,
-                MintKey::EcP384 => KeyAlgorithm::EcdsaP384Sha384,
-            },
+            key: config.key_type.algorithm(),
             common_name: config
                 .common_name
                 .clone()
@@ -297,7 +294,7 @@ mod tests {
                 mount: "/pki/".into(),
                 issuer: None,
                 ttl_secs: ttl,
-                key_type: MintKey::EcP256,
+                key_type: crate::MintKey::EcP256,
                 common_name: None,
                 min_life_secs: None,
             },
@@ -314,7 +311,7 @@ mod tests {
                 mount: "pki".into(),
                 issuer: Some("ent".into()),
                 ttl_secs: 60,
-                key_type: MintKey::EcP384,
+                key_type: crate::MintKey::EcP384,
                 common_name: Some("x".into()),
                 min_life_secs: None,
             },

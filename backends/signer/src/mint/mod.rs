@@ -19,6 +19,27 @@ use x509_cert::{
 
 pub use build::{Request, assemble};
 
+/// The key castellan generates for each minted intermediate, whoever
+/// certifies it (`signer.mint.key_type`).
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
+pub enum MintKey {
+    #[default]
+    #[serde(rename = "ec-p256")]
+    EcP256,
+    #[serde(rename = "ec-p384")]
+    EcP384,
+}
+
+impl MintKey {
+    /// The signature algorithm such a key makes.
+    pub const fn algorithm(self) -> crate::KeyAlgorithm {
+        match self {
+            Self::EcP256 => crate::KeyAlgorithm::EcdsaP256Sha256,
+            Self::EcP384 => crate::KeyAlgorithm::EcdsaP384Sha384,
+        }
+    }
+}
+
 /// A certifier may backdate notBefore (Vault: 30 s by default); more than
 /// this is a clock or an answer castellan does not trust.
 const MAX_BACKDATE: Duration = Duration::from_secs(300);
